@@ -6,6 +6,7 @@ checks the signature over the transported bytes, never over a re-encoding.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -112,11 +113,21 @@ def _load_public(public_key: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public_key)
 
 
-def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
+def _loads_exact(data: bytes, what: str) -> Any:
+    """Decode exactly one CBOR item: cbor2.loads ignores trailing bytes, which would let two
+    different byte strings pass as the same message."""
+    fp = io.BytesIO(data)
     try:
-        obj = cbor2.loads(message)
+        obj = cbor2.CBORDecoder(fp, read_size=1).decode()
     except Exception as e:  # cbor2 raises several types on garbage; all mean "malformed"
-        raise VerifyError("malformed", f"not CBOR: {e}") from None
+        raise VerifyError("malformed", f"{what} is not CBOR: {e}") from None
+    if fp.tell() != len(data):
+        raise VerifyError("malformed", f"{what} has {len(data) - fp.tell()} trailing bytes")
+    return obj
+
+
+def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
+    obj = _loads_exact(message, "message")
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
         raise VerifyError("malformed", "not a tagged COSE_Sign1 (tag 18)")
     v = obj.value
@@ -135,14 +146,12 @@ def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
 def verify1(message: bytes) -> Sign1:
     """Parse and verify a COSE_Sign1 per spec section 9 steps 1 and 2 (signature only)."""
     protected, _, payload, signature = _parse(message)
-    try:
-        hdr = cbor2.loads(protected)
-    except Exception as e:
-        raise VerifyError("malformed", f"protected header is not CBOR: {e}") from None
-    if not isinstance(hdr, dict) or set(hdr) != {1, 4, 16}:
+    hdr = _loads_exact(protected, "protected header")
+    # type(k) is int: Python finds key 1 under true or 1.0, another verifier would not
+    if not isinstance(hdr, dict) or set(hdr) != {1, 4, 16} or any(type(k) is not int for k in hdr):
         raise VerifyError("malformed", "protected header must hold exactly alg, kid and typ")
     alg, kid, typ = hdr[1], hdr[4], hdr[16]
-    if alg not in (ALG_EDDSA, ALG_ED25519):
+    if type(alg) is not int or alg not in (ALG_EDDSA, ALG_ED25519):
         raise VerifyError("malformed", f"unsupported alg {alg!r}")
     if not isinstance(typ, str) or typ not in KNOWN_TYPS:
         raise VerifyError("malformed", f"unknown typ {typ!r}")

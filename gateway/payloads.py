@@ -150,7 +150,7 @@ def check_record(rec: Any, i: int) -> None:
     for k in rec:
         if isinstance(k, int) and k < 0:
             raise PayloadError("base-fields", f"record {i} uses base field label {k}")
-        if k not in RECORD_KEYS:
+        if k not in RECORD_KEYS or type(k) not in (int, str):  # true and 1.0 equal 1 in Python
             raise PayloadError("bad-record", f"record {i} has unknown label {k!r}")
     for k, v in rec.items():
         if isinstance(v, float) and not math.isfinite(v):
@@ -199,7 +199,7 @@ def decode_batch(payload: bytes) -> Batch:
         raise PayloadError("malformed", f"payload is not CBOR: {e}") from None
     if not isinstance(m, dict):
         raise PayloadError("malformed", "payload is not a map")
-    unknown = set(m) - BATCH_KEYS
+    unknown = {k for k in m if k not in BATCH_KEYS or type(k) is not int}
     if unknown:
         raise PayloadError("malformed", f"unknown batch keys {sorted(map(str, unknown))}")
     missing = BATCH_REQUIRED - set(m)
@@ -230,7 +230,11 @@ def decode_batch(payload: bytes) -> Batch:
         raise PayloadError("malformed", "dropped must be a non-empty array when present")
     for i, rec in enumerate(records):
         check_record(rec, i)
-    if dcbor.dumps(m) != payload:
+    try:
+        canonical = dcbor.dumps(m)
+    except ValueError as e:  # NaN or an infinity outside the records (clock, modules, dropped)
+        raise PayloadError("nan", str(e)) from None
+    if canonical != payload:
         raise PayloadError("non-deterministic", "payload is not in deterministic encoding")
     # The payload re-encodes to itself, so each record re-encodes to its transported bytes.
     record_bytes = [dcbor.dumps(r) for r in records]

@@ -1,0 +1,190 @@
+"""The `depin-gateway` command. Library code raises; this edge prints one line and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import ConfigError, GatewayError
+
+DEFAULT_KEY = Path("/var/lib/depin-gateway/device.key")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _key_path(args: argparse.Namespace) -> Path:
+    if args.key is not None:
+        return Path(args.key)
+    if args.config is not None:
+        from gateway import config
+
+        return config.load(Path(args.config)).device.key_file
+    return DEFAULT_KEY
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway import config, daemon
+
+    cfg = config.load(Path(args.config))
+    _setup_logging(args.log_level or cfg.log.level)
+    return daemon.run(cfg, shutdown_timeout=args.shutdown_timeout)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway import config
+
+    cfg = config.load(Path(args.file))
+    sys.stdout.write(config.render(cfg))
+    return 0
+
+
+def cmd_config_sample(args: argparse.Namespace) -> int:
+    from gateway import config
+
+    sys.stdout.write(config.sample_text())
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway import identity
+
+    path = _key_path(args)
+    ident = identity.generate(path)
+    print(f"key:       {path}")
+    print(f"did:       {ident.did}")
+    print(f"device id: {ident.device_id}")
+    return 0
+
+
+def cmd_identity_show(args: argparse.Namespace) -> int:
+    from gateway import identity
+
+    path = _key_path(args)
+    ident = identity.load(path)
+    print(f"key:       {path}")
+    print(f"did:       {ident.did}")
+    print(f"device id: {ident.device_id}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway import verify
+
+    verifier = verify.Verifier(allowed_dids=args.allow or None)
+    findings: list[verify.Finding] = []
+    if args.paths:
+        for f in verify.verify_paths([Path(p) for p in args.paths], verifier):
+            findings.append(f)
+            print(verify.format_finding(f))
+    if args.broker:
+        findings += asyncio.run(
+            verify.verify_live(
+                args.broker,
+                seconds=args.seconds,
+                prefix=args.prefix,
+                verifier=verifier,
+                on_finding=lambda f: print(verify.format_finding(f), flush=True),
+            )
+        )
+    if not args.paths and not args.broker:
+        raise GatewayError("verify: give files or directories, or --broker URL")
+    print(verify.summary(findings))
+    return verify.exit_code(findings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    return demo.main(args)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="depin-gateway",
+        description="Read sensors, judge and sign every reading, deliver signed batches over MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"depin-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the gateway daemon")
+    r.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override [log] level")
+    r.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM, seconds to wait for the broker to acknowledge (default 10)")
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("config", help="check a configuration or print a sample")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    cc = csub.add_parser("check", help="print the resolved configuration, or every error in it")
+    cc.add_argument("file")
+    cc.set_defaults(fn=cmd_config_check)
+    cs = csub.add_parser("sample", help="print a commented sample configuration")
+    cs.set_defaults(fn=cmd_config_sample)
+
+    for name, fn, text in (
+        ("keygen", cmd_keygen, "create the device key (never overwrites one)"),
+    ):
+        k = sub.add_parser(name, help=text)
+        k.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
+        k.add_argument("-c", "--config", help="take the key file from this configuration")
+        k.set_defaults(fn=fn)
+
+    i = sub.add_parser("identity", help="show the device identity")
+    isub = i.add_subparsers(dest="identity_command", required=True, metavar="SUBCOMMAND")
+    ish = isub.add_parser("show", help="print the did and device id of the key")
+    ish.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
+    ish.add_argument("-c", "--config", help="take the key file from this configuration")
+    ish.set_defaults(fn=cmd_identity_show)
+
+    v = sub.add_parser("verify", help="verify signed batches from files or live from a broker")
+    v.add_argument("paths", nargs="*", help="files (one raw COSE message each) or directories")
+    v.add_argument("--broker", metavar="URL", help="listen on this broker (mqtt://host:port)")
+    v.add_argument("--seconds", type=float, default=30.0, help="how long to listen (default 30)")
+    v.add_argument("--prefix", default="depin/v1", help="topic prefix (default depin/v1)")
+    v.add_argument("--allow", action="append", metavar="DID",
+                   help="accept only these devices (repeatable); default: any device")
+    v.set_defaults(fn=cmd_verify)
+
+    d = sub.add_parser("demo", help="run the whole pipeline with simulated sensors and a broker")
+    d.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until Ctrl-C)")
+    d.add_argument("--broker", metavar="URL", help="use this broker instead of an embedded one")
+    d.add_argument("--dir", metavar="DIR", help="keep key and spool here (default: a temp dir)")
+    d.add_argument("--seed", type=int, default=1, help="seed of the simulated sensors")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        for line in e.problems:
+            print(line if not e.source or line.startswith(e.source) else f"{e.source}: {line}",
+                  file=sys.stderr)
+        print(f"depin-gateway: {len(e.problems)} configuration error(s)", file=sys.stderr)
+        return e.exit_code
+    except GatewayError as e:
+        print(f"depin-gateway: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,67 @@
+"""Health counters, kept by the daemon and published by the monitor.
+
+Degraded-but-running conditions (a sensor not answering, a module failing, the broker away) are
+counted here rather than raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Health:
+    started: float = field(default_factory=time.time)
+    readings: int = 0  # readings durable in the spool
+    flagged: int = 0  # readings that got a score above 0 or a flag
+    batches_sealed: int = 0
+    batches_acked: int = 0
+    readings_acked: int = 0
+    readings_dropped: int = 0  # dropped because the spool reached its size cap
+    queue_depth: int = 0  # readings not yet acknowledged by the broker (pending + sealed)
+    oldest_unsent: float | None = None  # Unix time of the oldest reading not yet acknowledged
+    connected: bool = False
+    connects: int = 0
+    protocol: str = ""
+    clock_synced: bool = False
+    clock_source: str = ""
+    sensor_errors: Counter[str] = field(default_factory=Counter)
+    sensor_reads: Counter[str] = field(default_factory=Counter)
+    module_errors: Counter[str] = field(default_factory=Counter)
+    uplink_errors: int = 0
+    last_error: str = ""
+
+    def sensor_error(self, sensor_id: str, message: str) -> None:
+        self.sensor_errors[sensor_id] += 1
+        self.last_error = f"sensor {sensor_id}: {message}"
+
+    def module_error(self, module_id: str) -> None:
+        self.module_errors[module_id] += 1
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        return {
+            "uptime_s": round(now - self.started, 1),
+            "readings": self.readings,
+            "flagged": self.flagged,
+            "batches_sealed": self.batches_sealed,
+            "batches_acked": self.batches_acked,
+            "readings_acked": self.readings_acked,
+            "readings_dropped": self.readings_dropped,
+            "queue_depth": self.queue_depth,
+            "oldest_unsent_age_s": (
+                None if self.oldest_unsent is None else round(now - self.oldest_unsent, 1)
+            ),
+            "connected": self.connected,
+            "connects": self.connects,
+            "protocol": self.protocol,
+            "clock": {"synced": self.clock_synced, "source": self.clock_source},
+            "sensor_errors": dict(self.sensor_errors),
+            "sensor_reads": dict(self.sensor_reads),
+            "module_errors": dict(self.module_errors),
+            "uplink_errors": self.uplink_errors,
+            "last_error": self.last_error,
+        }

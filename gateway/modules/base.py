@@ -1,0 +1,41 @@
+"""The interface every detection module implements."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from gateway.reading import Reading
+from gateway.schema import Field
+
+#: one verdict per reading: (score in [0, 1], flags). (0.0, ()) means "no opinion".
+Verdict = tuple[float, tuple[str, ...]]
+NO_OPINION: Verdict = (0.0, ())
+
+
+class DetectionModule(ABC):
+    #: registry name, referenced as `kind = "..."` in a `[[module]]` table
+    name: ClassVar[str]
+    version: ClassVar[str]
+    #: typed options of the module's `[[module]]` table
+    CONFIG: ClassVar[Mapping[str, Field]] = {}
+    #: quantities the module judges; None means every quantity
+    quantities: ClassVar[frozenset[str] | None] = None
+
+    def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
+        self.module_id = module_id
+        self.options = dict(options)
+
+    def digest(self) -> bytes:
+        """SHA-256 of what decides the verdicts (batch key 8): the module's code by default;
+        model modules return the digest of their model file."""
+        return hashlib.sha256(Path(inspect.getfile(type(self))).read_bytes()).digest()
+
+    @abstractmethod
+    def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
+        """One verdict per reading, in order. Readings without a value may be skipped with
+        NO_OPINION. Must not keep references to the readings beyond the call."""

@@ -1,0 +1,67 @@
+"""Physical range per quantity: a value no sensor of that kind can report is certainly wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
+from gateway.reading import Reading
+from gateway.schema import Field
+
+# Limits of the supported chips' measuring ranges (datasheets), in the SenML units we emit.
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (-40.0, 85.0),  # BME280, SHT4x, SCD4x operating range, Cel
+    "humidity": (0.0, 100.0),  # %RH
+    "pressure": (30_000.0, 110_000.0),  # BME280, Pa
+    "pm1": (0.0, 1000.0),  # PMS5003 effective range, ug/m3
+    "pm2_5": (0.0, 1000.0),  # SDS011 0-999.9 ug/m3
+    "pm10": (0.0, 1000.0),
+    "co2": (0.0, 40_000.0),  # SCD4x, ppm
+}
+_RANGE: Verdict = (1.0, ("range",))
+
+
+def _check_ranges(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "expected a table like { temperature = [-40, 85] }"
+    for q, lim in value.items():
+        if (
+            not isinstance(lim, list)
+            or len(lim) != 2
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in lim)
+            or lim[0] >= lim[1]
+        ):
+            return f"{q}: expected [low, high] with low < high"
+    return None
+
+
+class RangeModule(DetectionModule):
+    name = "ranges"
+    version = "1.0.0"
+    CONFIG: ClassVar[Mapping[str, Field]] = {
+        "ranges": Field(
+            "table",
+            "per-quantity [low, high] limits that replace the built-in ones",
+            default={},
+            check=_check_ranges,
+        ),
+    }
+
+    def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
+        super().__init__(module_id=module_id, options=options)
+        self.limits = dict(DEFAULT_RANGES)
+        for q, (lo, hi) in dict(options.get("ranges") or {}).items():
+            self.limits[q] = (float(lo), float(hi))
+
+    def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
+        limits = self.limits
+        out: list[Verdict] = []
+        for r in readings:
+            lim = limits.get(r.quantity)
+            v = r.value
+            if lim is None or v is None or lim[0] <= v <= lim[1]:
+                out.append(NO_OPINION)
+            else:
+                out.append(_RANGE)
+        return out

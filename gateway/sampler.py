@@ -1,0 +1,106 @@
+"""One asyncio task per sensor: read at the sensor's interval, judge, hand over to the pipeline.
+
+Blocking drivers run in a worker thread. A sensor that fails yields failed readings (no value,
+flag `sensor-error`) at its interval, so its absence is visible in the signed record, and it is
+re-opened with backoff; one sensor's trouble never touches another's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from drivers.base import Measurement, SensorDriver
+from gateway.config import SensorConfig
+from gateway.health import Health
+from gateway.modules.chain import ModuleChain
+from gateway.reading import Reading
+
+log = logging.getLogger("gateway.sampler")
+
+
+class SensorTask:
+    def __init__(
+        self,
+        cfg: SensorConfig,
+        driver: SensorDriver,
+        *,
+        chain: ModuleChain,
+        health: Health,
+        accept: Callable[[list[Reading]], None],
+        clock: Callable[[], tuple[bool, str]],
+    ) -> None:
+        self.cfg = cfg
+        self.driver = driver
+        self.chain = chain
+        self.health = health
+        self.accept = accept
+        self.clock = clock
+        self.units = dict(driver.quantities)
+        self.opened = False
+        self._failures = 0
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.driver.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def _open(self) -> None:
+        await self._call(self.driver.open)
+        self.opened = True
+        self._failures = 0
+        log.info("sensor %s (%s) open", self.cfg.id, self.cfg.driver)
+
+    async def read_once(self) -> list[Reading]:
+        now = time.time()
+        synced, _ = self.clock()
+        try:
+            if not self.opened:
+                await self._open()
+            measurements: list[Measurement] = await self._call(self.driver.read, now)
+            self.health.sensor_reads[self.cfg.id] += 1
+            self._failures = 0
+        except Exception as e:  # any driver failure is this sensor's alone
+            self._failures += 1
+            self.health.sensor_error(self.cfg.id, str(e))
+            if self._failures in (1, 10) or self._failures % 100 == 0:
+                log.warning("sensor %s: %s (failure %d)", self.cfg.id, e, self._failures)
+            if self._failures >= 3 and self.opened:
+                # Repeated failures: close and re-open, as after an unplugged adapter.
+                await self._close()
+            measurements = [Measurement(q, None, ("sensor-error",)) for q in self.units]
+        readings = [
+            Reading(self.cfg.id, m.quantity, self.units.get(m.quantity, ""), m.value, now, synced,
+                    0.0, list(m.flags))
+            for m in measurements
+        ]
+        self.chain.judge(readings)
+        return readings
+
+    async def _close(self) -> None:
+        self.opened = False
+        try:
+            await self._call(self.driver.close)
+        except Exception as e:  # closing a vanished device may fail; nothing to do about it
+            log.debug("sensor %s close: %s", self.cfg.id, e)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.cfg.interval
+        due = loop.time()
+        try:
+            while True:
+                self.accept(await self.read_once())
+                due += interval
+                # After an overrun, skip the missed slots instead of reading in a burst.
+                if due < loop.time():
+                    due = loop.time()
+                # Back off a failing sensor's re-open attempts (never slower than 5 min).
+                if self._failures > 3:
+                    due += min(300.0, interval * min(self._failures, 30))
+                await asyncio.sleep(due - loop.time())
+        finally:
+            await self._close()

@@ -1,0 +1,253 @@
+"""Delivery of sealed batches to the MQTT broker (aiomqtt on paho-mqtt 2).
+
+- MQTT 5 first (content type on COSE messages), falling back to 3.1.1 for brokers without it.
+- Last Will `offline` and a retained `online` status; the signed birth message on every connect.
+- Up to `max_inflight` batches await their PUBACK at once, published oldest first; a batch
+  counts as delivered only when its PUBACK arrives (`on_ack`), never when it was written.
+- Reconnects with capped, jittered exponential backoff; after a reconnect the outbox is rebuilt
+  from the spool, so what the broker never acknowledged is sent again byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import cose
+from gateway.config import UplinkConfig
+from gateway.health import Health
+
+log = logging.getLogger("gateway.uplink")
+
+PUBLISH_TIMEOUT = 30.0
+
+
+def backoff_delays(cap: float, base: float = 0.5) -> Any:
+    """Capped exponential backoff with jitter: many gateways losing one broker must not come
+    back in lockstep."""
+    attempt = 0
+    while True:
+        yield min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+        attempt = min(attempt + 1, 30)
+
+
+def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.cert_file and cfg.key_file:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    return ctx
+
+
+def topics(prefix: str, device_id: str) -> dict[str, str]:
+    base = f"{prefix}/{device_id}"
+    return {k: f"{base}/{k}" for k in ("batch", "birth", "status", "state", "health")}
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        *,
+        device_id: str,
+        client_id: str,
+        password: str | None,
+        health: Health,
+        backlog: Callable[[], Awaitable[list[tuple[int, bytes, int]]]],
+        birth: Callable[[], Awaitable[bytes]],
+        on_ack: Callable[[int, int], None],
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.password = password
+        self.health = health
+        self.topics = topics(cfg.topic_prefix, device_id)
+        self._backlog = backlog
+        self._birth = birth
+        self._on_ack = on_ack
+        self._outbox: dict[int, tuple[bytes, int]] = {}
+        self._inflight: set[int] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._client: aiomqtt.Client | None = None
+        # "auto" starts with MQTT 5 and settles on 3.1.1 once a broker refused 5.
+        self._protocol = cfg.protocol
+
+    # --- called by the daemon -----------------------------------------------------------------
+
+    def offer(self, seq: int, message: bytes, n: int) -> None:
+        """A newly sealed (and already durable) batch."""
+        self._outbox[seq] = (message, n)
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every offered batch is acknowledged; False if time ran out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Connect, deliver, reconnect: until cancelled."""
+        delays = backoff_delays(self.cfg.reconnect_max)
+        while True:
+            try:
+                await self._session()
+            except* aiomqtt.MqttError as eg:
+                self.health.uplink_errors += 1
+                self.health.last_error = f"uplink: {eg.exceptions[0]}"
+                log.warning("broker %s:%s: %s", self.cfg.host, self.cfg.port, eg.exceptions[0])
+            except* OSError as eg:  # TLS setup and socket errors outside aiomqtt's wrapping
+                self.health.uplink_errors += 1
+                self.health.last_error = f"uplink: {eg.exceptions[0]}"
+                log.warning("broker %s:%s: %s", self.cfg.host, self.cfg.port, eg.exceptions[0])
+            else:
+                delays = backoff_delays(self.cfg.reconnect_max)
+                continue
+            finally:
+                self.health.connected = False
+                self._client = None
+                self._inflight.clear()
+            await asyncio.sleep(next(delays))
+
+    async def close(self) -> None:
+        """Clean goodbye: retained `offline`, then DISCONNECT (so the Will is not needed)."""
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await client.publish(self.topics["status"], b"offline", qos=1, retain=True, timeout=2)
+
+    # --- one connection -----------------------------------------------------------------------
+
+    def _make_client(self, protocol: str) -> aiomqtt.Client:
+        v5 = protocol != "3.1.1"
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0
+        return aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            identifier=self.client_id,
+            username=self.cfg.username,
+            password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
+            clean_session=None if v5 else True,
+            keepalive=int(self.cfg.keepalive),
+            timeout=PUBLISH_TIMEOUT,
+            max_inflight_messages=self.cfg.max_inflight,
+            tls_context=tls_context(self.cfg),
+            properties=props,
+        )
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
+        order = ["5", "3.1.1"] if self._protocol == "auto" else [self._protocol]
+        last: Exception | None = None
+        for proto in order:
+            client = self._make_client(proto)
+            try:
+                await stack.enter_async_context(client)
+            except aiomqtt.MqttError as e:
+                last = e
+                if "refused" in str(e).lower() and "connection" in str(e).lower():
+                    raise  # nobody listening: trying another protocol will not help
+                continue
+            if self._protocol == "auto" and proto != "5":
+                log.info("broker refused MQTT 5; using MQTT 3.1.1")
+                self._protocol = proto
+            self.health.protocol = proto
+            return client
+        assert last is not None
+        raise last
+
+    def _props(self) -> Properties | None:
+        if self.health.protocol != "5":
+            return None
+        p = Properties(PacketTypes.PUBLISH)
+        p.ContentType = cose.CONTENT_TYPE
+        return p
+
+    async def _session(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await self._connect(stack)
+            self._client = client
+            self.health.connected = True
+            self.health.connects += 1
+            log.info(
+                "connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.health.protocol
+            )
+            props = self._props()
+            await client.publish(self.topics["status"], b"online", qos=1, retain=True)
+            await client.publish(
+                self.topics["birth"], await self._birth(), qos=1, retain=True, properties=props
+            )
+            # Rebuild the outbox from the spool: whatever the broker did not acknowledge
+            # before is sent again, exactly as it was sealed.
+            for seq, message, n in await self._backlog():
+                self._outbox.setdefault(seq, (message, n))
+            self._wake.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch(client), name="uplink-watch")
+                tg.create_task(self._sender(client, props, tg), name="uplink-sender")
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        # aiomqtt reports a lost connection through the message iterator.
+        async for _ in client.messages:
+            pass
+        raise aiomqtt.MqttError("connection closed")
+
+    async def _sender(
+        self, client: aiomqtt.Client, props: Properties | None, tg: asyncio.TaskGroup
+    ) -> None:
+        slots = asyncio.Semaphore(self.cfg.max_inflight)
+        while True:
+            todo = sorted(s for s in self._outbox if s not in self._inflight)
+            if not todo:
+                if not self._inflight:
+                    self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for seq in todo:
+                await slots.acquire()
+                self._inflight.add(seq)
+                tg.create_task(self._publish(client, seq, props, slots), name=f"publish-{seq}")
+
+    async def _publish(
+        self,
+        client: aiomqtt.Client,
+        seq: int,
+        props: Properties | None,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        message, n = self._outbox[seq]
+        try:
+            await client.publish(self.topics["batch"], message, qos=1, properties=props)
+        finally:
+            slots.release()
+        # PUBACK received: the broker owns the batch now.
+        self._inflight.discard(seq)
+        self._outbox.pop(seq, None)
+        self._on_ack(seq, n)
+        if not self._outbox and not self._inflight:
+            self._idle.set()
+        self._wake.set()

@@ -1,0 +1,220 @@
+"""Valid and adversarial signed batches for the verifier's tests and the spec vectors.
+
+Everything is deterministic: keys come from fixed seeds, Ed25519 signatures are deterministic,
+so the same call always gives the same bytes. Honest batches go through the production
+encoders (payloads.encode_record / encode_batch, cose.sign1); adversarial ones are assembled
+field by field so a test can put any raw bytes in any place and still sign them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import cose, dcbor, merkle, payloads
+from gateway.identity import Identity, did_of
+
+SEED_A = bytes(range(32))
+SEED_B = bytes(range(32, 64))
+BOOT = bytes(range(16))
+SEALED = 1_767_225_600  # 2026-01-01T00:00:00Z
+MODULES: list[tuple[str, str, bytes]] = [("ranges", "1.0", hashlib.sha256(b"ranges").digest())]
+# The identity point: a small-order public key under which OpenSSL accepts the "signature"
+# R = identity, S = 0 for every message. Verifiers must reject it (spec section 2).
+WEAK_KEY = bytes([1]) + bytes(31)
+WEAK_SIGNATURE = bytes([1]) + bytes(63)
+
+
+def identity(seed: bytes = SEED_A) -> Identity:
+    return Identity.from_private_key(Ed25519PrivateKey.from_private_bytes(seed))
+
+
+def batch_id(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+def record(i: int, *, t0: float = SEALED - 60) -> bytes:
+    """Record i of a batch: alternating temperature and humidity, a value with a fraction."""
+    if i % 2:
+        return payloads.encode_record("climate/humidity", "%RH", 40.5 + i, t0 + i, 0.0, [])
+    return payloads.encode_record("climate/temperature", "Cel", 21.25 + i, t0 + i, 0.125, [])
+
+
+def records(n: int = 3) -> list[bytes]:
+    return [record(i) for i in range(n)]
+
+
+def batch_payload(
+    ident: Identity,
+    seq: int,
+    prev: bytes,
+    recs: Sequence[bytes] | None = None,
+    *,
+    did: str | None = None,
+    dropped: Sequence[payloads.DropReceipt] = (),
+    synced: bool = True,
+) -> bytes:
+    payload, _ = payloads.encode_batch(
+        did=did or ident.did,
+        seq=seq,
+        prev=prev,
+        sealed=SEALED + 60 * seq,
+        records=records() if recs is None else recs,
+        clock_synced=synced,
+        clock_source="ntp",
+        modules=MODULES,
+        dropped=dropped,
+        boot=BOOT,
+    )
+    return payload
+
+
+def sign(ident: Identity, payload: bytes, typ: str = cose.TYP_BATCH) -> bytes:
+    return cose.sign1(ident, typ, payload)
+
+
+@dataclass
+class Built:
+    seq: int
+    payload: bytes
+    message: bytes
+
+    @property
+    def id(self) -> bytes:
+        return batch_id(self.payload)
+
+
+@dataclass
+class Chain:
+    """An honest device: each batch links to the one before."""
+
+    ident: Identity = field(default_factory=identity)
+    built: list[Built] = field(default_factory=list)
+
+    def next(self, recs: Sequence[bytes] | None = None) -> Built:
+        seq = len(self.built)
+        prev = self.built[-1].id if self.built else payloads.ZERO_PREV
+        payload = batch_payload(self.ident, seq, prev, recs)
+        b = Built(seq, payload, sign(self.ident, payload))
+        self.built.append(b)
+        return b
+
+    def take(self, n: int) -> list[Built]:
+        while len(self.built) < n:
+            self.next()
+        return self.built[:n]
+
+    def alternative(self, seq: int, recs: Sequence[bytes] | None = None) -> Built:
+        """A second, different batch for an already used seq (same prev): equivocation."""
+        prev = self.built[seq - 1].id if seq else payloads.ZERO_PREV
+        other = list(recs) if recs is not None else [*records(), record(99)]
+        payload = batch_payload(self.ident, seq, prev, other)
+        return Built(seq, payload, sign(self.ident, payload))
+
+
+# --- hand-assembled payloads and envelopes -----------------------------------------------------
+
+
+def head(major: int, n: int) -> bytes:
+    return payloads._head(major, n)
+
+
+def canonical_fields(
+    ident: Identity, seq: int, prev: bytes, recs: Sequence[bytes] | None = None
+) -> dict[int, bytes]:
+    """The raw encoded value of each batch key, as the honest encoder would write it."""
+    recs = records() if recs is None else list(recs)
+    enc = dcbor.dumps
+    return {
+        1: enc(ident.did),
+        2: enc(seq),
+        3: enc(prev),
+        4: enc(SEALED + 60 * seq),
+        5: head(4, len(recs)) + b"".join(recs),
+        6: enc(merkle.root(recs)),
+        7: enc({"synced": True, "source": "ntp"}),
+        8: enc([list(m) for m in MODULES]),
+        10: enc(BOOT),
+    }
+
+
+def assemble(fields: dict[Any, bytes], *, key_bytes: dict[Any, bytes] | None = None) -> bytes:
+    """A map from raw parts, in the dict's order (so a test can also misorder keys)."""
+    key_bytes = key_bytes or {}
+    body = b"".join(key_bytes.get(k, cbor2.dumps(k)) + v for k, v in fields.items())
+    return head(5, len(fields)) + body
+
+
+def raw_record(obj: dict[Any, Any]) -> bytes:
+    """A record encoded without normalisation, keys in the given order (may be non-canonical)."""
+    return cbor2.dumps(obj)
+
+
+def sign_raw(
+    ident: Identity,
+    payload: bytes,
+    *,
+    protected: bytes | None = None,
+    unprotected: bytes = b"\xa0",
+    typ: str = cose.TYP_BATCH,
+) -> bytes:
+    """A COSE_Sign1 around any protected header and unprotected bytes, correctly signed."""
+    if protected is None:
+        protected = cose.protected_header(ident.kid, typ)
+    signature = ident.sign(cose.sig_structure(protected, payload))
+    return (
+        b"\xd2\x84"
+        + cbor2.dumps(protected)
+        + unprotected
+        + cbor2.dumps(payload)
+        + cbor2.dumps(signature)
+    )
+
+
+def weak_key_forgery(payload_did: str | None = None) -> bytes:
+    """A batch 'signed' under the identity point with R = identity, S = 0 (no private key)."""
+    kid = b"\xed\x01" + WEAK_KEY
+    did = payload_did or did_of(WEAK_KEY)
+    recs = records()
+    payload, _ = payloads.encode_batch(
+        did=did, seq=0, prev=payloads.ZERO_PREV, sealed=SEALED, records=recs,
+        clock_synced=True, clock_source="ntp", modules=MODULES, dropped=(), boot=BOOT,
+    )  # fmt: skip
+    protected = cose.protected_header(kid, cose.TYP_BATCH)
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, WEAK_SIGNATURE]))
+
+
+def birth_payload(ident: Identity, *, next_seq: int = 0, did: str | None = None) -> bytes:
+    return payloads.encode_birth(
+        did=did or ident.did,
+        version="0.1.0",
+        boot=BOOT,
+        started=SEALED,
+        config_sha256=hashlib.sha256(b"config").digest(),
+        sensors=[{"id": "climate", "driver": "simulated", "quantities": ["temperature"],
+                  "interval": 10}],
+        modules=MODULES,
+        next_seq=next_seq,
+    )  # fmt: skip
+
+
+def attestation_payload(attestor: Identity, device: Identity) -> bytes:
+    return dcbor.dumps(
+        {
+            1: attestor.did,
+            2: device.did,
+            3: SEALED,
+            4: SEALED + 3600,
+            5: 360,
+            6: 355,
+            7: 2,
+            8: "ok",
+            9: 0.5,
+            10: merkle.root([]),
+        }
+    )
