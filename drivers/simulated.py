@@ -221,11 +221,17 @@ def units_for(kind: str, quantities: Sequence[str] = ()) -> dict[str, str]:
 
 
 def check_options(options: Mapping[str, Any]) -> list[str]:
-    """Every problem with a (defaults-filled) option set, including rules spanning fields."""
+    """Every problem with an option set, including the rules that span fields (the config
+    loader checks each field alone; the constructor runs this and raises ConfigError)."""
     problems = []
     for key, field in SimulatedSensor.CONFIG.items():
         value = options.get(key, field.default)
-        if field.choices is not None and value not in field.choices:
+        numeric = field.kind in ("int", "float")
+        if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append(f"{key}: expected a number, got {value!r}")
+        elif field.kind == "str" and not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {value!r}")
+        elif field.choices is not None and value not in field.choices:
             choices = ", ".join(map(str, field.choices))
             problems.append(f"{key}: {value!r} is not one of {choices}")
         elif field.min is not None and value < field.min:

@@ -16,11 +16,14 @@ DEFAULT_KEY = Path("/var/lib/depin-gateway/device.key")
 
 
 def _setup_logging(level: str) -> None:
+    # Our own loggers follow the chosen level; libraries stay at INFO so "debug" shows the
+    # gateway's decisions (down to each durable reading), not every MQTT packet.
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("gateway").setLevel(getattr(logging, level.upper()))
 
 
 def _key_path(args: argparse.Namespace) -> Path:

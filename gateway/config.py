@@ -328,7 +328,8 @@ LOG: Mapping[str, Field] = {
 SENSOR: Mapping[str, Field] = {
     "id": Field(
         "str",
-        "Unique id matching ^[a-z0-9][a-z0-9_-]*$; prefixes the SenML names (`id/quantity`).",
+        "Unique id: lower-case letters, digits, '_' and '-', starting with a letter or digit; "
+        "prefixes the names of the sensor's readings (`id/quantity`).",
         check=_sensor_id,
     ),
     "driver": Field("str", "Registered driver name (entry point group depin_gateway.drivers)."),
@@ -912,6 +913,24 @@ def _plugin(
     return cls
 
 
+def _plugin_rules(problems: _Problems, path: str, cls: Any, options: Mapping[str, Any]) -> None:
+    """A plug-in's rules spanning its own fields: the optional `check_config(options)` hook
+    returns problem texts, each ideally starting with the key it is about (`"key: message"`)."""
+    hook = getattr(cls, "check_config", None)
+    if hook is None:
+        return
+    try:
+        found = [str(text) for text in hook(dict(options))]
+    except Exception as exc:
+        found = [f"check_config failed: {type(exc).__name__}: {exc}"]
+    for text in found:
+        key, sep, rest = text.partition(": ")
+        if sep and key in options:
+            problems.add(_join(path, key), rest)
+        else:
+            problems.add(path, text)
+
+
 def _items(problems: _Problems, doc: Mapping[str, Any], name: str) -> list[Any]:
     value = doc.get(name, [])
     if not isinstance(value, list):
@@ -954,16 +973,21 @@ def _sensors(problems: _Problems, doc: Mapping[str, Any], base_dir: Path) -> lis
         if "id" in values:
             sid = values["id"]
             if sid in seen:
-                problems.add(f"{path}.id", f"duplicate sensor id {sid!r} (also {seen[sid]})")
+                problems.add(
+                    f"{path}.id", f"duplicate sensor id {sid!r} (first used by {seen[sid]})"
+                )
             else:
-                seen[sid] = path
+                line = problems.locator.line_of(f"{path}.id") if problems.locator else None
+                seen[sid] = path if line is None else f"{path}, line {line}"
         if cls is not None and all(k in values for k in fields):
+            options = {k: values[k] for k in fields if k not in SENSOR}
+            _plugin_rules(problems, path, cls, options)
             out.append(
                 SensorConfig(
                     id=values["id"],
                     driver=values["driver"],
                     interval=values["interval"],
-                    options=MappingProxyType({k: values[k] for k in fields if k not in SENSOR}),
+                    options=MappingProxyType(options),
                 )
             )
     return out
@@ -998,15 +1022,20 @@ def _modules(problems: _Problems, doc: Mapping[str, Any], base_dir: Path) -> lis
         if "id" in values:
             mid = values["id"]
             if mid in seen:
-                problems.add(f"{path}.id", f"duplicate module id {mid!r} (also {seen[mid]})")
+                problems.add(
+                    f"{path}.id", f"duplicate module id {mid!r} (first used by {seen[mid]})"
+                )
             else:
-                seen[mid] = path
+                line = problems.locator.line_of(f"{path}.id") if problems.locator else None
+                seen[mid] = path if line is None else f"{path}, line {line}"
         if cls is not None and all(k in values for k in fields):
+            options = {k: values[k] for k in fields if k not in MODULE}
+            _plugin_rules(problems, path, cls, options)
             out.append(
                 ModuleConfig(
                     id=values["id"],
                     kind=values["kind"],
-                    options=MappingProxyType({k: values[k] for k in fields if k not in MODULE}),
+                    options=MappingProxyType(options),
                 )
             )
     return out
@@ -1032,7 +1061,7 @@ def _syntax_problem(problems: _Problems, exc: tomllib.TOMLDecodeError, text: str
     problems.add("", f"TOML syntax error: {message}", line=line)
 
 
-def loads(text: str, *, source: str = "<string>", base_dir: Path | None = None) -> Config:
+def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
     """The checked configuration in `text`; relative paths are taken from `base_dir` (default:
     the current directory). Raises ConfigError listing every problem, ordered by line."""
     return _loads(text, source=source, base_dir=base_dir, file=None)
@@ -1203,3 +1232,85 @@ def render(cfg: Config) -> str:
         lines += ["", "[[module]]"]
         _render_table(lines, {"id": module.id, "kind": module.kind, **module.options})
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- reference
+
+
+_TYPE_NAMES = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "path": "path",
+    "duration": "duration",
+    "size": "size",
+    "str-list": "array of strings",
+    "float-list": "array of numbers",
+    "table": "table",
+}
+
+
+def _default_text(field: Field, key: str, fields: Mapping[str, Field]) -> str:
+    if fields is SENSOR and key == "interval":
+        return "the driver's `default_interval`"
+    if field.required:
+        return "required"
+    if field.default is None:
+        return "not set"
+    if isinstance(field.default, str):
+        return f"`{_toml_str(field.default)}`"
+    return f"`{_toml_value(field.default)}`"
+
+
+def _allowed_text(field: Field) -> str:
+    if field.choices is not None:
+        return ", ".join(f"`{_toml_value(c)}`" for c in field.choices)
+    low = None if field.min is None else _show(field, field.min)
+    high = None if field.max is None else _show(field, field.max)
+    if low is not None and high is not None:
+        return f"{low} .. {high}"
+    if low is not None:
+        return f"≥ {low}"
+    if high is not None:
+        return f"≤ {high}"
+    return ""
+
+
+def _table_md(title: str, fields: Mapping[str, Field]) -> list[str]:
+    lines = [f"### {title}", ""]
+    if not fields:
+        return [*lines, "No options.", ""]
+    lines += ["| Key | Type | Default | Allowed | Meaning |", "|---|---|---|---|---|"]
+    for key, field in fields.items():
+        cells = (
+            f"`{key}`",
+            _TYPE_NAMES[field.kind],
+            _default_text(field, key, fields),
+            _allowed_text(field),
+            field.help,
+        )
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*lines, ""]
+
+
+def schema_reference() -> str:
+    """Markdown tables of every key: the gateway's sections, then each installed plug-in's
+    options (the generated part of docs/configuration.md)."""
+    lines: list[str] = []
+    for name, fields in SECTIONS.items():
+        lines += _table_md(f"`[{name}]`", fields)
+    lines += _table_md("`[[sensor]]`", SENSOR)
+    lines += _table_md("`[[module]]`", MODULE)
+    for what, names, load_class in (
+        ("driver", plugins.drivers, plugins.driver_class),
+        ("module", plugins.modules, plugins.module_class),
+    ):
+        for name in names():
+            try:
+                config = load_class(name).CONFIG
+            except Exception as exc:
+                lines += [f"### {what} `{name}`", "", f"(failed to load: {exc})", ""]
+                continue
+            lines += _table_md(f"{what} `{name}`", config)
+    return "\n".join(lines)

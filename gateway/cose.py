@@ -131,7 +131,7 @@ def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
         raise VerifyError("malformed", "not a tagged COSE_Sign1 (tag 18)")
     v = obj.value
-    if not isinstance(v, list) or len(v) != 4:
+    if not isinstance(v, list | tuple) or len(v) != 4:  # cbor2 6 gives tag contents as tuples
         raise VerifyError("malformed", "COSE_Sign1 must be an array of 4")
     protected, unprotected, payload, signature = v
     if not isinstance(protected, bytes) or not isinstance(payload, bytes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,9 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # Started as root, mosquitto would drop to its own user and could not write its
+            # log and persistence file here; stay who we are.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"

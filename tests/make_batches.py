@@ -218,3 +218,127 @@ def attestation_payload(attestor: Identity, device: Identity) -> bytes:
             10: merkle.root([]),
         }
     )
+
+
+# --- the spec vectors of tests/vectors/cose/ ---------------------------------------------------
+
+
+@dataclass
+class Vector:
+    name: str
+    message: bytes
+    expect: str  # the finding kind of a fresh verifier without allow-list
+    description: str
+
+
+def _record_raw(value_bytes: bytes, *, extra: bytes = b"", count: int = 4) -> bytes:
+    """A temperature record with the value's bytes given raw (keys 0, 1, 2, 6 in order)."""
+    enc = dcbor.dumps
+    return (
+        head(5, count)
+        + b"\x00" + enc("climate/temperature")
+        + b"\x01" + enc("Cel")
+        + b"\x02" + value_bytes
+        + b"\x06" + enc(SEALED - 60)
+        + extra
+    )  # fmt: skip
+
+
+def chain_vectors() -> tuple[Chain, dict[str, Built]]:
+    chain = Chain(identity(SEED_A))
+    chain.take(5)
+    named = {f"chain-{b.seq}": b for b in chain.built}
+    named["chain-1-other"] = chain.alternative(1)
+    named["chain-2-other"] = chain.alternative(2)
+    wrong = batch_payload(chain.ident, 1, b"\x22" * 32)
+    named["chain-1-wrong-prev"] = Built(1, wrong, sign(chain.ident, wrong))
+    return chain, named
+
+
+def cose_vectors() -> list[Vector]:
+    """Every file of tests/vectors/cose/, rebuilt from scratch (the bytes are reproducible)."""
+    a, b = identity(SEED_A), identity(SEED_B)
+    named = chain_vectors()[1]
+    c0 = named["chain-0"]
+    zero = payloads.ZERO_PREV
+    out = [Vector(n, x.message, "valid", "honest chain of device A") for n, x in named.items()]
+
+    def add(name: str, message: bytes, expect: str, description: str) -> None:
+        out.append(Vector(name, message, expect, description))
+
+    def batch(recs: Sequence[bytes]) -> bytes:
+        return sign(a, batch_payload(a, 0, zero, recs))
+
+    add("birth", sign(a, birth_payload(a), cose.TYP_BIRTH), "birth", "birth of device A")
+    attestation = sign(b, attestation_payload(b, a), cose.TYP_ATTESTATION)
+    add("attestation", attestation, "attestation", "attestor B about device A")
+    p19 = dcbor.dumps({1: cose.ALG_ED25519, 4: a.kid, 16: cose.TYP_BATCH})
+    add("alg-19", sign_raw(a, c0.payload, protected=p19), "valid", "chain-0 signed with alg -19")
+
+    flipped = c0.message[:-1] + bytes([c0.message[-1] ^ 0x01])
+    add("bad-signature", flipped, "bad-signature", "chain-0, last signature bit flipped")
+    env = cbor2.loads(c0.message).value
+    assert c0.payload.count(bytes.fromhex("f94d50")) == 1  # 21.25, the first record's value
+    tampered = c0.payload.replace(bytes.fromhex("f94d50"), bytes.fromhex("f94d60"))  # 21.5
+    tampered_msg = cbor2.dumps(cbor2.CBORTag(18, [env[0], {}, tampered, env[3]]))
+    add("tampered-record", tampered_msg, "bad-signature", "record 0 changed after signing")
+    add("weak-key", weak_key_forgery(), "bad-signature", "identity-point key, R=identity S=0")
+    mismatch = sign(a, batch_payload(a, 0, zero, did=b.did))
+    add("did-mismatch", mismatch, "did-mismatch", "signed by A, payload names B")
+
+    f = canonical_fields(a, 0, zero)
+    f[6] = dcbor.dumps(merkle.root(records()[:2]))
+    add("bad-root", sign(a, assemble(f)), "bad-root", "root over records 0-1 of 3")
+    nd = raw_record({0: "climate/temperature", 1: "Cel", 2: 21.0, 6: SEALED - 60})
+    add("integral-float", batch([nd, record(1)]), "non-deterministic", "value 21.0 as a double")
+    unsorted = raw_record({"as": 0, 6: SEALED - 60, 2: 21, 1: "Cel", 0: "climate/temperature"})
+    add("unsorted-keys", batch([unsorted]), "non-deterministic", "record labels in reverse")
+    f = canonical_fields(a, 0, zero)
+    f[2] = b"\x18\x00"
+    add("non-shortest-head", sign(a, assemble(f)), "non-deterministic", "seq 0 written 18 00")
+    add("nan", batch([_record_raw(bytes.fromhex("f97e00"))]), "nan", "record value NaN")
+    add("infinity", batch([_record_raw(bytes.fromhex("f97c00"))]), "nan", "record value +inf")
+    base = dcbor.dumps({-2: "climate/", 0: "temperature", 1: "Cel", 2: 21, 6: SEALED - 60})
+    add("base-fields", batch([base]), "base-fields", "record uses the base name label -2")
+    bignum = dcbor.dumps({0: "climate/temperature", 1: "Cel", 2: 21, 6: 2**64 + 5})
+    add("tag-in-payload", batch([bignum]), "malformed", "record time is a tag-2 bignum")
+    no_time = dcbor.dumps({0: "climate/temperature", 1: "Cel", 2: 21})
+    add("no-record-time", batch([no_time]), "bad-record", "record without t")
+    f = canonical_fields(a, 0, zero)
+    f[11] = b"\x00"
+    add("unknown-batch-key", sign(a, assemble(f)), "malformed", "batch key 11")
+    f = canonical_fields(a, 0, zero)
+    f[True] = f.pop(1)  # after key 10, where f5 sorts: only the key's type is wrong
+    add("bool-key", sign(a, assemble(f)), "malformed", "batch key true instead of 1")
+    seq1_zero = sign(a, batch_payload(a, 1, zero))
+    add("seq1-zero-prev", seq1_zero, "prev-mismatch", "seq 1 with the all-zero prev")
+    seq0_prev = sign(a, batch_payload(a, 0, b"\x11" * 32))
+    add("seq0-nonzero-prev", seq0_prev, "prev-mismatch", "seq 0 with a non-zero prev")
+    ptyp = dcbor.dumps({1: cose.ALG_EDDSA, 4: a.kid, 16: "application/json"})
+    add("unknown-typ", sign_raw(a, c0.payload, protected=ptyp), "malformed", "typ application/json")
+    unprot = sign_raw(a, c0.payload, unprotected=cbor2.dumps({4: a.kid}))
+    add("unprotected-not-empty", unprot, "malformed", "kid in the unprotected map")
+    add("trailing-bytes", c0.message + b"\x00", "malformed", "chain-0 and one more byte")
+    add("truncated", c0.message[:-10], "malformed", "chain-0 without its last 10 bytes")
+    add("untagged", c0.message[1:], "malformed", "chain-0 without tag 18")
+    add("garbage", b"not cbor at all \xff\xfe", "malformed", "not CBOR")
+    return out
+
+
+# Orders in which one verifier sees chain files, and what it must say each time.
+SEQUENCES: list[dict[str, Any]] = [
+    {
+        "files": ["chain-0", "chain-1", "chain-1", "chain-1-other", "chain-3", "chain-2",
+                  "chain-4", "alg-19"],
+        "expect": ["valid", "valid", "duplicate", "equivocation", "gap", "reordered", "valid",
+                   "duplicate"],
+    },
+    {"files": ["chain-0", "chain-1", "chain-3", "chain-2-other"],
+     "expect": ["valid", "valid", "gap", "replay"]},
+    {"files": ["chain-0", "chain-1-wrong-prev", "chain-1"],
+     "expect": ["valid", "prev-mismatch", "valid"]},
+    {"files": ["chain-2", "chain-3", "chain-1", "chain-0"],
+     "expect": ["valid", "valid", "reordered", "reordered"]},
+    {"allow": ["B"], "files": ["chain-0", "birth", "attestation"],
+     "expect": ["unknown-device", "unknown-device", "attestation"]},
+]  # fmt: skip

@@ -1,0 +1,494 @@
+"""Verification for anyone (spec section 9): files or a live broker in, one finding per message.
+
+A `Verifier` checks each message in the spec's order - envelope and signature, did against kid,
+allow-list, payload, then the device's chain - and keeps the chain state in memory. It never
+raises on what arrives: every message, however broken, becomes exactly one `Finding`.
+
+Chain decisions the spec leaves open, written down here (and in the project's docs):
+- A zero `prev` at seq > 0, or a non-zero one at seq 0, is "prev-mismatch", checked before the
+  chain, so it also applies to the first batch a verifier sees.
+- A lower, unseen seq is "reordered" when every neighbour already seen links to it (seq-1's id
+  is its prev, seq+1's prev is its id) and "replay" when one does not. A neighbour not seen yet
+  is checked when it arrives, so the accepted batches always form a consistent chain, and
+  honest batches delivered in any order are never called forgeries.
+- Birth and attestation messages are signature- and did-checked; they do not touch the chain.
+  Attestors are not devices, so the allow-list does not apply to attestations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import cbor2
+
+from gateway import cose, dcbor, payloads
+from gateway.errors import ConfigError, UplinkError, VerifyError
+from gateway.identity import device_id_of, did_of, public_key_of_did
+
+MAX_MESSAGE = 16 * 1024 * 1024
+_CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable
+# Kinds that leave the message acceptable; every other kind makes it invalid ("forged").
+ACCEPTED = frozenset({"valid", "duplicate", "gap", "reordered", "birth", "attestation"})
+KIND_ORDER = (
+    "valid", "duplicate", "gap", "reordered", "birth", "attestation",
+    "equivocation", "replay", "prev-mismatch", "bad-signature", "did-mismatch", "unknown-device",
+    "bad-root", "malformed", "non-deterministic", "nan", "base-fields", "bad-record",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What the verifier concluded about one message."""
+
+    kind: str
+    did: str | None
+    seq: int | None
+    batch_id: bytes | None
+    records: int
+    detail: str
+    source: str
+
+    @property
+    def forged(self) -> bool:
+        """True when the message is invalid (forged, tampered, replayed, equivocating...)."""
+        return self.kind not in ACCEPTED
+
+    @property
+    def device_id(self) -> str | None:
+        return device_id_of(self.did) if self.did else None
+
+
+@dataclass
+class _Link:
+    batch_id: bytes
+    prev: bytes
+    message: bytes  # kept as evidence should the device equivocate on this seq
+    records: int
+    synced: bool
+
+
+@dataclass
+class _Chain:
+    links: dict[int, _Link]
+    last: int
+    problems: Counter[str] = field(default_factory=Counter)
+
+
+def _normalise_did(entry: str) -> str:
+    did = entry if entry.startswith("did:") else "did:key:" + entry
+    public_key_of_did(did)  # ValueError when it is not an Ed25519 did:key
+    return did
+
+
+def _short(b: bytes) -> str:
+    return b.hex()[:16]
+
+
+class Verifier:
+    """Checks messages in arrival order and keeps each device's chain in memory."""
+
+    def __init__(self, *, allowed_dids: Collection[str] | None = None) -> None:
+        self.allowed: frozenset[str] | None = None
+        if allowed_dids is not None:
+            good: set[str] = set()
+            bad: list[str] = []
+            for entry in allowed_dids:
+                try:
+                    good.add(_normalise_did(entry.strip()))
+                except ValueError:
+                    bad.append(f"{entry!r} is not an Ed25519 did:key or device id")
+            if bad:
+                raise ConfigError(bad, source="allow-list")
+            self.allowed = frozenset(good)
+        self.counts: Counter[str] = Counter()
+        self.evidence: list[tuple[str, int, bytes, bytes]] = []
+        self.gaps: list[tuple[str, int, int]] = []  # (did, first missing seq, last missing seq)
+        self._chains: dict[str, _Chain] = {}
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def verified_records(self) -> dict[str, int]:
+        """Records per did in the batches accepted so far (each batch counted once)."""
+        return {did: sum(x.records for x in c.links.values()) for did, c in self._chains.items()}
+
+    def missing(self, did: str) -> list[int]:
+        """Seqs not seen between the lowest and highest accepted seq of `did`."""
+        c = self._chains.get(did)
+        if c is None:
+            return []
+        return [s for s in range(min(c.links), c.last) if s not in c.links]
+
+    def status(self, did: str) -> str:
+        """The chain status text of an attestation (spec section 6) for `did`."""
+        c = self._chains.get(did)
+        if c is None:
+            return "ok"
+        if c.problems["equivocation"]:
+            return "equivocation"
+        if c.problems["replay"] or c.problems["prev-mismatch"]:
+            return "replay"
+        return "gap" if self.missing(did) else "ok"
+
+    # --- checking ----------------------------------------------------------------------------
+
+    def check(self, message: bytes, *, source: str = "") -> Finding:
+        """One finding for one message; never raises on bad input."""
+        try:
+            finding = self._check(bytes(message), source)
+        except Exception as e:  # a bug or a decoder surprise must not stop a verifier
+            finding = Finding("malformed", None, None, None, 0,
+                              f"unexpected {type(e).__name__}: {e}", source)  # fmt: skip
+        self.counts[finding.kind] += 1
+        if finding.kind in _CHAIN_PROBLEMS and finding.did in self._chains:
+            self._chains[finding.did].problems[finding.kind] += 1
+        return finding
+
+    def _check(self, message: bytes, source: str) -> Finding:
+        if len(message) > MAX_MESSAGE:
+            return Finding("malformed", None, None, None, 0, "over the 16 MiB limit", source)
+        # Steps 1 and 2: envelope, typ, signature.
+        try:
+            s = cose.verify1(message)
+        except VerifyError as e:
+            did, seq, n = _claims(message) if e.kind == "bad-signature" else (None, None, 0)
+            return Finding(e.kind, did, seq, None, n, e.detail, source)
+        did = did_of(s.public_key)
+        bid = hashlib.sha256(s.payload).digest()
+
+        def finding(kind: str, detail: str, seq: int | None = None, n: int = 0) -> Finding:
+            return Finding(kind, did, seq, bid, n, detail, source)
+
+        try:
+            m = cbor2.loads(s.payload)
+        except Exception as e:
+            return finding("malformed", f"payload is not CBOR: {e}")
+        if not isinstance(m, dict) or not isinstance(m.get(1), str):
+            return finding("malformed", "payload is not a map with the signer's did at key 1")
+        seq = m.get(2) if s.typ == cose.TYP_BATCH and type(m.get(2)) is int else None
+        n = len(m[5]) if s.typ == cose.TYP_BATCH and isinstance(m.get(5), list) else 0
+        if m[1] != did:
+            return finding("did-mismatch", f"payload names {m[1]!r} but kid is {did}", seq, n)
+        if s.typ == cose.TYP_ATTESTATION:
+            return _other_payload(s.payload, m, finding, "attestation")
+        # Step 3: only registered devices.
+        if self.allowed is not None and did not in self.allowed:
+            return finding("unknown-device", "not in the allow-list", seq, n)
+        if s.typ == cose.TYP_BIRTH:
+            return _other_payload(s.payload, m, finding, "birth")
+        # Step 4: the payload itself.
+        try:
+            b = payloads.decode_batch(s.payload)
+        except payloads.PayloadError as e:
+            return finding(e.kind, e.detail, seq, n)
+        problem = _batch_shape(b) or _tag_problem(s.payload)
+        if problem:
+            return finding("malformed", problem, b.seq, n)
+        # Step 5: the chain.
+        return self._chain(did, b, bid, message, finding)
+
+    def _chain(
+        self, did: str, b: payloads.Batch, bid: bytes, message: bytes,
+        finding: Callable[[str, str, int | None, int], Finding],
+    ) -> Finding:  # fmt: skip
+        seq, n = b.seq, len(b.records)
+
+        def out(kind: str, detail: str) -> Finding:
+            return finding(kind, detail, seq, n)
+
+        if seq == 0 and b.prev != payloads.ZERO_PREV:
+            return out("prev-mismatch", "seq 0 must have the all-zero prev")
+        if seq > 0 and b.prev == payloads.ZERO_PREV:
+            return out("prev-mismatch", f"seq {seq} has the all-zero prev of a first batch")
+        link = _Link(bid, b.prev, message, n, b.clock["synced"] is True)
+        chain = self._chains.get(did)
+        if chain is None:
+            self._chains[did] = _Chain(links={seq: link}, last=seq)
+            return out("valid", f"starts the chain at seq {seq}")
+        seen = chain.links.get(seq)
+        if seen is not None:
+            if seen.batch_id == bid:
+                return out("duplicate", "already seen")
+            self.evidence.append((did, seq, seen.message, message))
+            return out("equivocation", f"seq {seq} was already batch {_short(seen.batch_id)}")
+        if seq == chain.last + 1:
+            last = chain.links[chain.last]
+            if b.prev != last.batch_id:
+                return out("prev-mismatch",
+                           f"prev {_short(b.prev)} is not batch {chain.last} "
+                           f"({_short(last.batch_id)})")  # fmt: skip
+            chain.links[seq] = link
+            chain.last = seq
+            return out("valid", "extends the chain")
+        if seq > chain.last:
+            self.gaps.append((did, chain.last + 1, seq - 1))
+            missing = (
+                f"{chain.last + 1}" if seq == chain.last + 2 else f"{chain.last + 1}-{seq - 1}"
+            )
+            chain.links[seq] = link
+            chain.last = seq
+            return out("gap", f"seq {missing} missing")
+        before, after = chain.links.get(seq - 1), chain.links.get(seq + 1)
+        if before is not None and before.batch_id != b.prev:
+            return out("replay", f"prev does not link to batch {seq - 1}")
+        if after is not None and after.prev != bid:
+            return out("replay", f"batch {seq + 1} does not link to this batch")
+        chain.links[seq] = link
+        linked = [f"{x}" for x, y in ((seq - 1, before), (seq + 1, after)) if y is not None]
+        return out(
+            "reordered", ("links to " + " and ".join(linked)) if linked else "no neighbour yet"
+        )
+
+
+def _claims(message: bytes) -> tuple[str | None, int | None, int]:
+    """Best-effort did, seq and record count of a message whose signature failed (unproven)."""
+    try:
+        v = cbor2.loads(message).value
+        kid = cbor2.loads(v[0])[4]
+        did = did_of(kid[2:]) if isinstance(kid, bytes) and len(kid) == 34 else None
+        m = cbor2.loads(v[2])
+        seq = m.get(2) if type(m.get(2)) is int else None
+        n = len(m[5]) if isinstance(m.get(5), list) else 0
+        return did, seq, n
+    except Exception:
+        return None, None, 0
+
+
+def _other_payload(
+    payload: bytes, m: dict[Any, Any], finding: Callable[..., Finding], kind: str
+) -> Finding:
+    """Birth and attestation payloads: deterministic, integer keys, no NaN, no tags."""
+    keys = payloads.BIRTH_KEYS if kind == "birth" else frozenset(range(1, 11))
+    if any(type(k) is not int or k not in keys for k in m):
+        return finding("malformed", f"unknown {kind} keys")
+    try:
+        canonical = dcbor.dumps(m)
+    except ValueError as e:
+        return finding("nan", str(e))
+    if canonical != payload:
+        return finding("non-deterministic", f"{kind} payload is not in deterministic encoding")
+    problem = _tag_problem(payload)
+    if problem:
+        return finding("malformed", problem)
+    if kind == "birth":
+        nxt = m.get(8)
+        return finding("birth", f"version {m.get(2)!r}, next seq {nxt!r}")
+    return finding("attestation", f"about {m.get(2)!r}, chain {m.get(8)!r}")
+
+
+def _is_number(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _batch_shape(b: payloads.Batch) -> str | None:
+    """The batch fields decode_batch leaves loose (spec section 3 types)."""
+    if set(b.clock) != {"synced", "source"} or not isinstance(b.clock["source"], str):
+        return 'clock must be exactly {"synced": bool, "source": text}'
+    for m in b.modules:
+        if not (
+            isinstance(m, list)
+            and len(m) == 3
+            and isinstance(m[0], str)
+            and isinstance(m[1], str)
+            and isinstance(m[2], bytes)
+            and len(m[2]) == 32
+        ):
+            return "modules must be [name, version, sha256] entries"
+    for d in b.dropped:
+        if not (
+            isinstance(d, dict)
+            and set(d) == {"n", "from", "to", "why"}
+            and type(d["n"]) is int
+            and d["n"] > 0
+            and _is_number(d["from"])
+            and _is_number(d["to"])
+            and isinstance(d["why"], str)
+        ):
+            return 'dropped entries must be {"n", "from", "to", "why"}'
+    return None
+
+
+def _tag_problem(data: bytes) -> str | None:
+    """Spec section 7 allows no tags in a payload; cbor2 turns many into Python objects
+    (bignums, sets, decimals) that re-encode to the same bytes, so look at the bytes."""
+    tag = first_tag(data)
+    return None if tag is None else f"CBOR tag {tag} inside the payload"
+
+
+def first_tag(data: bytes) -> int | None:
+    """The first tag number in a definite-length CBOR item, None when there is none."""
+    pos, todo = 0, [1]  # items still to read at each open nesting level
+    while todo:
+        if todo[-1] == 0:
+            todo.pop()
+            continue
+        todo[-1] -= 1
+        ib = data[pos]
+        pos += 1
+        major, ai = ib >> 5, ib & 0x1F
+        if ai < 24:
+            arg = ai
+        elif ai < 28:
+            size = 1 << (ai - 24)
+            arg = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        else:
+            raise ValueError("indefinite length or reserved head")
+        if major == 6:
+            return arg
+        if major in (2, 3):
+            pos += arg
+        elif major == 4:
+            todo.append(arg)
+        elif major == 5:
+            todo.append(2 * arg)
+    return None
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    found = []
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).parts
+        if p.is_file() and not any(part.startswith(".") for part in rel):
+            found.append(p)
+    return found
+
+
+def verify_paths(paths: Sequence[Path], verifier: Verifier) -> list[Finding]:
+    """Check files, each one raw COSE message as the broker delivered it, and directories of
+    such files (recursively, sorted by path, hidden files skipped). A path that does not
+    exist raises FileNotFoundError before anything is checked."""
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+    findings = []
+    for p in paths:
+        for f in _files(p):
+            try:
+                with f.open("rb") as fh:
+                    data = fh.read(MAX_MESSAGE + 1)  # enough to know it is too big
+            except OSError as e:
+                finding = Finding("malformed", None, None, None, 0, f"cannot read: {e}", str(f))
+                verifier.counts[finding.kind] += 1
+                findings.append(finding)
+                continue
+            findings.append(verifier.check(data, source=str(f)))
+    return findings
+
+
+# --- a live broker ----------------------------------------------------------------------------
+
+
+def _broker(url: str) -> tuple[str, int, bool]:
+    u = urlsplit(url if "://" in url else "mqtt://" + url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError([f"broker url {url!r}: scheme must be mqtt:// or mqtts://"])
+    tls = u.scheme in ("mqtts", "ssl")
+    try:
+        port = u.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError([f"broker url {url!r}: bad port"]) from None
+    return u.hostname or "localhost", port, tls
+
+
+def _with_topic_note(f: Finding, topic: str, prefix: str) -> Finding:
+    """A message on another device's topic keeps its verdict (the signature names the signer)
+    but says so: dashboards keyed by topic would misattribute it."""
+    parts = topic[len(prefix) + 1 :].split("/") if topic.startswith(prefix + "/") else []
+    if f.did and parts and parts[0] != device_id_of(f.did):
+        return replace(f, detail=f"{f.detail} (published under device {parts[0]})")
+    return f
+
+
+async def verify_live(
+    url: str,
+    *,
+    seconds: float,
+    prefix: str = "depin/v1",
+    verifier: Verifier,
+    tls: bool = False,
+    ca_file: Path | str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    on_finding: Callable[[Finding], None] | None = None,
+) -> list[Finding]:
+    """Subscribe to every device's batch and birth topics for `seconds` and check each message.
+    Speaks MQTT 5 and falls back to 3.1.1 when the broker refuses it."""
+    import aiomqtt  # imported here: file verification must not need the MQTT stack
+
+    host, port, url_tls = _broker(url)
+    tls_params = (
+        aiomqtt.TLSParameters(ca_certs=str(ca_file) if ca_file else None)
+        if tls or url_tls
+        else None
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    findings: list[Finding] = []
+    protocols = (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311)
+    for attempt, protocol in enumerate(protocols):
+        connected = False
+        try:
+            async with aiomqtt.Client(
+                host, port, username=username, password=password, protocol=protocol,
+                tls_params=tls_params, timeout=max(1.0, min(10.0, seconds)),
+            ) as client:  # fmt: skip
+                connected = True
+                for kind in ("batch", "birth"):
+                    await client.subscribe(f"{prefix}/+/{kind}", qos=1)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        async for msg in client.messages:
+                            payload = msg.payload
+                            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                            topic = str(msg.topic)
+                            f = _with_topic_note(verifier.check(data, source=topic), topic, prefix)
+                            findings.append(f)
+                            if on_finding is not None:
+                                on_finding(f)
+                except TimeoutError:
+                    pass
+            return findings
+        except aiomqtt.MqttError as e:
+            if not connected and attempt + 1 < len(protocols):
+                continue  # an MQTT 3.1.1 broker refuses a v5 CONNECT; try again in 3.1.1
+            raise UplinkError(f"broker {host}:{port}: {e}") from e
+    return findings
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def format_finding(f: Finding) -> str:
+    """One line: '<source>: <kind> device=<device id> seq=<n> records=<k> <detail>'."""
+    device = f.device_id or "-"
+    seq = "-" if f.seq is None else str(f.seq)
+    return f"{f.source or '-'}: {f.kind} device={device} seq={seq} records={f.records} {f.detail}"
+
+
+def summary(findings: Iterable[Finding]) -> str:
+    """Counts per kind on one line, accepted kinds first."""
+    counts = Counter(f.kind for f in findings)
+    total = sum(counts.values())
+    order = {k: i for i, k in enumerate(KIND_ORDER)}
+    kinds = sorted(counts, key=lambda k: (order.get(k, len(order)), k))
+    invalid = sum(n for k, n in counts.items() if k not in ACCEPTED)
+    parts = ", ".join(f"{counts[k]} {k}" for k in kinds) or "nothing"
+    return f"{total} messages: {parts}; {invalid} invalid"
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    """1 when any message is invalid, else 0."""
+    return 1 if any(f.forged for f in findings) else 0
