@@ -112,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway import demo
 
-    return demo.main(args)
+    return int(demo.main(args))
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -128,10 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the gateway daemon")
     r.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
-    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="override [log] level")
-    r.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="S",
-                   help="on SIGTERM, seconds to wait for the broker to acknowledge (default 10)")
+    r.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level"
+    )
+    r.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, seconds to wait for the broker to acknowledge (default 10)",
+    )
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("config", help="check a configuration or print a sample")
@@ -142,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs = csub.add_parser("sample", help="print a commented sample configuration")
     cs.set_defaults(fn=cmd_config_sample)
 
-    for name, fn, text in (
-        ("keygen", cmd_keygen, "create the device key (never overwrites one)"),
-    ):
+    for name, fn, text in (("keygen", cmd_keygen, "create the device key (never overwrites one)"),):
         k = sub.add_parser(name, help=text)
         k.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
         k.add_argument("-c", "--config", help="take the key file from this configuration")
@@ -162,13 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--broker", metavar="URL", help="listen on this broker (mqtt://host:port)")
     v.add_argument("--seconds", type=float, default=30.0, help="how long to listen (default 30)")
     v.add_argument("--prefix", default="depin/v1", help="topic prefix (default depin/v1)")
-    v.add_argument("--allow", action="append", metavar="DID",
-                   help="accept only these devices (repeatable); default: any device")
+    v.add_argument(
+        "--allow",
+        action="append",
+        metavar="DID",
+        help="accept only these devices (repeatable); default: any device",
+    )
     v.set_defaults(fn=cmd_verify)
 
     d = sub.add_parser("demo", help="run the whole pipeline with simulated sensors and a broker")
-    d.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="stop after S seconds (default: until Ctrl-C)")
+    d.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds (default: until Ctrl-C)",
+    )
     d.add_argument("--broker", metavar="URL", help="use this broker instead of an embedded one")
     d.add_argument("--dir", metavar="DIR", help="keep key and spool here (default: a temp dir)")
     d.add_argument("--seed", type=int, default=1, help="seed of the simulated sensors")
@@ -182,8 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except ConfigError as e:
         for line in e.problems:
-            print(line if not e.source or line.startswith(e.source) else f"{e.source}: {line}",
-                  file=sys.stderr)
+            print(
+                line if not e.source or line.startswith(e.source) else f"{e.source}: {line}",
+                file=sys.stderr,
+            )
         print(f"depin-gateway: {len(e.problems)} configuration error(s)", file=sys.stderr)
         return e.exit_code
     except GatewayError as e:

@@ -164,5 +164,6 @@ def verify1(message: bytes) -> Sign1:
         _load_public(public_key).verify(signature, sig_structure(protected, payload))
     except InvalidSignature:
         raise VerifyError("bad-signature", "signature does not verify") from None
-    return Sign1(kid=kid, typ=typ, alg=alg, protected=protected, payload=payload,
-                 signature=signature)
+    return Sign1(
+        kid=kid, typ=typ, alg=alg, protected=protected, payload=payload, signature=signature
+    )

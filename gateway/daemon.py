@@ -40,7 +40,9 @@ def read_password(cfg: Config) -> str | None:
         try:
             return u.password_file.read_text().rstrip("\r\n")
         except OSError as e:
-            raise ConfigError([f"uplink.password_file: cannot read {u.password_file}: {e}"]) from None
+            raise ConfigError(
+                [f"uplink.password_file: cannot read {u.password_file}: {e}"]
+            ) from None
     if u.password_env is not None:
         value = os.environ.get(u.password_env)
         if value is None:
@@ -96,8 +98,14 @@ class Gateway:
         for sc in cfg.sensors:
             driver = plugins.driver_class(sc.driver)(sensor_id=sc.id, options=sc.options)
             self.sensors.append(
-                SensorTask(sc, driver, chain=self.chain, health=self.health,
-                           accept=self.pipeline.accept, clock=self._clock)
+                SensorTask(
+                    sc,
+                    driver,
+                    chain=self.chain,
+                    health=self.health,
+                    accept=self.pipeline.accept,
+                    clock=self._clock,
+                )
             )
 
     # --- callbacks ----------------------------------------------------------------------------
@@ -124,8 +132,12 @@ class Gateway:
             started=round(self.started, 3),
             config_sha256=config_digest(self.cfg),
             sensors=[
-                {"id": s.cfg.id, "driver": s.cfg.driver, "quantities": list(s.units),
-                 "interval": s.cfg.interval}
+                {
+                    "id": s.cfg.id,
+                    "driver": s.cfg.driver,
+                    "quantities": list(s.units),
+                    "interval": s.cfg.interval,
+                }
                 for s in self.sensors
             ],
             modules=self.chain.batch_entries(),
@@ -140,8 +152,9 @@ class Gateway:
             await asyncio.sleep(CLOCK_POLL)
             state: ClockState = await asyncio.to_thread(detect, self.cfg.clock.mode)
             if state != self.clock:
-                log.info("clock is now %s (%s)", "synced" if state.synced else "unsynced",
-                         state.source)
+                log.info(
+                    "clock is now %s (%s)", "synced" if state.synced else "unsynced", state.source
+                )
                 self.clock = state
             self.health.clock_synced, self.health.clock_source = state.synced, state.source
 
@@ -159,7 +172,11 @@ class Gateway:
         log.info(
             "device %s; spool %s: %d pending readings, %d sealed batches awaiting the broker, "
             "next seq %d",
-            self.identity.did, self.cfg.spool.path, st.pending, st.sealed, st.next_seq,
+            self.identity.did,
+            self.cfg.spool.path,
+            st.pending,
+            st.sealed,
+            st.next_seq,
         )
         self.health.clock_synced, self.health.clock_source = self.clock.synced, self.clock.source
 
@@ -173,30 +190,38 @@ class Gateway:
                     tg.create_task(self._poll_clock(), name="clock"),
                     tg.create_task(self._update_depth(), name="health"),
                 ]
-                workers += [tg.create_task(s.run(), name=f"sensor-{s.cfg.id}")
-                            for s in self.sensors]
+                workers += [
+                    tg.create_task(s.run(), name=f"sensor-{s.cfg.id}") for s in self.sensors
+                ]
                 await stop.wait()
                 await self._shutdown(workers, uplink)
         finally:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.close)
             self.executor.shutdown(wait=True)
 
-    async def _shutdown(self, workers: list[asyncio.Task[None]], uplink: asyncio.Task[None]) -> None:
+    async def _shutdown(
+        self, workers: list[asyncio.Task[None]], uplink: asyncio.Task[None]
+    ) -> None:
         log.info("stopping: sealing and flushing (at most %.0f s)", self.shutdown_timeout)
         for t in workers:
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await self.pipeline.commit(force_seal=True)
         if not await self.uplink.drain(self.shutdown_timeout):
-            log.warning("%d batches not acknowledged yet; they stay in the spool for next time",
-                        self.uplink.pending)
+            log.warning(
+                "%d batches not acknowledged yet; they stay in the spool for next time",
+                self.uplink.pending,
+            )
         await self.uplink.close()
         uplink.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await uplink
         await self.pipeline.commit()  # forget what was acknowledged meanwhile
-        log.info("stopped: %d readings, %d batches acknowledged", self.health.readings,
-                 self.health.batches_acked)
+        log.info(
+            "stopped: %d readings, %d batches acknowledged",
+            self.health.readings,
+            self.health.batches_acked,
+        )
 
 
 def run(cfg: Config, *, shutdown_timeout: float = 10.0) -> int:

@@ -61,7 +61,9 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     return path(index, 0, len(hashes))
 
 
-def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_: bytes) -> bool:
+def verify_inclusion(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_: bytes
+) -> bool:
     """RFC 9162 section 2.1.3.2: does `proof` place `leaf` at `index` in a tree with `root_`?"""
     if not 0 <= index < size:
         return False

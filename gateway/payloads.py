@@ -166,7 +166,9 @@ def check_record(rec: Any, i: int) -> None:
     if flags is not None and (
         not isinstance(flags, list) or not flags or not all(isinstance(f, str) for f in flags)
     ):
-        raise PayloadError("bad-record", f"record {i} ({name}) flags must be a non-empty text array")
+        raise PayloadError(
+            "bad-record", f"record {i} ({name}) flags must be a non-empty text array"
+        )
     if V in rec:
         if not _is_number(rec[V]):
             raise PayloadError("bad-record", f"record {i} ({name}) value is not a number")
@@ -240,6 +242,16 @@ def decode_batch(payload: bytes) -> Batch:
     record_bytes = [dcbor.dumps(r) for r in records]
     if merkle.root(record_bytes) != root:
         raise PayloadError("bad-root", "Merkle root does not match the records")
-    return Batch(did=did, seq=seq, prev=prev, sealed=sealed, records=records,
-                 record_bytes=record_bytes, root=root, clock=clock, modules=modules,
-                 dropped=dropped or [], boot=boot)
+    return Batch(
+        did=did,
+        seq=seq,
+        prev=prev,
+        sealed=sealed,
+        records=records,
+        record_bytes=record_bytes,
+        root=root,
+        clock=clock,
+        modules=modules,
+        dropped=dropped or [],
+        boot=boot,
+    )

@@ -8,6 +8,7 @@ counts as read only after the commit holding it returned; `on_durable` hears of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -102,10 +103,8 @@ class Pipeline:
         """Commit on the interval, or early when a full batch is waiting."""
         while True:
             if self.commit_interval > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.commit_interval)
-                except TimeoutError:
-                    pass
             else:
                 await self._wake.wait()
             self._wake.clear()

@@ -73,8 +73,16 @@ class SensorTask:
                 await self._close()
             measurements = [Measurement(q, None, ("sensor-error",)) for q in self.units]
         readings = [
-            Reading(self.cfg.id, m.quantity, self.units.get(m.quantity, ""), m.value, now, synced,
-                    0.0, list(m.flags))
+            Reading(
+                self.cfg.id,
+                m.quantity,
+                self.units.get(m.quantity, ""),
+                m.value,
+                now,
+                synced,
+                0.0,
+                list(m.flags),
+            )
             for m in measurements
         ]
         self.chain.judge(readings)

@@ -133,22 +133,33 @@ class Spool:
             raise SpoolError(f"spool {self.path} is an SQLite file but not a depin-gateway spool")
         if "meta" not in tables:
             conn.execute("BEGIN IMMEDIATE")
-            db["meta"].create({"key": str, "value": str}, pk="key")
-            db["readings"].create(
+            db.table("meta").create({"key": str, "value": str}, pk="key")
+            db.table("readings").create(
                 {"id": int, "t": float, "synced": int, "source": str, "record": bytes}, pk="id"
             )
-            db["batches"].create(
-                {"seq": int, "batch_id": bytes, "sealed": float, "n": int,
-                 "first_t": float, "message": bytes},
+            db.table("batches").create(
+                {
+                    "seq": int,
+                    "batch_id": bytes,
+                    "sealed": float,
+                    "n": int,
+                    "first_t": float,
+                    "message": bytes,
+                },
                 pk="seq",
             )
-            db["drops"].create(
+            db.table("drops").create(
                 {"id": int, "n": int, "t_from": float, "t_to": float, "why": str}, pk="id"
             )
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [("format", str(FORMAT)), ("did", self.identity.did), ("next_seq", "0"),
-                 ("prev", payloads.ZERO_PREV.hex()), ("created", repr(time.time()))],
+                [
+                    ("format", str(FORMAT)),
+                    ("did", self.identity.did),
+                    ("next_seq", "0"),
+                    ("prev", payloads.ZERO_PREV.hex()),
+                    ("created", repr(time.time())),
+                ],
             )
             conn.execute("COMMIT")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -203,8 +214,10 @@ class Spool:
         return (
             self._pending > 0
             and self._sealed < self.seal_ahead
-            and (self._pending >= self.batch_max_readings
-                 or (oldest is not None and now - oldest >= self.batch_max_age))
+            and (
+                self._pending >= self.batch_max_readings
+                or (oldest is not None and now - oldest >= self.batch_max_age)
+            )
         )
 
     def first_unacked_seq(self) -> int:
@@ -277,7 +290,9 @@ class Spool:
         total = self._pending + len(new)
         if total == 0:
             return new
-        oldest = self._oldest_pending if self._pending else new[0].t
+        oldest = self._oldest_pending
+        if oldest is None or not self._pending:
+            oldest = new[0].t
         if not (force or total >= bmr or now - oldest >= self.batch_max_age):
             return new
         room = self.seal_ahead - self._sealed
@@ -289,7 +304,9 @@ class Spool:
         rows = db.execute(
             "SELECT id, t, synced, source, record FROM readings ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
-        queue: list[PendingRecord] = [PendingRecord(t, bool(s), src, rec) for _, t, s, src, rec in rows]
+        queue: list[PendingRecord] = [
+            PendingRecord(t, bool(s), src, rec) for _, t, s, src, rec in rows
+        ]
         from_db = len(queue)
         queue.extend(new[: max(0, limit - from_db)])
         chunks = _chunks(queue, bmr)
@@ -305,7 +322,9 @@ class Spool:
         drops = db.execute("SELECT id, n, t_from, t_to, why FROM drops ORDER BY id").fetchall()
         for i, idx in enumerate(chunks):
             recs = [queue[j] for j in idx]
-            receipts = [payloads.DropReceipt(n, a, b, why) for _, n, a, b, why in drops] if i == 0 else []
+            receipts = (
+                [payloads.DropReceipt(n, a, b, why) for _, n, a, b, why in drops] if i == 0 else []
+            )
             result.sealed.append(self._seal(db, recs, receipts, now))
         if drops:
             db.execute("DELETE FROM drops")
@@ -313,8 +332,10 @@ class Spool:
         if used_db:
             db.execute("DELETE FROM readings WHERE id <= ?", (rows[used_db - 1][0],))
             self._pending -= used_db
-            self._oldest_pending = rows[used_db][1] if used_db < len(rows) else (
-                db.execute("SELECT min(t) FROM readings").fetchone()[0]
+            self._oldest_pending = (
+                rows[used_db][1]
+                if used_db < len(rows)
+                else (db.execute("SELECT min(t) FROM readings").fetchone()[0])
             )
         return new[max(0, consumed - from_db) :]
 
@@ -358,9 +379,12 @@ class Spool:
         if not self._pending:
             return 0
         excess = self._used_bytes() - int(self.max_size * 0.9)
-        avg = db.execute(
-            "SELECT avg(length(record)) FROM (SELECT record FROM readings ORDER BY id LIMIT 64)"
-        ).fetchone()[0] or 64.0
+        avg = (
+            db.execute(
+                "SELECT avg(length(record)) FROM (SELECT record FROM readings ORDER BY id LIMIT 64)"
+            ).fetchone()[0]
+            or 64.0
+        )
         # A row costs its record plus rowid, time, flags and b-tree overhead (~24 bytes).
         n = min(self._pending, max(1, math.ceil(excess / (avg + 24))))
         last_id, n_real, t_from, t_to = db.execute(

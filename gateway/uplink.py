@@ -54,6 +54,21 @@ def topics(prefix: str, device_id: str) -> dict[str, str]:
     return {k: f"{base}/{k}" for k in ("batch", "birth", "status", "state", "health")}
 
 
+# CONNACK codes that mean "not this protocol version" (3.1.1: 1; 5: 0x84), as opposed to
+# refusals that another protocol version would meet too (credentials, authorisation, bans).
+_VERSION_CODES = frozenset({1, 0x84})
+
+
+def _protocol_refused(e: aiomqtt.MqttError) -> bool:
+    rc = getattr(e, "rc", None)
+    if rc is not None:
+        return int(getattr(rc, "value", rc)) in _VERSION_CODES
+    text = str(e).lower()
+    # A 3.1.1-only broker may just drop a v5 CONNECT; a refused or timed-out TCP connect is
+    # not that.
+    return not ("refused" in text or "timed out" in text or "no route" in text)
+
+
 class Uplink:
     def __init__(
         self,
@@ -141,7 +156,7 @@ class Uplink:
         v5 = protocol != "3.1.1"
         props = None
         if v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
         return aiomqtt.Client(
             self.cfg.host,
@@ -168,8 +183,8 @@ class Uplink:
                 await stack.enter_async_context(client)
             except aiomqtt.MqttError as e:
                 last = e
-                if "refused" in str(e).lower() and "connection" in str(e).lower():
-                    raise  # nobody listening: trying another protocol will not help
+                if not _protocol_refused(e):
+                    raise  # nobody listening, or we are not welcome: 3.1.1 will not help
                 continue
             if self._protocol == "auto" and proto != "5":
                 log.info("broker refused MQTT 5; using MQTT 3.1.1")
@@ -182,7 +197,7 @@ class Uplink:
     def _props(self) -> Properties | None:
         if self.health.protocol != "5":
             return None
-        p = Properties(PacketTypes.PUBLISH)
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         p.ContentType = cose.CONTENT_TYPE
         return p
 

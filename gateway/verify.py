@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import cbor2
 
 from gateway import cose, dcbor, payloads
-from gateway.errors import ConfigError, UplinkError, VerifyError
+from gateway.errors import ConfigError, GatewayError, UplinkError, VerifyError
 from gateway.identity import device_id_of, did_of, public_key_of_did
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -144,8 +144,8 @@ class Verifier:
         try:
             finding = self._check(bytes(message), source)
         except Exception as e:  # a bug or a decoder surprise must not stop a verifier
-            finding = Finding("malformed", None, None, None, 0,
-                              f"unexpected {type(e).__name__}: {e}", source)  # fmt: skip
+            detail = f"unexpected {type(e).__name__}: {e}"
+            finding = Finding("malformed", None, None, None, 0, detail, source)
         self.counts[finding.kind] += 1
         if finding.kind in _CHAIN_PROBLEMS and finding.did in self._chains:
             self._chains[finding.did].problems[finding.kind] += 1
@@ -195,9 +195,13 @@ class Verifier:
         return self._chain(did, b, bid, message, finding)
 
     def _chain(
-        self, did: str, b: payloads.Batch, bid: bytes, message: bytes,
+        self,
+        did: str,
+        b: payloads.Batch,
+        bid: bytes,
+        message: bytes,
         finding: Callable[[str, str, int | None, int], Finding],
-    ) -> Finding:  # fmt: skip
+    ) -> Finding:
         seq, n = b.seq, len(b.records)
 
         def out(kind: str, detail: str) -> Finding:
@@ -221,9 +225,10 @@ class Verifier:
         if seq == chain.last + 1:
             last = chain.links[chain.last]
             if b.prev != last.batch_id:
-                return out("prev-mismatch",
-                           f"prev {_short(b.prev)} is not batch {chain.last} "
-                           f"({_short(last.batch_id)})")  # fmt: skip
+                detail = (
+                    f"prev {_short(b.prev)} is not batch {chain.last} ({_short(last.batch_id)})"
+                )
+                return out("prev-mismatch", detail)
             chain.links[seq] = link
             chain.last = seq
             return out("valid", "extends the chain")
@@ -355,6 +360,12 @@ def first_tag(data: bytes) -> int | None:
 # --- files ------------------------------------------------------------------------------------
 
 
+class PathNotFoundError(GatewayError, FileNotFoundError):
+    """A file or directory given to `verify_paths` does not exist: a usage error, not a finding."""
+
+    exit_code = 2
+
+
 def _files(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]
@@ -369,10 +380,10 @@ def _files(path: Path) -> list[Path]:
 def verify_paths(paths: Sequence[Path], verifier: Verifier) -> list[Finding]:
     """Check files, each one raw COSE message as the broker delivered it, and directories of
     such files (recursively, sorted by path, hidden files skipped). A path that does not
-    exist raises FileNotFoundError before anything is checked."""
+    exist raises PathNotFoundError before anything is checked."""
     for p in paths:
         if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
+            raise PathNotFoundError(f"{p} does not exist")
     findings = []
     for p in paths:
         for f in _files(p):
@@ -442,9 +453,14 @@ async def verify_live(
         connected = False
         try:
             async with aiomqtt.Client(
-                host, port, username=username, password=password, protocol=protocol,
-                tls_params=tls_params, timeout=max(1.0, min(10.0, seconds)),
-            ) as client:  # fmt: skip
+                host,
+                port,
+                username=username,
+                password=password,
+                protocol=protocol,
+                tls_params=tls_params,
+                timeout=max(1.0, min(10.0, seconds)),
+            ) as client:
                 connected = True
                 for kind in ("batch", "birth"):
                     await client.subscribe(f"{prefix}/+/{kind}", qos=1)

@@ -27,18 +27,18 @@ class Mosquitto:
     """One broker process. Persistence is on so a persistent subscriber's queued messages and
     retained messages survive stop()/start(), as with a packaged broker."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, listener_extra: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        # Started as root, mosquitto would drop to its own user and could not write its log
+        # and persistence file here: `user` keeps it who we are.
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            # Started as root, mosquitto would drop to its own user and could not write its
-            # log and persistence file here; stay who we are.
+            f"{listener_extra or 'allow_anonymous true'}\n"
             f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"

@@ -15,8 +15,15 @@ from gateway import identity
 DURABLE = re.compile(r"durable (\S+) t=(\S+) v=")
 
 
-def write_config(workdir: Path, port: int, *, extra_uplink: str = "", spool: str = "",
-                 sensor: str = "", interval: str = "0.05 s") -> Path:
+def write_config(
+    workdir: Path,
+    port: int,
+    *,
+    extra_uplink: str = "",
+    spool: str = "",
+    sensor: str = "",
+    interval: str = "0.05 s",
+) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device.key"
     if not key.exists():
@@ -66,9 +73,19 @@ class GatewayProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "-c", str(self.config),
-                 "--log-level", "debug"],
-                stdout=out, stderr=out, cwd=self.config.parent,
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "run",
+                    "-c",
+                    str(self.config),
+                    "--log-level",
+                    "debug",
+                ],
+                stdout=out,
+                stderr=out,
+                cwd=self.config.parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 

@@ -9,7 +9,7 @@ field by field so a test can put any raw bytes in any place and still sign them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,7 +143,7 @@ def canonical_fields(
     }
 
 
-def assemble(fields: dict[Any, bytes], *, key_bytes: dict[Any, bytes] | None = None) -> bytes:
+def assemble(fields: Mapping[Any, bytes], *, key_bytes: Mapping[Any, bytes] | None = None) -> bytes:
     """A map from raw parts, in the dict's order (so a test can also misorder keys)."""
     key_bytes = key_bytes or {}
     body = b"".join(key_bytes.get(k, cbor2.dumps(k)) + v for k, v in fields.items())

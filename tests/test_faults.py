@@ -21,10 +21,10 @@ from tests.gatewayproc import GatewayProcess, write_config
 pytestmark = pytest.mark.slow
 
 
-def received_readings(batches: list[tuple[int, bytes, payloads.Batch]]) -> Counter[tuple[str, float]]:
-    return Counter(
-        (r[payloads.N], float(r[payloads.T])) for _, _, b in batches for r in b.records
-    )
+def received_readings(
+    batches: list[tuple[int, bytes, payloads.Batch]],
+) -> Counter[tuple[str, float]]:
+    return Counter((r[payloads.N], float(r[payloads.T])) for _, _, b in batches for r in b.records)
 
 
 def test_power_cut_20_times_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -107,8 +107,11 @@ def test_spool_cap_drops_oldest_with_receipt_and_keeps_running(
 ) -> None:
     mosquitto.stop()  # the broker is away while the spool fills
     cfg = write_config(
-        tmp_path / "gw", mosquitto.port, spool='max_size = "64 KiB"',
-        extra_uplink="max_inflight = 1", interval="0.02 s",
+        tmp_path / "gw",
+        mosquitto.port,
+        spool='max_size = "64 KiB"',
+        extra_uplink="max_inflight = 1",
+        interval="0.02 s",
     )
     gw = GatewayProcess(cfg, tmp_path / "gw.log")
     collector: Collector | None = None

@@ -22,8 +22,13 @@ def ident(seed: int = 7) -> Identity:
 
 def make_spool(path: Path, **kw: object) -> Spool:
     args: dict[str, object] = dict(
-        identity=ident(), boot=b"B" * 16, max_size=64 << 20, batch_max_readings=10,
-        batch_max_age=60.0, seal_ahead=4, modules=lambda: [("ranges", "1.0.0", b"\0" * 32)],
+        identity=ident(),
+        boot=b"B" * 16,
+        max_size=64 << 20,
+        batch_max_readings=10,
+        batch_max_age=60.0,
+        seal_ahead=4,
+        modules=lambda: [("ranges", "1.0.0", b"\0" * 32)],
     )
     args.update(kw)
     s = Spool(path, **args)  # type: ignore[arg-type]
@@ -34,7 +39,9 @@ def make_spool(path: Path, **kw: object) -> Spool:
 def recs(n: int, start: int = 0, synced: bool = True) -> list[PendingRecord]:
     return [
         PendingRecord(
-            T0 + i, synced, "ntp" if synced else "none",
+            T0 + i,
+            synced,
+            "ntp" if synced else "none",
             payloads.encode_record("c/temperature", "Cel", 20 + i / 100, T0 + i, 0.0, ()),
         )
         for i in range(start, start + n)
@@ -94,8 +101,8 @@ def test_cap_drops_oldest_with_a_signed_receipt(tmp_path: Path) -> None:
         s.commit(recs(100, 1000 + k * 100), now=T0)  # no age: nothing due but the first batch
     st = s.stats()
     assert st.used_bytes <= 96 * 1024
-    s.commit([], acked=[0], now=T0 + 10_000)
-    res = s.commit([], now=T0 + 10_001)
+    # The broker acknowledges batch 0: room to seal one more, which carries the receipt.
+    res = s.commit([], acked=[0], now=T0 + 10_000)
     b = decode(res.sealed[0][1])
     assert b.dropped and b.dropped[0]["why"] == "spool-full"
     dropped = sum(d["n"] for d in b.dropped)

@@ -32,9 +32,7 @@ class ModuleChain:
     def __init__(self, modules: Sequence[DetectionModule], *, health: Health) -> None:
         self.modules = list(modules)
         self.health = health
-        self.info = [
-            ModuleInfo(m.module_id, m.name, m.version, m.digest()) for m in self.modules
-        ]
+        self.info = [ModuleInfo(m.module_id, m.name, m.version, m.digest()) for m in self.modules]
 
     @classmethod
     def from_config(cls, configs: Sequence[ModuleConfig], *, health: Health) -> ModuleChain:
@@ -51,9 +49,7 @@ class ModuleChain:
     def judge(self, readings: Sequence[Reading]) -> None:
         for mod in self.modules:
             wanted = mod.quantities
-            subset = (
-                readings if wanted is None else [r for r in readings if r.quantity in wanted]
-            )
+            subset = readings if wanted is None else [r for r in readings if r.quantity in wanted]
             if not subset:
                 continue
             try:
