@@ -295,9 +295,9 @@ class Spool:
             oldest = new[0].t
         if not (force or total >= bmr or now - oldest >= self.batch_max_age):
             return new
+        # Even a forced seal (at shutdown) respects the room: with the broker away, sealing a
+        # large backlog would only delay the exit; pending rows keep just as well.
         room = self.seal_ahead - self._sealed
-        if force:
-            room = max(room, math.ceil(total / bmr) + 1)
         if room <= 0:
             return new
         limit = room * bmr

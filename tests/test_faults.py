@@ -158,3 +158,40 @@ def test_spool_cap_drops_oldest_with_receipt_and_keeps_running(
             collector.close()
         if gw.running():
             gw.kill()
+
+
+def test_sigterm_with_the_broker_away_exits_in_bounded_time_and_keeps_everything(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    mosquitto.stop()
+    cfg = write_config(tmp_path / "gw", mosquitto.port)
+    gw = GatewayProcess(cfg, tmp_path / "gw.log")
+    gw.start()
+    assert gw.wait_log("Connection refused", 20)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    assert gw.proc is not None
+    gw.proc.send_signal(15)
+    assert gw.proc.wait(30) == 0
+    # --shutdown-timeout defaults to 10 s: sealing is immediate, waiting for the broker bounded.
+    assert time.monotonic() - t0 < 14
+    assert "stay in the spool for next time" in gw.log.read_text()
+    durable = gw.durable()
+    # Next start with the broker back: everything arrives.
+    mosquitto.start()
+    collector = Collector(mosquitto.port)
+    try:
+        gw.start()
+        assert gw.wait_log("connected to", 20)
+
+        def all_arrived() -> bool:
+            got = received_readings(unique_batches(collector.batches()))
+            return all(d in got for d in durable)
+
+        assert collector.wait_for(all_arrived, 20)
+        assert gw.terminate() == 0
+        assert_unbroken_chain(unique_batches(collector.batches()))
+    finally:
+        collector.close()
+        if gw.running():
+            gw.kill()
