@@ -9,6 +9,7 @@ read never stalls the event loop; pure-CPU drivers set it false and run inline.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +40,9 @@ class SensorDriver(ABC):
     def __init__(self, *, sensor_id: str, options: Mapping[str, Any]) -> None:
         self.sensor_id = sensor_id
         self.options = dict(options)
+        #: fault counters of this sensor ("checksum", "timeout", "nack", "resync", ...), shown
+        #: in health; drivers count what they saw and recovered from, the sampler what failed
+        self.counters: Counter[str] = Counter()
 
     @property
     @abstractmethod
@@ -54,3 +58,8 @@ class SensorDriver(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device; must be safe to call after a failed open()."""
+
+    def ambient(self, quantity: str, value: float) -> None:  # noqa: B027 - optional hook
+        """Another sensor on this gateway just measured `quantity` (e.g. "pressure" in Pa).
+        Drivers that compensate for it (SCD4x: ambient pressure) take it here; called on the
+        event loop, so it must only store the value."""

@@ -20,6 +20,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.health import Health
 from gateway.modules.chain import ModuleChain
 from gateway.pipeline import Pipeline
+from gateway.reading import Reading
 from gateway.sampler import SensorTask
 from gateway.spool import Spool
 from gateway.uplink import Uplink
@@ -27,6 +28,7 @@ from gateway.uplink import Uplink
 log = logging.getLogger("gateway")
 
 CLOCK_POLL = 5.0
+AMBIENT = frozenset({"pressure"})
 SEAL_AHEAD_PER_INFLIGHT = 2
 
 
@@ -97,13 +99,14 @@ class Gateway:
         self.sensors: list[SensorTask] = []
         for sc in cfg.sensors:
             driver = plugins.driver_class(sc.driver)(sensor_id=sc.id, options=sc.options)
+            self.health.driver_counters[sc.id] = driver.counters
             self.sensors.append(
                 SensorTask(
                     sc,
                     driver,
                     chain=self.chain,
                     health=self.health,
-                    accept=self.pipeline.accept,
+                    accept=self._accept,
                     clock=self._clock,
                 )
             )
@@ -112,6 +115,16 @@ class Gateway:
 
     def _clock(self) -> tuple[bool, str]:
         return self.clock.synced, self.clock.source
+
+    def _accept(self, readings: list[Reading]) -> None:
+        self.pipeline.accept(readings)
+        # Share ambient conditions between sensors: an SCD4x compensates its CO2 reading for
+        # the pressure a BME280 on the same gateway just measured.
+        for r in readings:
+            if r.quantity in AMBIENT and r.value is not None and "range" not in r.flags:
+                for s in self.sensors:
+                    if s.cfg.id != r.sensor:
+                        s.driver.ambient(r.quantity, r.value)
 
     def _sealed(self, seq: int, message: bytes, n: int) -> None:
         self.uplink.offer(seq, message, n)

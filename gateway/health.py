@@ -31,6 +31,8 @@ class Health:
     sensor_errors: Counter[str] = field(default_factory=Counter)
     sensor_reads: Counter[str] = field(default_factory=Counter)
     module_errors: Counter[str] = field(default_factory=Counter)
+    # each driver's own fault counters (checksum errors, timeouts, NACKs...), by sensor id
+    driver_counters: dict[str, Counter[str]] = field(default_factory=dict)
     uplink_errors: int = 0
     last_error: str = ""
 
@@ -62,6 +64,7 @@ class Health:
             "sensor_errors": dict(self.sensor_errors),
             "sensor_reads": dict(self.sensor_reads),
             "module_errors": dict(self.module_errors),
+            "driver_counters": {k: dict(v) for k, v in self.driver_counters.items() if v},
             "uplink_errors": self.uplink_errors,
             "last_error": self.last_error,
         }
