@@ -39,6 +39,10 @@ log = logging.getLogger("gateway.demo")
 
 PREFIX = "depin/v1"
 SHUTDOWN_TIMEOUT = 5.0  # seconds the gateway waits for the last PUBACKs when stopping
+# The gateway's uplink protocol against the embedded broker. amqtt speaks MQTT 3.1.1 only and
+# does not answer an MQTT 5 CONNECT: "auto" would fall back only after its CONNACK timeout, so
+# the demo says what it knows (tests/test_uplink_fallback.py covers the fallback itself).
+EMBEDDED_PROTOCOL = "3.1.1"
 CATCH_UP = 5.0  # seconds the verifier may take to receive the last acknowledged batches
 CONNECT_TIMEOUT = 10.0
 TTY_EVERY = 0.5
@@ -64,7 +68,7 @@ class _QuietV5Refusal(logging.Filter):
         return not (msg.startswith("Invalid connection from") or "Invalid protocol from" in msg)
 
 
-async def _start_broker() -> tuple[Any, int]:
+async def start_embedded_broker() -> tuple[Any, int]:
     """An amqtt broker on 127.0.0.1 and a free port: anonymous, no $SYS topics, no packet or
     event logging plug-ins."""
     from amqtt.broker import Broker
@@ -93,7 +97,7 @@ async def _start_broker() -> tuple[Any, int]:
 # --- the work dir and the gateway's configuration ---------------------------------------------
 
 
-def config_text(url: str, *, seed: int, insecure: bool = False) -> str:
+def config_text(url: str, *, seed: int, protocol: str = "auto", insecure: bool = False) -> str:
     """The demo gateway: three simulated sensors, range faults injected on the climate one
     (about one in six reads, so a short demo shows some), small batches sealed every 2 s."""
     return f"""\
@@ -108,7 +112,7 @@ commit_interval = "1 s"
 [uplink]
 url = "{url}"
 topic_prefix = "{PREFIX}"
-protocol = "auto"
+protocol = "{protocol}"
 batch_max_age = "2 s"
 reconnect_max = "5 s"
 insecure = {"true" if insecure else "false"}
@@ -161,12 +165,14 @@ def _needs_insecure(url: str) -> bool:
         return True
 
 
-def prepare(workdir: Path, url: str, *, seed: int) -> tuple[identity.Identity, Config]:
+def prepare(
+    workdir: Path, url: str, *, seed: int, protocol: str = "auto"
+) -> tuple[identity.Identity, Config]:
     """Key (created unless the work dir has one) and configuration (written to demo.toml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device.key"
     ident = identity.load(key) if key.exists() else identity.generate(key)
-    text = config_text(url, seed=seed, insecure=_needs_insecure(url))
+    text = config_text(url, seed=seed, protocol=protocol, insecure=_needs_insecure(url))
     path = workdir / "demo.toml"
     path.write_text(text)
     return ident, config.loads(text, source=str(path), base_dir=workdir)
@@ -259,22 +265,41 @@ class Watch:
 # --- output -----------------------------------------------------------------------------------
 
 
-def status_line(t: float, h: Health, w: Watch) -> str:
+def status_line(t: float, h: Health, w: Watch, *, queue: int | None = None) -> str:
     return (
         f"t={t:.0f}s readings {h.readings} | sealed {h.batches_sealed} | "
         f"acked {h.batches_acked} | verified {w.readings} in {w.batches} batches | "
-        f"flagged {h.flagged} | forged {len(w.forged)} | queue {h.queue_depth}"
+        f"flagged {h.flagged} | forged {len(w.forged)} | "
+        f"queue {h.queue_depth if queue is None else queue}"
     )
 
 
-async def _ticker(out: TextIO, started: float, h: Health, w: Watch) -> None:
-    tty = out.isatty()
-    every = TTY_EVERY if tty else LINE_EVERY
-    while True:
-        await asyncio.sleep(every)
-        line = status_line(time.monotonic() - started, h, w)
-        out.write(f"\r{line}\x1b[K" if tty else line + "\n")
-        out.flush()
+class _Live:
+    """The one-line summary: rewritten in place on a terminal, else a new line every 2 s."""
+
+    def __init__(self, out: TextIO, h: Health, w: Watch) -> None:
+        self.out, self.h, self.w = out, h, w
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self.last = ""
+
+    def show(self, *, final: bool = False) -> None:
+        t = time.monotonic() - self.started
+        # after the stop the daemon no longer refreshes its queue depth
+        queue = max(0, self.h.readings - self.h.readings_acked) if final else None
+        line = status_line(t, self.h, self.w, queue=queue)
+        if self.tty:
+            self.out.write(f"\r{line}\x1b[K" + ("\n" if final else ""))
+        elif line != self.last:
+            self.out.write(line + "\n")
+        self.last = line
+        self.out.flush()
+
+    async def run(self) -> None:
+        every = TTY_EVERY if self.tty else LINE_EVERY
+        while True:
+            await asyncio.sleep(every)
+            self.show()
 
 
 @dataclass
@@ -299,11 +324,11 @@ class Result:
         h, w = self.health, self.watch
         kind = "embedded amqtt" if self.embedded else "external"
         note = ", plain text to another machine" if self.insecure else ""
+        up, down = self.uplink_protocol or "-", self.verifier_protocol or "-"
         rows = [
             ("device", self.did),
             ("broker", f"{self.broker} ({kind}{note})"),
-            ("protocol", f"gateway MQTT {self.uplink_protocol or '-'}, "
-                         f"verifier MQTT {self.verifier_protocol or '-'}"),
+            ("protocol", f"gateway MQTT {up}, verifier MQTT {down}"),
             ("work dir", f"{self.workdir} ({'kept' if self.kept else 'removed'})"),
             ("ran", f"{self.seconds:.1f} s"),
             ("readings", str(h.readings)),
@@ -318,8 +343,9 @@ class Result:
             rows.append(("duplicates", str(w.duplicates)))
         if w.others:
             rows.append(("other devices", f"{w.others} messages (not checked)"))
-        if h.queue_depth:
-            rows.append(("unsent", f"{h.queue_depth} readings stay in the spool"))
+        if h.batches_sealed > h.batches_acked or h.readings > h.readings_acked:
+            where = "kept in the spool" if self.kept else "lost with the temp dir"
+            rows.append(("unsent", f"{max(0, h.readings - h.readings_acked)} readings ({where})"))
         lines = ["", "depin-gateway demo summary"]
         lines += [f"  {k:<14}{v}" for k, v in rows]
         for f in w.forged[:10]:
@@ -386,13 +412,14 @@ async def run_demo(
     loop = asyncio.get_running_loop()
     broker: Any = None
     if broker_url is None:
-        broker, port = await _start_broker()
+        broker, port = await start_embedded_broker()
         url = f"mqtt://127.0.0.1:{port}"
     else:
         url = broker_url
     tasks: list[asyncio.Task[None]] = []
     try:
-        ident, cfg = prepare(workdir, url, seed=seed)
+        protocol = EMBEDDED_PROTOCOL if broker is not None else "auto"
+        ident, cfg = prepare(workdir, url, seed=seed, protocol=protocol)
         u = cfg.uplink
         gw = Gateway(cfg, ident=ident, shutdown_timeout=SHUTDOWN_TIMEOUT)
         watch = Watch(Verifier(allowed_dids=[ident.did]), ident.device_id)
@@ -416,8 +443,9 @@ async def run_demo(
         if duration is not None:
             loop.call_later(duration, stop.set)
 
-        started = time.monotonic()
-        tasks.append(asyncio.create_task(_ticker(out, started, gw.health, watch), name="demo-tick"))
+        live = _Live(out, gw.health, watch)
+        ticker = asyncio.create_task(live.run(), name="demo-live")
+        tasks.append(ticker)
         try:
             await gw.run(stop)
         except* GatewayError as eg:
@@ -425,12 +453,10 @@ async def run_demo(
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - live.started
         await _catch_up(watch, gw.health, CATCH_UP)
-        if out.isatty():
-            out.write("\r" + status_line(seconds, gw.health, watch) + "\x1b[K\n")
-        else:
-            out.write(status_line(seconds, gw.health, watch) + "\n")
+        ticker.cancel()
+        live.show(final=True)
         return Result(
             did=ident.did,
             broker=url,

@@ -29,6 +29,9 @@ from gateway.health import Health
 log = logging.getLogger("gateway.uplink")
 
 PUBLISH_TIMEOUT = 30.0
+# How long to wait for CONNACK. Some 3.1.1-only brokers neither answer nor close when they
+# get an MQTT 5 CONNECT (they misread its properties as the client id's length).
+CONNACK_TIMEOUT = 10.0
 
 
 def backoff_delays(cap: float, base: float = 0.5) -> Any:
@@ -63,10 +66,22 @@ def _protocol_refused(e: aiomqtt.MqttError) -> bool:
     rc = getattr(e, "rc", None)
     if rc is not None:
         return int(getattr(rc, "value", rc)) in _VERSION_CODES
-    text = str(e).lower()
-    # A 3.1.1-only broker may just drop a v5 CONNECT; a refused or timed-out TCP connect is
-    # not that.
-    return not ("refused" in text or "timed out" in text or "no route" in text)
+    text = str(e)
+    # aiomqtt says "Operation timed out" when TCP connected but no CONNACK came: a 3.1.1-only
+    # broker stuck on a v5 CONNECT, or one that dropped it. A refused or unreachable TCP
+    # connect says otherwise, and 3.1.1 would not help there.
+    if text == "Operation timed out" or "Disconnected" in text:
+        return True
+    low = text.lower()
+    return not ("refused" in low or "timed out" in low or "no route" in low or "unreachable" in low)
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close the socket of a connect attempt that got no CONNACK; aiomqtt leaves it open."""
+    paho = getattr(client, "_client", None)
+    with contextlib.suppress(Exception):
+        if paho is not None:
+            paho.disconnect()
 
 
 class Uplink:
@@ -168,7 +183,7 @@ class Uplink:
             will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
             clean_session=None if v5 else True,
             keepalive=int(self.cfg.keepalive),
-            timeout=PUBLISH_TIMEOUT,
+            timeout=CONNACK_TIMEOUT,
             max_inflight_messages=self.cfg.max_inflight,
             tls_context=tls_context(self.cfg),
             properties=props,
@@ -183,6 +198,7 @@ class Uplink:
                 await stack.enter_async_context(client)
             except aiomqtt.MqttError as e:
                 last = e
+                _abandon(client)
                 if not _protocol_refused(e):
                     raise  # nobody listening, or we are not welcome: 3.1.1 will not help
                 continue
@@ -211,9 +227,16 @@ class Uplink:
                 "connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.health.protocol
             )
             props = self._props()
-            await client.publish(self.topics["status"], b"online", qos=1, retain=True)
             await client.publish(
-                self.topics["birth"], await self._birth(), qos=1, retain=True, properties=props
+                self.topics["status"], b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT
+            )
+            await client.publish(
+                self.topics["birth"],
+                await self._birth(),
+                qos=1,
+                retain=True,
+                properties=props,
+                timeout=PUBLISH_TIMEOUT,
             )
             # Rebuild the outbox from the spool: whatever the broker did not acknowledge
             # before is sent again, exactly as it was sealed.
@@ -256,7 +279,9 @@ class Uplink:
     ) -> None:
         message, n = self._outbox[seq]
         try:
-            await client.publish(self.topics["batch"], message, qos=1, properties=props)
+            await client.publish(
+                self.topics["batch"], message, qos=1, properties=props, timeout=PUBLISH_TIMEOUT
+            )
         finally:
             slots.release()
         # PUBACK received: the broker owns the batch now.

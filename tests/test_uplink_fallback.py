@@ -1,0 +1,58 @@
+"""MQTT 5 first, 3.1.1 when the broker has no MQTT 5: against amqtt, a 3.1.1-only broker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gateway import config, identity
+from gateway.daemon import Gateway
+from gateway.demo import start_embedded_broker
+
+CONFIG = """
+[device]
+name = "fallback"
+key_file = "device.key"
+[spool]
+path = "spool.db"
+commit_interval = "0.2 s"
+[uplink]
+url = "mqtt://127.0.0.1:{port}"
+protocol = "auto"
+batch_max_readings = 20
+batch_max_age = "1 s"
+[clock]
+mode = "synced"
+[[sensor]]
+id = "c"
+driver = "simulated"
+interval = "0.05 s"
+[[module]]
+id = "physics"
+kind = "ranges"
+"""
+
+
+def test_auto_falls_back_to_3_1_1_and_delivers(tmp_path: Path) -> None:
+    ident = identity.generate(tmp_path / "device.key")
+
+    async def main() -> tuple[str, int, int]:
+        broker, port = await start_embedded_broker()
+        try:
+            cfg = config.loads(CONFIG.format(port=port), base_dir=tmp_path)
+            gw = Gateway(cfg, ident=ident, shutdown_timeout=5)
+            stop = asyncio.Event()
+            run = asyncio.create_task(gw.run(stop))
+            for _ in range(400):  # the MQTT 5 attempt waits for its CONNACK timeout first
+                await asyncio.sleep(0.1)
+                if gw.health.batches_acked >= 3:
+                    break
+            stop.set()
+            await run
+            return gw.health.protocol, gw.health.batches_acked, gw.health.readings_acked
+        finally:
+            await broker.shutdown()
+
+    protocol, batches, readings = asyncio.run(main())
+    assert protocol == "3.1.1"
+    assert batches >= 3 and readings >= 60
