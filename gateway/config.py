@@ -639,6 +639,7 @@ _EXPECTED = {
     "str-list": "expected an array of strings",
     "float-list": "expected an array of numbers",
     "table": "expected a table",
+    "device": 'expected a bus number or a name like "/dev/i2c-1"',
 }
 
 
@@ -680,6 +681,10 @@ def _convert(field: Field, value: Any, base_dir: Path) -> Any:
             out = _resolve(value, base_dir)
         else:
             out = value
+    elif kind == "device":
+        if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+            raise _Bad(_expected(field, value))
+        out = str(value)
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Bad(_expected(field, value))

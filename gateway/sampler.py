@@ -50,6 +50,9 @@ class SensorTask:
 
     async def _open(self) -> None:
         await self._call(self.driver.open)
+        # What a chip measures may only be known once it answered (a BMP280 in a BME280's
+        # place has no humidity).
+        self.units = dict(self.driver.quantities)
         self.opened = True
         self._failures = 0
         log.info("sensor %s (%s) open", self.cfg.id, self.cfg.driver)

@@ -14,10 +14,23 @@ REQUIRED: Any = object()
 
 # Field kinds the loader understands:
 #   "str", "int", "float", "bool", "path", "duration" (seconds, from "5 min" or a number),
-#   "size" (bytes, from "256 MiB" or an integer), "str-list", "float-list", "table" (free-form
+#   "size" (bytes, from "256 MiB" or an integer), "device" (a bus number or a name, kept as
+#   text: `bus = 1` and `bus = "/dev/i2c-3"` alike), "str-list", "float-list", "table" (free-form
 #   dict of the plug-in's own, checked by its `check` callable).
 KINDS = frozenset(
-    {"str", "int", "float", "bool", "path", "duration", "size", "str-list", "float-list", "table"}
+    {
+        "str",
+        "int",
+        "float",
+        "bool",
+        "path",
+        "duration",
+        "size",
+        "str-list",
+        "float-list",
+        "table",
+        "device",
+    }
 )
 
 
