@@ -1253,6 +1253,7 @@ _TYPE_NAMES = {
     "str-list": "array of strings",
     "float-list": "array of numbers",
     "table": "table",
+    "device": "bus number or name",
 }
 
 
