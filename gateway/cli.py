@@ -109,6 +109,44 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify.exit_code(findings)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    import glob
+
+    from drivers.probe_i2c import probe_i2c
+    from drivers.probe_serial import default_ports, probe_serial
+    from gateway.errors import SensorError
+
+    buses: list[int | str] = list(args.i2c_bus or [])
+    if not buses and not args.serial:
+        buses = sorted(glob.glob("/dev/i2c-*"))
+    ports = list(args.serial or ([] if args.i2c_bus else default_ports()))
+    problems: list[str] = []
+    snippets: list[str] = []
+    for bus in buses:
+        try:
+            for f in probe_i2c([bus]):
+                print(f"found {f.describe()}", file=sys.stderr)
+                snippets.append(f.snippet)
+        except SensorError as e:
+            problems.append(str(e))
+    for heard in probe_serial(ports, args.listen, problems=problems):
+        print(f"found {heard.driver} on {heard.port}: {heard.detail}", file=sys.stderr)
+        snippets.append(heard.snippet)
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    if not buses and not ports:
+        print(
+            "no I2C bus (/dev/i2c-*) and no serial port to probe; enable I2C and the UART "
+            "(docs/sensors/) or name them with --i2c-bus / --serial",
+            file=sys.stderr,
+        )
+    print("\n".join(snippets), end="")
+    if not snippets:
+        print("depin-gateway: no supported sensor found", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway import demo
 
@@ -173,6 +211,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only these devices (repeatable); default: any device",
     )
     v.set_defaults(fn=cmd_verify)
+
+    pr = sub.add_parser(
+        "probe", help="find supported sensors and print [[sensor]] tables ready to paste"
+    )
+    pr.add_argument(
+        "--i2c-bus",
+        action="append",
+        metavar="BUS",
+        help="I2C bus to scan: a number, /dev/i2c-N or 'emulated' (repeatable; "
+        "default: every /dev/i2c-*)",
+    )
+    pr.add_argument(
+        "--serial",
+        action="append",
+        metavar="PORT",
+        help="serial port to listen on (repeatable; default: the usual ports)",
+    )
+    pr.add_argument(
+        "--listen",
+        type=float,
+        # a PMS5003 in active mode, stable, sends a frame every 2.3 s
+        default=5.0,
+        metavar="S",
+        help="seconds to listen on each serial port (default 5)",
+    )
+    pr.set_defaults(fn=cmd_probe)
 
     d = sub.add_parser("demo", help="run the whole pipeline with simulated sensors and a broker")
     d.add_argument(
