@@ -249,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--broker", metavar="URL", help="use this broker instead of an embedded one")
     d.add_argument("--dir", metavar="DIR", help="keep key and spool here (default: a temp dir)")
     d.add_argument("--seed", type=int, default=1, help="seed of the simulated sensors")
+    d.add_argument(
+        "--simulated",
+        action="store_true",
+        help="simulated sensors only (default: the real chip drivers on byte-level emulators)",
+    )
     d.set_defaults(fn=cmd_demo)
     return p
 

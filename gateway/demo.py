@@ -97,10 +97,7 @@ async def start_embedded_broker() -> tuple[Any, int]:
 # --- the work dir and the gateway's configuration ---------------------------------------------
 
 
-def config_text(url: str, *, seed: int, protocol: str = "auto", insecure: bool = False) -> str:
-    """The demo gateway: three simulated sensors, range faults injected on the climate one
-    (about one in six reads, so a short demo shows some), small batches sealed every 2 s."""
-    return f"""\
+_HEAD = """\
 [device]
 name = "demo"
 key_file = "device.key"
@@ -111,21 +108,52 @@ commit_interval = "1 s"
 
 [uplink]
 url = "{url}"
-topic_prefix = "{PREFIX}"
+topic_prefix = "{prefix}"
 protocol = "{protocol}"
 batch_max_age = "2 s"
 reconnect_max = "5 s"
-insecure = {"true" if insecure else "false"}
+insecure = {insecure}
+"""
 
+# One sensor is simulated with a physically impossible value now and then (the injected fault
+# the range module must flag); the others are real drivers talking to byte-level chip emulators.
+_FAULTY = """
 [[sensor]]
-id = "climate"
+id = "outdoor"
 driver = "simulated"
 interval = "0.5 s"
 kind = "climate"
 seed = {seed}
 faults = ["range"]
 fault_every = 6
+"""
 
+_CHIPS = """
+[[sensor]]
+id = "climate"
+driver = "bme280"
+interval = "1 s"
+bus = "emulated"
+address = 0x76
+
+[[sensor]]
+id = "co2"
+driver = "scd4x"
+interval = "5 s"
+bus = "emulated"
+variant = "scd41"
+mode = "periodic"
+
+[[sensor]]
+id = "pm"
+driver = "sds011"
+interval = "1 s"
+port = "{pm_port}"
+warmup = "2 s"
+duty_cycle = false
+"""
+
+_SIMULATED = """
 [[sensor]]
 id = "air"
 driver = "simulated"
@@ -139,11 +167,33 @@ driver = "simulated"
 interval = "1 s"
 kind = "co2"
 seed = {seed}
+"""
 
+_MODULES = """
 [[module]]
 id = "physics"
 kind = "ranges"
 """
+
+
+def config_text(
+    url: str,
+    *,
+    seed: int,
+    protocol: str = "auto",
+    insecure: bool = False,
+    pm_port: str | None = None,
+) -> str:
+    """The demo gateway: with `pm_port`, a BME280 and an SCD41 on the emulated I2C bus and an
+    SDS011 emulated on that serial port, all read by their real drivers; without, simulated
+    sensors only. Either way one simulated sensor injects out-of-range values (about one read
+    in six) and batches are sealed every 2 s."""
+    text = _HEAD.format(
+        url=url, prefix=PREFIX, protocol=protocol, insecure="true" if insecure else "false"
+    )
+    text += _FAULTY.format(seed=seed)
+    text += _CHIPS.format(pm_port=pm_port) if pm_port else _SIMULATED.format(seed=seed)
+    return text + _MODULES
 
 
 def _needs_insecure(url: str) -> bool:
@@ -166,13 +216,15 @@ def _needs_insecure(url: str) -> bool:
 
 
 def prepare(
-    workdir: Path, url: str, *, seed: int, protocol: str = "auto"
+    workdir: Path, url: str, *, seed: int, protocol: str = "auto", pm_port: str | None = None
 ) -> tuple[identity.Identity, Config]:
     """Key (created unless the work dir has one) and configuration (written to demo.toml)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device.key"
     ident = identity.load(key) if key.exists() else identity.generate(key)
-    text = config_text(url, seed=seed, protocol=protocol, insecure=_needs_insecure(url))
+    text = config_text(
+        url, seed=seed, protocol=protocol, insecure=_needs_insecure(url), pm_port=pm_port
+    )
     path = workdir / "demo.toml"
     path.write_text(text)
     return ident, config.loads(text, source=str(path), base_dir=workdir)
@@ -332,13 +384,17 @@ class Result:
             ("work dir", f"{self.workdir} ({'kept' if self.kept else 'removed'})"),
             ("ran", f"{self.seconds:.1f} s"),
             ("readings", str(h.readings)),
-            ("flagged", f"{h.flagged} (by the modules; faults injected: range on climate)"),
+            ("flagged", f"{h.flagged} (by the modules; fault injected: range on outdoor)"),
             ("sealed", f"{h.batches_sealed} batches"),
             ("acknowledged", f"{h.readings_acked} readings in {h.batches_acked} batches"),
             ("verified", f"{w.readings} readings in {w.batches} batches"),
             ("forged", str(len(w.forged))),
             ("births", str(w.births)),
         ]
+        for sensor, counts in sorted(h.driver_counters.items()):
+            if counts:
+                seen = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                rows.append((f"{sensor} driver", f"counted {seen}"))
         if w.duplicates:
             rows.append(("duplicates", str(w.duplicates)))
         if w.others:
@@ -400,6 +456,22 @@ async def _catch_up(watch: Watch, health: Health, timeout: float) -> None:
             await asyncio.wait_for(watch.changed.wait(), max(0.0, deadline - loop.time()))
 
 
+def _start_emulators(workdir: Path, seed: int) -> Any:
+    """Byte-level chip emulators for the real drivers: the emulated I2C bus (BME280, SCD41,
+    sharing one simulated air) and an SDS011 on a pseudo-terminal that now and then sends
+    garbage and frames with bad checksums, which its driver must resynchronise over and never
+    pass on as readings."""
+    from drivers.emulators import i2c
+    from drivers.emulators.pty import PtyServer
+    from drivers.emulators.sds011 import SDS011Chip
+
+    i2c.reset(seed=seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    chip = SDS011Chip(seed=seed, warmup=2.0)
+    chip.fault_rates = {"garbage": 0.05, "bad_checksum": 0.05}
+    return PtyServer(chip, link=workdir / "ttyUSB0").start()
+
+
 async def run_demo(
     *,
     workdir: Path,
@@ -408,9 +480,11 @@ async def run_demo(
     duration: float | None,
     seed: int,
     out: TextIO,
+    simulated: bool = False,
 ) -> Result:
     loop = asyncio.get_running_loop()
     broker: Any = None
+    pm_chip: Any = None
     if broker_url is None:
         broker, port = await start_embedded_broker()
         url = f"mqtt://127.0.0.1:{port}"
@@ -419,7 +493,11 @@ async def run_demo(
     tasks: list[asyncio.Task[None]] = []
     try:
         protocol = EMBEDDED_PROTOCOL if broker is not None else "auto"
-        ident, cfg = prepare(workdir, url, seed=seed, protocol=protocol)
+        pm_port = None
+        if not simulated:
+            pm_chip = _start_emulators(workdir, seed)
+            pm_port = pm_chip.path
+        ident, cfg = prepare(workdir, url, seed=seed, protocol=protocol, pm_port=pm_port)
         u = cfg.uplink
         gw = Gateway(cfg, ident=ident, shutdown_timeout=SHUTDOWN_TIMEOUT)
         watch = Watch(Verifier(allowed_dids=[ident.did]), ident.device_id)
@@ -474,6 +552,8 @@ async def run_demo(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if pm_chip is not None:
+            pm_chip.stop()
         if broker is not None:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
@@ -493,6 +573,7 @@ def main(args: argparse.Namespace) -> int:
                 duration=args.duration,
                 seed=args.seed,
                 out=out,
+                simulated=getattr(args, "simulated", False),
             )
         )
     finally:

@@ -73,6 +73,9 @@ def test_demo_with_embedded_broker() -> None:
     assert f["protocol"] == "gateway MQTT 3.1.1, verifier MQTT 3.1.1"  # amqtt has no MQTT 5
     assert "(removed)" in f["work dir"]
     assert not Path(f["work dir"].split(" (")[0]).exists()
+    # The real SDS011 driver read the emulated chip over a pseudo-terminal: it discarded the
+    # warm-up after its open, as on a real sensor.
+    assert "warmup" in f["pm driver"]
 
 
 def test_demo_with_real_broker_keeps_its_dir(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -122,7 +125,10 @@ def test_daemon_and_cli_never_load_amqtt() -> None:
 
 def test_demo_config_is_valid(tmp_path: Path) -> None:
     cfg = config.loads(demo.config_text("mqtt://127.0.0.1:1883", seed=7), base_dir=tmp_path)
-    assert [s.id for s in cfg.sensors] == ["climate", "air", "co2"]
+    assert [s.id for s in cfg.sensors] == ["outdoor", "air", "co2"]
+    chips = demo.config_text("mqtt://127.0.0.1:1883", seed=7, pm_port="/dev/ttyUSB0")
+    by_id = {s.id: s.driver for s in config.loads(chips, base_dir=tmp_path).sensors}
+    assert by_id == {"outdoor": "simulated", "climate": "bme280", "co2": "scd4x", "pm": "sds011"}
     assert cfg.uplink.protocol == "auto"
     assert cfg.uplink.batch_max_age <= 2
     assert cfg.spool.path == tmp_path / "spool.db"
