@@ -97,3 +97,22 @@ def test_birth_message_is_signed_retained_and_describes_the_gateway(
     status = [m.payload for m in after.messages if m.topic.endswith("/status")]
     after.close()
     assert status == [b"offline"]
+
+
+def test_last_will_says_offline_when_the_gateway_dies(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    gw = GatewayProcess(write_config(tmp_path / "gw", mosquitto.port), tmp_path / "gw.log")
+    gw.start()
+    try:
+        assert gw.wait_log("connected to", 20)
+    finally:
+        gw.kill()  # no goodbye: only the broker's Last Will can tell
+    watcher = Collector(mosquitto.port, client_id="watcher")
+    try:
+
+        def offline() -> bool:
+            status = [m.payload for m in watcher.messages if m.topic.endswith("/status")]
+            return status[-1:] == [b"offline"]
+
+        assert watcher.wait_for(offline, 10)
+    finally:
+        watcher.close()
