@@ -1,0 +1,294 @@
+"""The gateway's own sections, declared as `Field` dicts exactly like a plug-in's options, and
+right below them the rules that span several of their fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config_check import Problems
+from gateway.schema import Field
+
+
+def _nonempty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _sensor_id(value: str) -> str | None:
+    if _ID.match(value):
+        return None
+    return (
+        f"invalid sensor id {value!r}: use lower-case letters, digits, '_' and '-', starting "
+        "with a letter or digit (it prefixes SenML names like 'pm/pm2_5')"
+    )
+
+
+def _topic_prefix(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if "+" in value or "#" in value:
+        return f"{value!r} must not contain the MQTT wildcards '+' or '#'"
+    if value.startswith("/") or value.endswith("/"):
+        return f"{value!r} must not start or end with '/'"
+    if "//" in value:
+        return f"{value!r} must not contain an empty topic level ('//')"
+    if "\0" in value:
+        return "must not contain a NUL character"
+    return None
+
+
+DEVICE: Mapping[str, Field] = {
+    "name": Field(
+        "str", "Human name of this gateway, shown on dashboards and in health.", check=_nonempty
+    ),
+    "key_file": Field(
+        "path",
+        "The device's Ed25519 private key; its public key is the device identity (did:key).",
+        default="/var/lib/depin-gateway/device.key",
+    ),
+}
+
+SPOOL: Mapping[str, Field] = {
+    "path": Field(
+        "path",
+        "SQLite file holding pending readings and sealed, unacknowledged batches.",
+        default="/var/lib/depin-gateway/spool.db",
+    ),
+    "max_size": Field(
+        "size",
+        "Largest spool; past it the oldest unsent readings are dropped (with a signed receipt).",
+        default="256 MiB",
+        min=64 * 1024,
+    ),
+    "commit_interval": Field(
+        "duration",
+        "How long readings may wait in memory before a durable commit; 0 commits every reading.",
+        default="30 s",
+        min=0,
+        max=3600,
+    ),
+}
+
+UPLINK: Mapping[str, Field] = {
+    "url": Field(
+        "str",
+        "Broker address: mqtt://host[:port] (plain text, port 1883) or mqtts://host[:port] "
+        "(TLS, port 8883).",
+        default="mqtt://127.0.0.1:1883",
+    ),
+    "topic_prefix": Field(
+        "str",
+        "Topic prefix of everything the gateway publishes; no '+', '#' or leading/trailing '/'.",
+        default="depin/v1",
+        check=_topic_prefix,
+    ),
+    "client_id": Field(
+        "str",
+        "MQTT client id; unset derives one from the device id.",
+        default=None,
+        check=_nonempty,
+    ),
+    "protocol": Field(
+        "str",
+        'MQTT version: "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1".',
+        default="auto",
+        choices=("auto", "5", "3.1.1"),
+    ),
+    "ca_file": Field(
+        "path",
+        "CA certificate(s) to verify the broker (mqtts:// only); unset uses the system "
+        "trust store.",
+        default=None,
+    ),
+    "cert_file": Field(
+        "path",
+        "Client certificate for TLS client authentication (mqtts:// only; needs key_file).",
+        default=None,
+    ),
+    "key_file": Field(
+        "path", "Private key of cert_file (mqtts:// only; needs cert_file).", default=None
+    ),
+    "username": Field("str", "MQTT user name.", default=None, check=_nonempty),
+    "password_file": Field(
+        "path",
+        "File whose content (trailing newline stripped) is the MQTT password; needs username.",
+        default=None,
+    ),
+    "password_env": Field(
+        "str",
+        "Environment variable holding the MQTT password; needs username.",
+        default=None,
+        check=_nonempty,
+    ),
+    "insecure": Field(
+        "bool",
+        "Allow plain-text mqtt:// to a broker that is not on this machine (readings and the "
+        "password travel unencrypted).",
+        default=False,
+    ),
+    "batch_max_readings": Field(
+        "int",
+        "A batch is sealed when it holds this many readings.",
+        default=500,
+        min=1,
+        max=10000,
+    ),
+    "batch_max_age": Field(
+        "duration",
+        "A batch is sealed when its oldest reading is this old.",
+        default="60 s",
+        min=1,
+        max=86400,
+    ),
+    "max_inflight": Field(
+        "int", "Published batches awaiting PUBACK at once.", default=8, min=1, max=100
+    ),
+    "keepalive": Field("duration", "MQTT keep-alive interval.", default="60 s", min=5, max=3600),
+    "reconnect_max": Field(
+        "duration",
+        "Cap of the jittered exponential reconnect backoff.",
+        default="60 s",
+        min=1,
+        max=3600,
+    ),
+}
+
+CLOCK: Mapping[str, Field] = {
+    "mode": Field(
+        "str",
+        'Whether wall time is trusted: "auto" (detect NTP sync), "synced" or "unsynced".',
+        default="auto",
+        choices=("auto", "synced", "unsynced"),
+    ),
+}
+
+LOG: Mapping[str, Field] = {
+    "level": Field(
+        "str",
+        "Least severe level logged.",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+    ),
+}
+
+#: keys every `[[sensor]]` has; the driver's own options (its CONFIG) come on top
+SENSOR: Mapping[str, Field] = {
+    "id": Field(
+        "str",
+        "Unique id: lower-case letters, digits, '_' and '-', starting with a letter or digit; "
+        "prefixes the names of the sensor's readings (`id/quantity`).",
+        check=_sensor_id,
+    ),
+    "driver": Field("str", "Registered driver name (entry point group depin_gateway.drivers)."),
+    "interval": Field(
+        "duration",
+        "Time between reads; default is the driver's own (default_interval).",
+        default=None,
+        min=0.01,
+    ),
+}
+
+#: keys every `[[module]]` has; the module's own options (its CONFIG) come on top
+MODULE: Mapping[str, Field] = {
+    "id": Field("str", "Unique id of this module instance.", check=_nonempty),
+    "kind": Field("str", "Registered module name (entry point group depin_gateway.modules)."),
+}
+
+#: the single tables, in file order
+SECTIONS: Mapping[str, Mapping[str, Field]] = {
+    "device": DEVICE,
+    "spool": SPOOL,
+    "uplink": UPLINK,
+    "clock": CLOCK,
+    "log": LOG,
+}
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_uplink(problems: Problems, up: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """Parse the URL into host/port/tls and check the rules between uplink keys."""
+    url = up.get("url")
+    tls: bool | None = None
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if scheme not in ("mqtt", "mqtts"):
+            shown = f"{scheme}://" if scheme else "no scheme"
+            problems.add(
+                "uplink.url", f"unsupported scheme {shown} in {url!r}; use mqtt:// or mqtts://"
+            )
+        elif not host:
+            problems.add("uplink.url", f"no host in {url!r}; expected mqtt[s]://host[:port]")
+        elif port == -1 or port == 0:
+            problems.add("uplink.url", f"invalid port in {url!r}; expected 1..65535")
+        elif parts.username is not None or parts.password is not None:
+            problems.add(
+                "uplink.url",
+                "credentials do not belong in the url; set username and password_file or "
+                "password_env",
+            )
+        elif parts.path not in ("", "/") or parts.query or parts.fragment:
+            problems.add("uplink.url", f"unexpected path or query in {url!r}")
+        else:
+            tls = scheme == "mqtts"
+            up["host"] = host
+            up["port"] = port if port is not None else (8883 if tls else 1883)
+            up["tls"] = tls
+            if not tls and not up.get("insecure") and not _is_loopback(host):
+                problems.add(
+                    "uplink.url",
+                    f"plain-text MQTT to {host!r}, which is not this machine, would send "
+                    "readings and credentials unencrypted; use mqtts:// or set insecure = true",
+                )
+    if tls is False:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if key in given:
+                problems.add(
+                    f"uplink.{key}", "TLS option with a plain-text mqtt:// url; use mqtts://"
+                )
+    for have, need in (("cert_file", "key_file"), ("key_file", "cert_file")):
+        if have in given and need not in given:
+            problems.add(
+                f"uplink.{have}",
+                f"{have} needs {need} too (a client certificate goes with its private key)",
+            )
+    if "password_file" in given and "password_env" in given:
+        problems.add("uplink.password_env", "set password_file or password_env, not both")
+    for key in ("password_file", "password_env"):
+        if key in given and "username" not in given:
+            problems.add(f"uplink.{key}", f"{key} needs username")
+    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+        path = up.get(key)
+        if isinstance(path, Path):
+            if not path.exists():
+                problems.add(f"uplink.{key}", f"{key} not found: {path}")
+            elif not path.is_file():
+                problems.add(f"uplink.{key}", f"{key} is not a file: {path}")
+    env = up.get("password_env")
+    if isinstance(env, str) and env and env not in os.environ:
+        problems.add("uplink.password_env", f"environment variable {env!r} is not set")
