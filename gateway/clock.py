@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 
@@ -22,9 +23,20 @@ class ClockState:
     source: str
 
 
-def _kernel_synced() -> bool | None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # Once per process: find_library runs /sbin/ldconfig each time it is called.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def _kernel_synced() -> bool | None:
+    libc = _libc()
+    if libc is None:
+        return None
+    try:
         # struct timex is ~208 bytes on 64-bit; modes = 0 only reads. Oversize the buffer.
         buf = ctypes.create_string_buffer(512)
         state = int(libc.adjtimex(buf))

@@ -72,7 +72,7 @@ SPOOL: Mapping[str, Field] = {
     "commit_interval": Field(
         "duration",
         "How long readings may wait in memory before a durable commit; 0 commits every reading.",
-        default="30 s",
+        default="60 s",
         min=0,
         max=3600,
     ),

@@ -74,17 +74,38 @@ class Pipeline:
         batch, self._buffer = self._buffer, []
         names, self._names = self._names, []
         acked = set(self._acked)
-        loop = asyncio.get_running_loop()
+        horizon = self.commit_interval
+        fut = asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            lambda: self.spool.commit(
+                batch, acked, now=time.time(), force_seal=force_seal, horizon=horizon
+            ),
+        )
         try:
-            result = await loop.run_in_executor(
-                self.executor,
-                lambda: self.spool.commit(batch, acked, now=time.time(), force_seal=force_seal),
-            )
-        except BaseException:
-            # Nothing was stored: keep the readings for the next attempt, in order.
-            self._buffer[:0] = batch
-            self._names[:0] = names
+            result = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The commit goes on in the spool's thread whatever happens here: wait for it and
+            # account for what it stored, or the same readings would be stored twice and its
+            # sealed batches never offered. Then stop as asked.
+            try:
+                result = await fut
+            except Exception:
+                self._restore(batch, names)
+                raise
+            self._after(result, acked, names)
             raise
+        except BaseException:
+            self._restore(batch, names)
+            raise
+        self._after(result, acked, names)
+        return result
+
+    def _restore(self, batch: list[PendingRecord], names: list[Reading]) -> None:
+        """Nothing was stored: keep the readings for the next attempt, in order."""
+        self._buffer[:0] = batch
+        self._names[:0] = names
+
+    def _after(self, result: CommitResult, acked: set[int], names: list[Reading]) -> None:
         self._acked -= acked
         h = self.health
         h.readings += result.durable
@@ -97,16 +118,18 @@ class Pipeline:
         for seq, message, n in result.sealed:
             h.batches_sealed += 1
             self.on_sealed(seq, message, n)
-        return result
 
     async def run(self) -> None:
         """Commit on the interval, or early when a full batch is waiting."""
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and the daemon's shutdown would wait forever.
             if self.commit_interval > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.commit_interval)
+                    async with asyncio.timeout(self.commit_interval):
+                        await self._wake.wait()
             else:
                 await self._wake.wait()
             self._wake.clear()
-            if self._buffer or self._acked or self.spool.due(time.time()):
+            if self._buffer or self._acked or self.spool.due(time.time(), self.commit_interval):
                 await self.commit()

@@ -208,7 +208,7 @@ class Spool:
             used_bytes=self._used_bytes(),
         )
 
-    def due(self, now: float) -> bool:
+    def due(self, now: float, horizon: float = 0.0) -> bool:
         """Whether pending rows are waiting to be sealed and there is room to seal them."""
         oldest = self._oldest_pending
         return (
@@ -216,7 +216,7 @@ class Spool:
             and self._sealed < self.seal_ahead
             and (
                 self._pending >= self.batch_max_readings
-                or (oldest is not None and now - oldest >= self.batch_max_age)
+                or (oldest is not None and now - oldest + horizon >= self.batch_max_age)
             )
         )
 
@@ -239,8 +239,13 @@ class Spool:
         *,
         now: float | None = None,
         force_seal: bool = False,
+        horizon: float = 0.0,
     ) -> CommitResult:
-        """Make `new` durable, forget acknowledged batches, seal what is due — one transaction."""
+        """Make `new` durable, forget acknowledged batches, seal what is due — one transaction.
+
+        `horizon` is the time to the next commit: a batch whose oldest reading would pass
+        `batch_max_age` before then is sealed now, so no reading waits longer than that and,
+        at a slow rate, readings go straight into a batch instead of being written twice."""
         now = time.time() if now is None else now
         db = self._db()
         result = CommitResult(durable=len(new))
@@ -249,7 +254,7 @@ class Spool:
             if acked:
                 n = db.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in acked])
                 self._sealed -= n.rowcount
-            rest = self._seal_due(db, new, now, force_seal, result)
+            rest = self._seal_due(db, new, now, horizon, force_seal, result)
             if rest:
                 db.executemany(
                     "INSERT INTO readings(t, synced, source, record) VALUES (?, ?, ?, ?)",
@@ -282,6 +287,7 @@ class Spool:
         db: sqlite3.Connection,
         new: Sequence[PendingRecord],
         now: float,
+        horizon: float,
         force: bool,
         result: CommitResult,
     ) -> Sequence[PendingRecord]:
@@ -293,7 +299,8 @@ class Spool:
         oldest = self._oldest_pending
         if oldest is None or not self._pending:
             oldest = new[0].t
-        if not (force or total >= bmr or now - oldest >= self.batch_max_age):
+        deadline = now + horizon  # ages are judged as they will be at the next commit
+        if not (force or total >= bmr or deadline - oldest >= self.batch_max_age):
             return new
         # Even a forced seal (at shutdown) respects the room: with the broker away, sealing a
         # large backlog would only delay the exit; pending rows keep just as well.
@@ -313,7 +320,7 @@ class Spool:
         # The last chunk may still be filling: seal it only when full, old enough, forced,
         # or cut short by a clock change (then it is not last).
         last = chunks[-1]
-        if not (force or len(last) >= bmr or now - queue[last[0]].t >= self.batch_max_age):
+        if not (force or len(last) >= bmr or deadline - queue[last[0]].t >= self.batch_max_age):
             chunks.pop()
         chunks = chunks[:room]
         if not chunks:

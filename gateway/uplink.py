@@ -129,7 +129,8 @@ class Uplink:
     async def drain(self, timeout: float) -> bool:
         """Wait until every offered batch is acknowledged; False if time ran out."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True

@@ -122,7 +122,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.device.key_file == Path("/var/lib/depin-gateway/device.key")
     assert cfg.spool.path == Path("/var/lib/depin-gateway/spool.db")
     assert cfg.spool.max_size == 256 * 1024 * 1024
-    assert cfg.spool.commit_interval == 30.0
+    assert cfg.spool.commit_interval == 60.0
     up = cfg.uplink
     assert (up.url, up.host, up.port, up.tls) == ("mqtt://127.0.0.1:1883", "127.0.0.1", 1883, False)
     assert (up.topic_prefix, up.client_id, up.protocol, up.insecure) == (
