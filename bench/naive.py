@@ -67,16 +67,23 @@ def run(workdir: Path, port: int, seconds: float, max_readings: int) -> dict[str
     while n < max_readings and perf() < deadline:
         t_sim += 0.001
         readings = [
-            Reading("env", m.quantity, units[m.quantity], m.value, t_sim, True, 0.0,
-                    list(m.flags))
+            Reading("env", m.quantity, units[m.quantity], m.value, t_sim, True, 0.0, list(m.flags))
             for m in driver.read(t_sim)
         ]
         chain.judge(readings)
         for r in readings:
+            if n >= max_readings:
+                break
             t0 = perf()
             doc = json.dumps(
-                {"n": r.name, "u": r.unit, "v": r.value, "t": r.t, "score": r.score,
-                 "flags": r.flags},
+                {
+                    "n": r.name,
+                    "u": r.unit,
+                    "v": r.value,
+                    "t": r.t,
+                    "score": r.score,
+                    "flags": r.flags,
+                },
                 separators=(",", ":"),
             ).encode()
             body = json.dumps(

@@ -19,10 +19,10 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,11 @@ TARGET_RATIO = 30.0
 TARGET_BYTES_PER_READING = 250
 TARGET_BYTES_PER_HOUR = 4_000_000  # 4 MB, decimal: the stricter reading
 TARGET_PEAK_RSS = 60_000_000  # 60 MB, decimal
-REALISTIC_READINGS_PER_HOUR = 8 * 3600 // 10  # 8 quantities every 10 s
+REALISTIC_QUANTITIES = 8  # read every 10 s: 2880 readings per hour
 #: the realistic run's measuring window starts this late, so the spool's creation and the
-#: first connection stay out of it and periodic commits (every 30 s) never sit on its edges
+#: first connection stay out of it and the periodic commits (every 60 s by default) never sit
+#: on its edges
 REALISTIC_SETTLE_S = 15.0
-
-log = logging.getLogger("bench")
 
 
 def say(msg: str) -> None:
@@ -83,56 +82,56 @@ kind = "ranges"
 
 
 async def full_speed(
-    workdir: Path, port: int, seconds: float, max_readings: int, window: int
+    workdir: Path,
+    port: int,
+    seconds: float,
+    max_readings: int,
+    window: int,
+    stop_at_once: bool = False,
 ) -> dict[str, Any]:
-    """The objects gateway/daemon.py wires, fed by one simulated sensor as fast as they take."""
-    from drivers.simulated import SimulatedSensor
-    from gateway import config, cose, identity, payloads
-    from gateway.clock import detect
-    from gateway.daemon import SEAL_AHEAD_PER_INFLIGHT, config_digest
-    from gateway.health import Health
-    from gateway.modules.chain import ModuleChain
-    from gateway.pipeline import Pipeline
-    from gateway.reading import Reading
-    from gateway.spool import Spool
-    from gateway.uplink import Uplink
+    """The real Gateway (gateway/daemon.py), its one simulated sensor read as fast as it goes.
 
-    cfg_path = gateway_config(
-        workdir,
-        port,
-        '[[sensor]]\nid = "env"\ndriver = "simulated"\nkind = "all"\nseed = 1\n',
+    Everything is the daemon's own: the objects it wires, its run loop (pipeline, uplink,
+    clock and health tasks), its `_accept`, and its shutdown (forced seal, drain, final
+    commit). Only the sensor task's `run` (read, accept, sleep until the next interval) is
+    replaced by a loop without the sleep, using the same `read_once`. Two callbacks the daemon
+    passes in are wrapped to timestamp: `pipeline.on_sealed` and the uplink's `on_ack`."""
+    from gateway import config, identity
+    from gateway.daemon import Gateway
+
+    cfg = config.load(
+        gateway_config(
+            workdir,
+            port,
+            '[[sensor]]\nid = "env"\ndriver = "simulated"\nkind = "all"\nseed = 1\n',
+        )
     )
-    cfg = config.load(cfg_path)
-    ident = identity.load(cfg.device.key_file)
-    u = cfg.uplink
-    clock = detect(cfg.clock.mode)
-    boot = os.urandom(16)
-    health = Health()
-    chain = ModuleChain.from_config(cfg.modules, health=health)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-    spool = Spool(
-        cfg.spool.path,
-        identity=ident,
-        boot=boot,
-        max_size=cfg.spool.max_size,
-        batch_max_readings=u.batch_max_readings,
-        batch_max_age=u.batch_max_age,
-        seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
-        modules=chain.batch_entries,
-    )
+    gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=120.0)
+    health, pipeline, uplink = gw.health, gw.pipeline, gw.uplink
+    (sensor,) = gw.sensors
 
     # Latency bookkeeping: readings are sealed in the order they were accepted, so a batch of
-    # n readings takes the next n from the FIFO of (count, accept time) per accept() call.
+    # n readings takes the next n from the FIFO of [count, accept time] per accept.
     accepted: collections.deque[list[Any]] = collections.deque()
     in_batch: dict[int, list[tuple[int, float]]] = {}
     hist = LatencyHistogram()
     acked_event = asyncio.Event()
     perf = time.perf_counter
+    last_ack = 0.0
+    n_sealed = n_unmatched = 0
+    daemon_sealed = pipeline.on_sealed
+    daemon_ack = uplink._on_ack
+    assert daemon_ack == pipeline.acked, "the uplink no longer reports acks to pipeline.acked"
 
     def on_sealed(seq: int, message: bytes, n: int) -> None:
+        nonlocal n_sealed, n_unmatched
+        daemon_sealed(seq, message, n)
+        n_sealed += n
         parts: list[tuple[int, float]] = []
-        uplink.offer(seq, message, n)  # what the daemon's _sealed does
         while n:
+            if not accepted:  # sealed more readings than were accepted: duplicates
+                n_unmatched += n
+                break
             head = accepted[0]
             take = min(n, head[0])
             parts.append((take, head[1]))
@@ -143,124 +142,85 @@ async def full_speed(
         in_batch[seq] = parts
 
     def on_ack(seq: int, n: int) -> None:
-        now = perf()
-        pipeline.acked(seq, n)
+        nonlocal last_ack
+        daemon_ack(seq, n)
+        last_ack = now = perf()
         for count, t in in_batch.pop(seq, ()):
             hist.add(now - t, count)
         acked_event.set()
 
-    pipeline = Pipeline(
-        spool,
-        executor=executor,
-        health=health,
-        commit_interval=cfg.spool.commit_interval,
-        batch_max_readings=u.batch_max_readings,
-        on_sealed=on_sealed,
-        clock_source=lambda: clock.source,
-    )
+    pipeline.on_sealed = on_sealed
+    uplink._on_ack = on_ack
 
-    async def backlog() -> list[tuple[int, bytes, int]]:
-        skip = pipeline.unacked_pending_delete()
-        rows = await asyncio.get_running_loop().run_in_executor(executor, spool.unacked)
-        return [r for r in rows if r[0] not in skip]
+    stop = asyncio.Event()
+    marks: dict[str, Any] = {}
+    n_accepted = n_sealed = n_unmatched = 0
+    bmr = cfg.uplink.batch_max_readings
 
-    async def birth() -> bytes:
-        payload = payloads.encode_birth(
-            did=ident.did,
-            version="bench",
-            boot=boot,
-            started=round(time.time(), 3),
-            config_sha256=config_digest(cfg),
-            sensors=[{"id": "env", "driver": "simulated", "quantities": [], "interval": 0}],
-            modules=chain.batch_entries(),
-            next_seq=spool.first_unacked_seq(),
-        )
-        return cose.sign1(ident, cose.TYP_BIRTH, payload)
+    async def full_speed_sensor() -> None:
+        nonlocal n_accepted
+        while not health.connected:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the birth message and status go out before the clock starts
+        marks["start"] = start = Counters.now(perf)
+        reads_per_yield = max(1, cfg.uplink.batch_max_readings // len(sensor.units) // 4)
+        deadline = start.wall + seconds
+        read_once, accept = sensor.read_once, sensor.accept  # accept is the daemon's _accept
+        while n_accepted < max_readings and perf() < deadline:
+            for _ in range(reads_per_yield):
+                readings = await read_once()
+                accept(readings)
+                accepted.append([len(readings), perf()])
+                n_accepted += len(readings)
+            await asyncio.sleep(0)
+            # Back-pressure: no more readings in flight than the spool seals ahead of the
+            # broker; beyond that they would wait as pending rows (a backlog, not throughput).
+            while n_accepted - health.readings_acked >= window:
+                acked_event.clear()
+                await acked_event.wait()
+        marks["fed"] = Counters.now(perf)
+        if not stop_at_once:
+            # Let the pipeline go idle first: no commit running (what is not durable yet is
+            # less than a batch, so nothing wakes it), every sealed batch acknowledged. The
+            # daemon's shutdown cancels a commit in flight, which stores its readings twice.
+            while not (
+                health.readings > n_accepted - bmr
+                and health.batches_acked == health.batches_sealed
+                and uplink.pending == 0
+            ):
+                await asyncio.sleep(0.001)
+        stop.set()  # the daemon's shutdown: forced seal, drain, final commit
+        await asyncio.Event().wait()
 
-    uplink = Uplink(
-        u,
-        device_id=ident.device_id,
-        client_id=u.client_id or f"dg-{ident.device_id[-20:]}",
-        password=None,
-        health=health,
-        backlog=backlog,
-        birth=birth,
-        on_ack=on_ack,
-    )
-    sensor_cfg = cfg.sensors[0]
-    driver = SimulatedSensor(sensor_id=sensor_cfg.id, options=sensor_cfg.options)
-    units = dict(driver.quantities)
-    sid = sensor_cfg.id
-
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(executor, spool.open)
-    tasks = [
-        asyncio.create_task(uplink.run(), name="uplink"),
-        asyncio.create_task(pipeline.run(), name="pipeline"),
-    ]
-    while not health.connected:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # the birth message and status go out before the clock starts
-
-    # ---- the measured part ----
-    start = Counters.now(perf)
-    t_sim = time.time()
-    synced = clock.synced
-    n_accepted = 0
-    reads_per_yield = max(1, u.batch_max_readings // len(units) // 4)
-    deadline = start.wall + seconds
-    accept, judge, read = pipeline.accept, chain.judge, driver.read
-    h = health
-    while n_accepted < max_readings and perf() < deadline:
-        for _ in range(reads_per_yield):
-            t_sim += 0.001
-            readings = [
-                Reading(sid, m.quantity, units[m.quantity], m.value, t_sim, synced, 0.0,
-                        list(m.flags))
-                for m in read(t_sim)
-            ]
-            judge(readings)
-            accept(readings)
-            accepted.append([len(readings), perf()])
-            n_accepted += len(readings)
-        await asyncio.sleep(0)
-        # Back-pressure: no more readings in flight than the spool may seal ahead of the
-        # broker; beyond that they would wait as pending rows (a backlog, not throughput).
-        while n_accepted - h.readings_acked >= window:
-            acked_event.clear()
-            await acked_event.wait()
-    produced = Counters.now(perf)
-    await pipeline.commit(force_seal=True)
-    drained = await uplink.drain(120.0)
-    acked_at = Counters.now(perf)
-    await pipeline.commit()  # delete what was acknowledged, as the daemon does on its way
+    sensor.run = full_speed_sensor  # type: ignore[method-assign]
+    await gw.run(stop)
     end = Counters.now(perf)
-    # ---- end of the measured part ----
+    with contextlib.closing(sqlite3.connect(cfg.spool.path)) as db:
+        left = {
+            "pending_readings": db.execute("SELECT count(*) FROM readings").fetchone()[0],
+            "sealed_batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],
+        }
 
-    stats = spool.stats()
-    await uplink.close()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await loop.run_in_executor(executor, spool.close)
-    executor.shutdown(wait=True)
-
+    start: Counters = marks["start"]
     acked = health.readings_acked
     d = end.since(start)
-    wall = acked_at.wall - start.wall
+    wall = last_ack - start.wall
+    u = cfg.uplink
     return {
         "readings_accepted": n_accepted,
         "readings_acked": acked,
         "batches_sealed": health.batches_sealed,
         "batches_acked": health.batches_acked,
-        "all_acked": drained and acked == n_accepted,
-        "left_in_spool": {"pending": stats.pending, "sealed": stats.sealed},
-        "feeding_s": round(produced.wall - start.wall, 3),
+        "readings_sealed": n_sealed,
+        "all_acked": acked == n_accepted == n_sealed and not any(left.values()),
+        "duplicates_sealed": n_unmatched,
+        "left_in_spool": left,
+        "feeding_s": round(marks["fed"].wall - start.wall, 3),
         "wall_s": round(wall, 3),
         "readings_per_s": round(acked / wall, 1) if wall > 0 else None,
         "cpu_s": round(d["cpu_s"], 3),
         "cpu_us_per_reading": round(d["cpu_s"] / acked * 1e6, 2) if acked else None,
-        "cpu_utilisation": round(d["cpu_s"] / d["wall_s"], 3),
+        "cpu_utilisation": round(d["cpu_s"] / wall, 3) if wall > 0 else None,
         "write_bytes": d["write_bytes"],
         "cancelled_write_bytes": d["cancelled_write_bytes"],
         "write_bytes_per_reading": round(d["write_bytes"] / acked, 1) if acked else None,
@@ -274,9 +234,8 @@ async def full_speed(
             "batch_max_readings": u.batch_max_readings,
             "batch_max_age_s": u.batch_max_age,
             "max_inflight": u.max_inflight,
-            "seal_ahead": u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
             "protocol": health.protocol,
-            "clock": clock.source,
+            "clock": gw.clock.source,
         },
     }
 
@@ -310,8 +269,10 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
     from gateway.daemon import Gateway
 
     cfg = config.load(gateway_config(workdir, port, REALISTIC_SENSORS))
-    quantities = sum(len(s.options.get("quantities") or ()) or 7 for s in cfg.sensors)
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file))
+    quantities = sum(len(s.units) for s in gw.sensors)
+    if quantities != REALISTIC_QUANTITIES:
+        raise RuntimeError(f"the realistic load needs 8 quantities, the sensors give {quantities}")
     stop = asyncio.Event()
     perf = time.perf_counter
     out: dict[str, Any] = {}
@@ -321,12 +282,23 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
         await asyncio.sleep(REALISTIC_SETTLE_S)
         start = Counters.now(perf)
         h0 = (gw.health.readings, gw.health.batches_sealed, gw.health.readings_acked)
+        commits = 0
+        spool_commit = gw.spool.commit
+
+        def counting_commit(*a: Any, **kw: Any) -> Any:  # counts, changes nothing
+            nonlocal commits
+            commits += 1
+            return spool_commit(*a, **kw)
+
+        gw.spool.commit = counting_commit  # type: ignore[method-assign]
         span = minutes * 60.0
         while perf() - start.wall < span:
             await asyncio.sleep(min(10.0, span - (perf() - start.wall)))
             left = span - (perf() - start.wall)
-            say(f"  realistic: {gw.health.readings} readings durable, "
-                f"{gw.health.batches_acked} batches acknowledged, {max(0.0, left):.0f} s left")
+            say(
+                f"  realistic: {gw.health.readings} readings durable, "
+                f"{gw.health.batches_acked} batches acknowledged, {max(0.0, left):.0f} s left"
+            )
         end = Counters.now(perf)
         d = end.since(start)
         h = gw.health
@@ -339,7 +311,10 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
             write_bytes=d["write_bytes"],
             cancelled_write_bytes=d["cancelled_write_bytes"],
             write_syscalls=d["syscw"],
+            wchar=d["wchar"],
             write_bytes_per_hour=round(d["write_bytes"] * 3600.0 / d["wall_s"]),
+            write_bytes_per_commit=round(d["write_bytes"] / commits) if commits else None,
+            commits_in_window=commits,
             cpu_s=round(d["cpu_s"], 3),
             cpu_percent=round(100.0 * d["cpu_s"] / d["wall_s"], 3),
         )
@@ -399,9 +374,24 @@ def mode_full(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
         fs = benchlib.check_disk(wd)
         say(f"full speed: gateway for {ns.seconds:g} s on core {cpu}, spool in {wd} ({fs})")
         gw = run_worker(
-            [str(HERE / "pipeline.py"), "--worker", "full", "--port", str(port),
-             "--workdir", str(wd), "--cpu", str(cpu), "--seconds", str(ns.seconds),
-             "--readings", str(ns.readings), "--window", str(ns.window)],
+            [
+                str(HERE / "pipeline.py"),
+                "--worker",
+                "full",
+                "--port",
+                str(port),
+                "--workdir",
+                str(wd),
+                "--cpu",
+                str(cpu),
+                "--seconds",
+                str(ns.seconds),
+                "--readings",
+                str(ns.readings),
+                "--window",
+                str(ns.window),
+                *(["--stop-at-once"] if ns.stop_at_once else []),
+            ],
             timeout=ns.seconds + 300,
         )
     say(
@@ -413,8 +403,17 @@ def mode_full(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
     with benchlib.workdir("bench-naive-") as wd:
         say(f"naive baseline for {ns.naive_seconds:g} s on core {cpu}, in {wd}")
         nv = run_worker(
-            [str(HERE / "naive.py"), "--port", str(port), "--workdir", str(wd),
-             "--cpu", str(cpu), "--seconds", str(ns.naive_seconds)],
+            [
+                str(HERE / "naive.py"),
+                "--port",
+                str(port),
+                "--workdir",
+                str(wd),
+                "--cpu",
+                str(cpu),
+                "--seconds",
+                str(ns.naive_seconds),
+            ],
             timeout=ns.naive_seconds + 120,
         )
     say(
@@ -448,8 +447,19 @@ def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any
             f"{cpu}, spool in {wd} ({fs})"
         )
         gw = run_worker(
-            [str(HERE / "pipeline.py"), "--worker", "realistic", "--port", str(port),
-             "--workdir", str(wd), "--cpu", str(cpu), "--minutes", str(ns.minutes)],
+            [
+                str(HERE / "pipeline.py"),
+                "--worker",
+                "realistic",
+                "--port",
+                str(port),
+                "--workdir",
+                str(wd),
+                "--cpu",
+                str(cpu),
+                "--minutes",
+                str(ns.minutes),
+            ],
             timeout=ns.minutes * 60 + REALISTIC_SETTLE_S + 300,
         )
     say(
@@ -460,8 +470,19 @@ def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any
     with benchlib.workdir("bench-naive-") as wd:
         say(f"naive per-reading commit: {ns.naive_readings} readings (the rate does not matter)")
         nv = run_worker(
-            [str(HERE / "naive.py"), "--port", str(port), "--workdir", str(wd),
-             "--cpu", str(cpu), "--readings", str(ns.naive_readings), "--seconds", "600"],
+            [
+                str(HERE / "naive.py"),
+                "--port",
+                str(port),
+                "--workdir",
+                str(wd),
+                "--cpu",
+                str(cpu),
+                "--readings",
+                str(ns.naive_readings),
+                "--seconds",
+                "600",
+            ],
             timeout=600,
         )
     naive_per_hour = round(nv["write_bytes_per_reading"] * gw["readings_per_hour"])
@@ -469,7 +490,11 @@ def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any
         f"  naive: {nv['write_bytes_per_reading']:.0f} B/reading x {gw['readings_per_hour']} "
         f"readings/h = {naive_per_hour / 1e6:.1f} MB/h"
     )
-    ratio = round(naive_per_hour / gw["write_bytes_per_hour"], 1) if gw["write_bytes_per_hour"] else None
+    ratio = (
+        round(naive_per_hour / gw["write_bytes_per_hour"], 1)
+        if gw["write_bytes_per_hour"]
+        else None
+    )
     return {
         "gateway": gw,
         "naive": {
@@ -523,13 +548,24 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="full speed: feeding time")
     p.add_argument("--readings", type=int, default=10**9, help="full speed: stop after this many")
     p.add_argument(
-        "--window", type=int, default=8000,
-        help="full speed: most readings accepted but not yet acknowledged (default: the spool's "
-        "seal-ahead, max_inflight 8 x 2 batches x 500 readings)",
+        "--window",
+        type=int,
+        default=7500,
+        help="full speed: most readings accepted but not yet acknowledged (default: one batch "
+        "less than the spool seals ahead: 8 in flight x 2 x 500 - 500)",
+    )
+    p.add_argument(
+        "--stop-at-once",
+        action="store_true",
+        help="full speed: stop the daemon right after feeding, even with a commit in flight",
     )
     p.add_argument("--naive-seconds", type=float, default=5.0, help="naive baseline run time")
-    p.add_argument("--naive-readings", type=int, default=2000,
-                   help="realistic: readings the naive per-reading commit writes to measure it")
+    p.add_argument(
+        "--naive-readings",
+        type=int,
+        default=2000,
+        help="realistic: readings the naive per-reading commit writes to measure it",
+    )
     p.add_argument("--minutes", type=float, default=3.0, help="realistic: measuring window")
     p.add_argument("--cpu", type=int, default=None, help="core for the gateway (default: last)")
     p.add_argument("--worker", choices=("full", "realistic"), help=argparse.SUPPRESS)
@@ -540,11 +576,14 @@ def main() -> int:
         return harness(ns)
 
     benchlib.pin(ns.cpu)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="  [worker] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="  [worker] %(levelname)s %(name)s: %(message)s",
+    )
     if ns.worker == "full":
         res = asyncio.run(
-            full_speed(ns.workdir, ns.port, ns.seconds, ns.readings, ns.window)
+            full_speed(ns.workdir, ns.port, ns.seconds, ns.readings, ns.window, ns.stop_at_once)
         )
     else:
         with contextlib.suppress(KeyboardInterrupt):
