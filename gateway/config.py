@@ -47,6 +47,7 @@ from gateway.config_schema import (
     check_uplink,
 )
 from gateway.errors import ConfigError
+from gateway.schema import Field
 
 __all__ = [
     "CLOCK",
@@ -184,106 +185,99 @@ def _items(problems: Problems, doc: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
-def _sensors(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list[SensorConfig]:
-    items = _items(problems, doc, "sensor")
-    if "sensor" not in doc or (isinstance(doc["sensor"], list) and not items):
-        problems.add("sensor", "no sensors: at least one [[sensor]] table is required")
-    out: list[SensorConfig] = []
+def _plugin_tables(
+    problems: Problems,
+    doc: Mapping[str, Any],
+    base_dir: Path,
+    *,
+    array: str,
+    head_fields: Mapping[str, Field],
+    plugin_key: str,
+    what: str,
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Check each `[[array]]` table: its own keys (`head_fields`), then the options of the
+    plug-in it names (`plugin_key`), with duplicate ids reported. Returns (values, options)
+    of every table that is complete."""
+    names, load_class = (
+        (plugins.drivers, plugins.driver_class)
+        if what == "driver"
+        else (plugins.modules, plugins.module_class)
+    )
+    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    for n, table in enumerate(items):
-        path = f"sensor[{n}]"
+    for n, table in enumerate(_items(problems, doc, array)):
+        path = f"{array}[{n}]"
         if not isinstance(table, dict):
             problems.add(path, f"expected a table, got {typename(table)}")
             continue
-        head = check_table(problems, path, table, SENSOR, base_dir, report_unknown=False)
-        fields = dict(SENSOR)
+        head = check_table(problems, path, table, head_fields, base_dir, report_unknown=False)
+        fields = dict(head_fields)
         cls = None
-        if isinstance(head.get("driver"), str):
+        if isinstance(head.get(plugin_key), str):
             cls = find_plugin(
-                problems,
-                f"{path}.driver",
-                "driver",
-                head["driver"],
-                plugins.drivers,
-                plugins.driver_class,
+                problems, f"{path}.{plugin_key}", what, head[plugin_key], names, load_class
             )
         if cls is not None:
-            fields.update({k: f for k, f in cls.CONFIG.items() if k not in SENSOR})
-            values = check_table(problems, path, table, fields, base_dir, skip=SENSOR)
+            fields.update({k: f for k, f in cls.CONFIG.items() if k not in head_fields})
+            values = check_table(problems, path, table, fields, base_dir, skip=head_fields)
             values.update(head)
-            if "interval" not in table:
+            if "interval" in head_fields and "interval" not in table:
                 values["interval"] = float(getattr(cls, "default_interval", 60.0))
         else:
             values = head
         if "id" in values:
-            sid = values["id"]
-            if sid in seen:
+            ident = values["id"]
+            if ident in seen:
                 problems.add(
-                    f"{path}.id", f"duplicate sensor id {sid!r} (first used by {seen[sid]})"
+                    f"{path}.id",
+                    f"duplicate {array} id {ident!r} (first used by {seen[ident]})",
                 )
             else:
                 line = problems.locator.line_of(f"{path}.id") if problems.locator else None
-                seen[sid] = path if line is None else f"{path}, line {line}"
+                seen[ident] = path if line is None else f"{path}, line {line}"
         if cls is not None and all(k in values for k in fields):
-            options = {k: values[k] for k in fields if k not in SENSOR}
+            options = {k: values[k] for k in fields if k not in head_fields}
             plugin_rules(problems, path, cls, options)
-            out.append(
-                SensorConfig(
-                    id=values["id"],
-                    driver=values["driver"],
-                    interval=values["interval"],
-                    options=MappingProxyType(options),
-                )
-            )
+            out.append((values, options))
     return out
+
+
+def _sensors(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list[SensorConfig]:
+    if "sensor" not in doc or (isinstance(doc["sensor"], list) and not doc["sensor"]):
+        problems.add("sensor", "no sensors: at least one [[sensor]] table is required")
+    tables = _plugin_tables(
+        problems,
+        doc,
+        base_dir,
+        array="sensor",
+        head_fields=SENSOR,
+        plugin_key="driver",
+        what="driver",
+    )
+    return [
+        SensorConfig(
+            id=v["id"],
+            driver=v["driver"],
+            interval=v["interval"],
+            options=MappingProxyType(o),
+        )
+        for v, o in tables
+    ]
 
 
 def _modules(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list[ModuleConfig]:
-    out: list[ModuleConfig] = []
-    seen: dict[str, str] = {}
-    for n, table in enumerate(_items(problems, doc, "module")):
-        path = f"module[{n}]"
-        if not isinstance(table, dict):
-            problems.add(path, f"expected a table, got {typename(table)}")
-            continue
-        head = check_table(problems, path, table, MODULE, base_dir, report_unknown=False)
-        fields = dict(MODULE)
-        cls = None
-        if isinstance(head.get("kind"), str):
-            cls = find_plugin(
-                problems,
-                f"{path}.kind",
-                "module",
-                head["kind"],
-                plugins.modules,
-                plugins.module_class,
-            )
-        if cls is not None:
-            fields.update({k: f for k, f in cls.CONFIG.items() if k not in MODULE})
-            values = check_table(problems, path, table, fields, base_dir, skip=MODULE)
-            values.update(head)
-        else:
-            values = head
-        if "id" in values:
-            mid = values["id"]
-            if mid in seen:
-                problems.add(
-                    f"{path}.id", f"duplicate module id {mid!r} (first used by {seen[mid]})"
-                )
-            else:
-                line = problems.locator.line_of(f"{path}.id") if problems.locator else None
-                seen[mid] = path if line is None else f"{path}, line {line}"
-        if cls is not None and all(k in values for k in fields):
-            options = {k: values[k] for k in fields if k not in MODULE}
-            plugin_rules(problems, path, cls, options)
-            out.append(
-                ModuleConfig(
-                    id=values["id"],
-                    kind=values["kind"],
-                    options=MappingProxyType(options),
-                )
-            )
-    return out
+    tables = _plugin_tables(
+        problems,
+        doc,
+        base_dir,
+        array="module",
+        head_fields=MODULE,
+        plugin_key="kind",
+        what="module",
+    )
+    return [
+        ModuleConfig(id=v["id"], kind=v["kind"], options=MappingProxyType(o)) for v, o in tables
+    ]
 
 
 # --------------------------------------------------------------------------- loading
