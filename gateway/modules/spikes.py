@@ -1,0 +1,139 @@
+"""Rule module:
+`spikes`: a first difference far outside the rolling robust (median/MAD) spread of recent
+differences, or an up-and-back-down pair of them. Differences, not levels, because a diurnal
+cycle moves the level a lot but each step only a little.
+
+State is kept per series (`sensor/quantity`) and a reading is judged only from what came
+before it: the chain calls `judge` once per sensor read, in time order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
+from gateway.modules.series import (
+    DEFAULT_RESOLUTION,
+    check_number_table,
+    median,
+    module_options,
+)
+from gateway.reading import Reading
+from gateway.schema import Field
+
+# --------------------------------------------------------------------------- spikes
+
+
+class _SpikeState:
+    __slots__ = ("diffs", "last", "med", "prev_z", "scale", "since")
+
+    def __init__(self, window: int) -> None:
+        self.diffs: deque[float] = deque(maxlen=window)
+        self.last: float | None = None
+        self.med = 0.0
+        self.scale = 0.0
+        self.prev_z = 0.0
+        self.since = 0  # differences added since the baseline was last recomputed
+
+
+class SpikeModule(DetectionModule):
+    """A single sample far off the recent step sizes.
+
+    The baseline is the median and MAD of the last `window` first differences (recomputed every
+    `refresh` readings, which is what keeps it cheap). A step whose robust z reaches `threshold`
+    is a spike at once; a step up followed by a step back down, both beyond `pair_threshold`,
+    flags the reading after the spike. Flagged steps stay out of the baseline.
+    """
+
+    name = "spikes"
+    version = "1.0.0"
+    SAMPLE_CONFIG: ClassVar[str] = """\
+[[module]]
+id = "spikes"
+kind = "spikes"
+window = 64
+threshold = 9.0
+pair_threshold = 4.0
+"""
+    CONFIG: ClassVar[Mapping[str, Field]] = {
+        "window": Field("int", "first differences in the rolling baseline", default=64, min=8),
+        "refresh": Field(
+            "int", "recompute the median/MAD every this many readings", default=4, min=1
+        ),
+        "threshold": Field(
+            "float", "robust z of one step that is a spike by itself", default=9.0, min=1
+        ),
+        "pair_threshold": Field(
+            "float",
+            "robust z that a step out and the step back must both reach",
+            default=4.0,
+            min=1,
+        ),
+        "resolutions": Field(
+            "table",
+            "per-quantity output resolution (the smallest spread the baseline assumes)",
+            default={},
+            check=check_number_table,
+        ),
+    }
+
+    def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
+        super().__init__(module_id=module_id, options=options)
+        o = module_options(type(self), options)
+        self.window = int(o["window"])
+        self.refresh = int(o["refresh"])
+        self.warmup = min(self.window, 24)
+        self.threshold = float(o["threshold"])
+        self.pair_threshold = float(o["pair_threshold"])
+        self.resolution = dict(DEFAULT_RESOLUTION)
+        self.resolution.update({q: float(x) for q, x in dict(o["resolutions"]).items()})
+        self.state: dict[str, _SpikeState] = {}
+
+    def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
+        return [self._one(r) for r in readings]
+
+    def _one(self, r: Reading) -> Verdict:
+        v = r.value
+        if v is None:
+            return NO_OPINION
+        key = r.name
+        st = self.state.get(key)
+        if st is None:
+            st = self.state[key] = _SpikeState(self.window)
+        last = st.last
+        st.last = v
+        if last is None:
+            return NO_OPINION
+        d = v - last
+        diffs = st.diffs
+        if len(diffs) < self.warmup:
+            diffs.append(d)
+            st.since = self.refresh  # recompute as soon as the baseline is usable
+            return NO_OPINION
+        if st.since >= self.refresh:
+            s = sorted(diffs)
+            med = median(s)
+            dev = sorted(abs(x - med) for x in s)
+            st.med = med
+            # MAD, or the 90th percentile of deviations for series whose steps are mostly zero
+            # (coarse sensors, calm nights) and would otherwise get a near-zero spread
+            q90 = dev[(9 * len(dev)) // 10] / 1.645
+            st.scale = max(1.4826 * median(dev), q90, self.resolution.get(r.quantity, 1e-9))
+            st.since = 0
+        z = (d - st.med) / st.scale
+        az = abs(z)
+        prev = st.prev_z
+        st.prev_z = z
+        if az >= self.threshold:
+            hit = az / self.threshold
+        elif az >= self.pair_threshold and abs(prev) >= self.pair_threshold and prev * z < 0:
+            hit = min(az, abs(prev)) / self.pair_threshold
+            st.prev_z = 0.0  # the pair is used up: the next step starts afresh
+        else:
+            diffs.append(d)
+            st.since += 1
+            return NO_OPINION
+        st.since += 1
+        return (min(1.0, 0.5 * hit), ("spike",))

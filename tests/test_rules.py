@@ -1,0 +1,325 @@
+"""The rule modules on real hourly weather with faults injected where the protocol puts them
+(../shared/data/README.md): an event is caught when an alarm falls inside it or at most five
+samples after it; clean series must stay nearly silent."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import random
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import config, plugins
+from gateway.health import Health
+from gateway.modules import rules
+from gateway.modules.base import DetectionModule
+from gateway.modules.chain import ModuleChain
+from gateway.reading import Reading
+
+TMY = Path("/work/shared/data/weather/723170TYA.CSV")
+HOUR = 3600.0
+# TMY3 columns by header name, with the factor to our SenML units and the data's resolution
+COLUMNS = {
+    "temperature": ("Dry-bulb (C)", 1.0, 0.1),
+    "dew_point": ("Dew-point (C)", 1.0, 0.1),
+    "humidity": ("RHum (%)", 1.0, 1.0),
+    "pressure": ("Pressure (mbar)", 100.0, 100.0),  # mbar -> Pa, 1 hPa steps
+}
+RES = {q: r for q, (_, _, r) in COLUMNS.items()}
+ALTITUDE = 273.0  # Greensboro station, from the file's first header line
+MODULES = ("spikes", "stuck", "replay", "dropout", "warmup", "plausibility")
+
+pytestmark = pytest.mark.skipif(not TMY.exists(), reason="shared weather data not present")
+
+
+def _load() -> dict[str, list[float]]:
+    with TMY.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, data = rows[1], rows[2:]  # line 1 is the station, line 2 the column names
+    return {
+        q: [float(r[header.index(col)]) * k for r in data] for q, (col, k, _) in COLUMNS.items()
+    }
+
+
+SERIES = _load() if TMY.exists() else {}
+
+
+def _sigma(values: Sequence[float]) -> float:
+    return statistics.pstdev([b - a for a, b in itertools.pairwise(values)])
+
+
+def _alarms(
+    mod: DetectionModule, quantity: str, values: Sequence[float | None], flag: str
+) -> list[int]:
+    out = []
+    for i, v in enumerate(values):
+        ((score, flags),) = mod.judge([Reading("w", quantity, "", v, i * HOUR, True)])
+        assert 0.0 <= score <= 1.0
+        if flag in flags:
+            out.append(i)
+    return out
+
+
+def _events(alarms: Sequence[int]) -> int:
+    """Alarm events: runs of consecutive alarmed samples count once."""
+    return sum(1 for i, a in enumerate(alarms) if i == 0 or alarms[i - 1] != a - 1)
+
+
+def _caught(alarms: Sequence[int], events: Sequence[tuple[int, int]]) -> float:
+    hits = sum(any(s <= a < e + 5 for a in alarms) for s, e in events)
+    return hits / len(events)
+
+
+def _positions(rng: random.Random, n: int, spacing: int = 300) -> list[int]:
+    """Event starts after the first 1000 samples (baseline and calibration), well apart."""
+    return [1000 + spacing * i + rng.randrange(0, spacing // 3) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- clean data
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag", "quantities"),
+    [
+        ("spikes", "spike", ("temperature", "humidity")),
+        ("stuck", "stuck", ("temperature", "pressure", "dew_point")),
+        ("replay", "replay", ("temperature", "dew_point", "humidity", "pressure")),
+    ],
+)
+def test_clean_series_are_nearly_silent(kind: str, flag: str, quantities: tuple[str, ...]) -> None:
+    cls = plugins.module_class(kind)
+    for q in quantities:
+        mod = cls(module_id=kind, options={"resolutions": {q: RES[q]}})
+        alarms = _alarms(mod, q, SERIES[q], flag)
+        assert _events(alarms) * 1000 / len(SERIES[q]) <= 1.0, (q, alarms)
+
+
+# --------------------------------------------------------------------------- spikes
+
+
+@pytest.mark.parametrize("quantity", ["temperature", "dew_point"])
+def test_spikes_are_caught(quantity: str) -> None:
+    rng = random.Random(4)
+    values = list(SERIES[quantity])
+    sigma = _sigma(values)
+    events = []
+    for p in _positions(rng, 25):
+        values[p] += rng.choice((-1, 1)) * rng.uniform(3, 10) * sigma
+        events.append((p, p + 1))
+    mod = rules.SpikeModule(module_id="s", options={"resolutions": {quantity: RES[quantity]}})
+    alarms = _alarms(mod, quantity, values, "spike")
+    assert _caught(alarms, events) >= 0.7
+    big = [(s, e) for s, e in events if abs(values[s] - SERIES[quantity][s]) >= 6 * sigma]
+    assert big and _caught(alarms, big) >= 0.9
+
+
+# --------------------------------------------------------------------------- stuck
+
+
+def test_stuck_runs_are_caught_and_the_limit_knows_the_resolution() -> None:
+    rng = random.Random(5)
+    values = list(SERIES["temperature"])
+    events = []
+    for p in _positions(rng, 25):
+        n = rng.randint(12, 48)
+        values[p : p + n] = [values[p]] * n
+        events.append((p, p + n))
+    mod = rules.StuckModule(module_id="s", options={"resolutions": {"temperature": 0.1}})
+    assert _caught(_alarms(mod, "temperature", values, "stuck"), events) == 1.0
+
+    # the 1 hPa barometer repeats often, so its limit grows past the floor (and past real runs)
+    baro = rules.StuckModule(module_id="b", options={"resolutions": {"pressure": 100.0}})
+    _alarms(baro, "pressure", SERIES["pressure"][:2000], "stuck")
+    rate = baro.state["w/pressure"].rep
+    assert 0.4 < rate < 0.8
+    assert baro.limit("pressure", rate) > 17 > baro.limit("temperature", 0.05)
+    values = list(SERIES["pressure"])
+    events = []
+    for p in _positions(rng, 20):
+        n = rng.randint(24, 48)
+        values[p : p + n] = [values[p]] * n
+        events.append((p, p + n))
+    baro = rules.StuckModule(module_id="b", options={"resolutions": {"pressure": 100.0}})
+    assert _caught(_alarms(baro, "pressure", values, "stuck"), events) == 1.0
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@pytest.mark.parametrize("quantity", ["temperature", "dew_point", "humidity"])
+def test_replayed_segments_are_caught(quantity: str) -> None:
+    rng = random.Random(6)
+    clean = SERIES[quantity]
+    values = list(clean)
+    events = []
+    for p in _positions(rng, 20, spacing=350):
+        n = rng.randint(24, 72)
+        src = rng.randrange(0, p - n)
+        values[p : p + n] = values[src : src + n]  # what the gateway sent before
+        events.append((p, p + n))
+    mod = rules.ReplayModule(module_id="r", options={"resolutions": {quantity: RES[quantity]}})
+    assert _caught(_alarms(mod, quantity, values, "replay"), events) >= 0.9
+
+
+def test_flat_windows_never_count_as_replays() -> None:
+    mod = rules.ReplayModule(module_id="r", options={})
+    values = [20.0 + 0.01 * (i % 2) for i in range(500)] + [20.0] * 500
+    assert _alarms(mod, "temperature", values, "replay") == []
+
+
+# --------------------------------------------------------------------------- dropout, warm-up
+
+
+def _judge_timed(mod: DetectionModule, points: Sequence[tuple[float, float | None]]) -> list[Any]:
+    out = []
+    for t, v in points:
+        flags = ["sensor-error"] if v is None else []
+        r = Reading("bme", "temperature", "Cel", v, t, True, flags=flags)
+        out.append(mod.judge([r])[0])
+    return out
+
+
+def test_dropouts_flag_the_next_good_reading() -> None:
+    temps = SERIES["temperature"][:60]
+    points: list[tuple[float, float | None]] = [(i * 10.0, v) for i, v in enumerate(temps)]
+    points[20] = (200.0, None)  # one failed read
+    points[21] = (210.0, None)
+    del points[40:45]  # five reads never happened
+    verdicts = _judge_timed(rules.DropoutModule(module_id="d", options={}), points)
+    flagged = [i for i, (_, f) in enumerate(verdicts) if "dropout" in f]
+    assert flagged == [22, 40]
+    assert verdicts[40][0] > verdicts[22][0] >= 0.5
+
+
+def test_warmup_after_start_failures_and_long_gaps() -> None:
+    temps = SERIES["temperature"][:80]
+    points: list[tuple[float, float | None]] = [(i * 10.0, v) for i, v in enumerate(temps)]
+    points[30] = (300.0, None)
+    points[60:] = [(t + 3600.0, v) for t, v in points[60:]]  # off for an hour
+    mod = rules.WarmupModule(module_id="w", options={"readings": 3})
+    verdicts = _judge_timed(mod, points)
+    flagged = [i for i, (s, f) in enumerate(verdicts) if "warmup" in f]
+    assert flagged == [0, 1, 2, 31, 32, 33, 60, 61, 62]
+    assert all(s == 0.0 for s, _ in verdicts)
+
+
+# --------------------------------------------------------------------------- plausibility
+
+
+def _weather(
+    mod: DetectionModule, hours: range, edit: dict[tuple[int, str], float] | None = None
+) -> dict[tuple[int, str], Any]:
+    edit = edit or {}
+    out = {}
+    for i in hours:
+        readings = [
+            Reading("met", q, "", edit.get((i, q), SERIES[q][i]), i * HOUR, True) for q in COLUMNS
+        ]
+        for r, verdict in zip(readings, mod.judge(readings), strict=True):
+            out[(i, r.quantity)] = verdict
+    return out
+
+
+def _plausibility(**options: Any) -> rules.PlausibilityModule:
+    return rules.PlausibilityModule(module_id="p", options={"altitude": ALTITUDE, **options})
+
+
+def test_plausibility_is_silent_on_real_weather() -> None:
+    verdicts = _weather(_plausibility(), range(len(SERIES["temperature"])))
+    assert [k for k, (_, f) in verdicts.items() if f] == []
+
+
+def test_implausible_combinations_are_caught() -> None:
+    rng = random.Random(7)
+    edit: dict[tuple[int, str], float] = {}
+    hours = _positions(rng, 30, spacing=250)
+    for n, i in enumerate(hours):
+        kind = n % 3
+        if kind == 0:  # dew point above temperature
+            edit[(i, "dew_point")] = SERIES["temperature"][i] + rng.uniform(1.0, 5.0)
+        elif kind == 1:  # relative humidity above 100
+            edit[(i, "humidity")] = rng.uniform(103.0, 120.0)
+        else:  # pressure of a different altitude (or a mis-scaled reading)
+            edit[(i, "pressure")] = SERIES["pressure"][i] * rng.choice((0.85, 1.12))
+    verdicts = _weather(_plausibility(), range(len(SERIES["temperature"])), edit)
+    alarmed = {k for k, (_, f) in verdicts.items() if "implausible" in f}
+    assert alarmed == set(edit)
+
+
+def test_pm_fractions_and_disagreeing_sensors() -> None:
+    mod = _plausibility(max_age=60.0)
+
+    def one(sensor: str, q: str, v: float, t: float) -> tuple[float, tuple[str, ...]]:
+        return tuple(mod.judge([Reading(sensor, q, "", v, t, True)])[0])  # type: ignore[return-value]
+
+    assert one("pm", "pm2_5", 12.0, 0.0)[1] == ()
+    assert one("pm", "pm10", 15.0, 0.0)[1] == ()
+    assert one("pm", "pm2_5", 30.0, 10.0)[1] == ("implausible",)  # above PM10 of 10 s ago
+    assert one("pm", "pm10", 40.0, 20.0)[1] == ()
+    assert one("other", "pm2_5", 90.0, 20.0)[1] == ()  # a different sensor's PM10 is not its own
+    assert one("pm", "pm2_5", 50.0, 200.0)[1] == ()  # PM10 is too old to compare
+
+    assert one("bme", "temperature", 21.0, 0.0)[1] == ()
+    assert one("sht", "temperature", 22.5, 5.0)[1] == ()
+    score, flags = one("scd", "temperature", 27.0, 8.0)
+    assert flags == ("implausible",) and score >= 0.5
+    assert one("scd", "temperature", 22.0, 500.0)[1] == ()  # the others are stale by now
+
+
+def test_pressure_check_needs_an_altitude() -> None:
+    mod = rules.PlausibilityModule(module_id="p", options={})
+    assert mod.judge([Reading("b", "pressure", "Pa", 50_000.0, 0.0, True)])[0] == (0.0, ())
+    assert abs(rules.station_pressure(ALTITUDE) - 98_100) < 200
+    assert abs(rules.dew_point(20.0, 50.0) - 9.3) < 0.1
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+HEADER = """\
+[device]
+name = "rules-test"
+key_file = "device.key"
+
+[[sensor]]
+id = "climate"
+driver = "simulated"
+kind = "climate"
+"""
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_each_module_loads_through_its_entry_point_and_sample(kind: str, tmp_path: Path) -> None:
+    cls = plugins.module_class(kind)
+    assert kind in plugins.modules() and cls.name == kind and cls.version == "1.0.0"
+    assert cls.__doc__ and all(f.help for f in cls.CONFIG.values())
+    assert cls.SAMPLE_CONFIG in rules.SAMPLE_CONFIG
+    (mc,) = config.loads(HEADER + "\n" + cls.SAMPLE_CONFIG, base_dir=tmp_path).modules
+    assert mc.kind == kind
+    cls(module_id=mc.id, options=mc.options)
+
+
+def test_all_samples_load_together_and_the_chain_runs(tmp_path: Path) -> None:
+    cfg = config.loads(HEADER + "\n" + rules.SAMPLE_CONFIG, base_dir=tmp_path)
+    assert [m.kind for m in cfg.modules] == list(MODULES)
+    health = Health()
+    chain = ModuleChain.from_config(cfg.modules, health=health)
+    flagged: set[str] = set()
+    for i in range(400):
+        readings = [
+            Reading("climate", q, "", SERIES[q][i], i * HOUR, True)
+            for q in ("temperature", "humidity", "pressure")
+        ]
+        if i == 200:
+            readings[1].value = 130.0
+        chain.judge(readings)
+        for r in readings:
+            assert 0.0 <= r.score <= 1.0 and "module-error" not in r.flags
+            flagged.update(r.flags)
+    assert {"warmup", "implausible"} <= flagged
+    assert [e[0] for e in chain.batch_entries()] == list(MODULES)
