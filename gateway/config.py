@@ -135,6 +135,7 @@ class ModuleConfig:
     id: str
     kind: str
     options: Mapping[str, Any]
+    budget: float = 0.02
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,7 +277,8 @@ def _modules(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list
         what="module",
     )
     return [
-        ModuleConfig(id=v["id"], kind=v["kind"], options=MappingProxyType(o)) for v, o in tables
+        ModuleConfig(id=v["id"], kind=v["kind"], options=MappingProxyType(o), budget=v["budget"])
+        for v, o in tables
     ]
 
 

@@ -201,6 +201,14 @@ SENSOR: Mapping[str, Field] = {
 MODULE: Mapping[str, Field] = {
     "id": Field("str", "Unique id of this module instance.", check=_nonempty),
     "kind": Field("str", "Registered module name (entry point group depin_gateway.modules)."),
+    "budget": Field(
+        "duration",
+        "Time one call of the module may take; a call over it counts as a module error and its "
+        "verdicts are replaced by the `module-error` flag.",
+        default="20 ms",
+        min=0.0001,
+        max=10.0,
+    ),
 }
 
 #: the single tables, in file order

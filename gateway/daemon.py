@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,7 +14,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway import __version__, cose, identity, payloads, plugins
+from gateway import __version__, config, cose, identity, payloads, plugins
 from gateway.clock import ClockState, detect
 from gateway.config import Config
 from gateway.errors import ConfigError, GatewayError
@@ -75,7 +76,7 @@ class Gateway:
             batch_max_readings=u.batch_max_readings,
             batch_max_age=u.batch_max_age,
             seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
-            modules=self.chain.batch_entries,
+            modules=lambda: self.chain.batch_entries(),
         )
         self.pipeline = Pipeline(
             self.spool,
@@ -96,6 +97,7 @@ class Gateway:
             birth=self._birth,
             on_ack=self.pipeline.acked,
         )
+        self._reload_lock = asyncio.Lock()
         self.sensors: list[SensorTask] = []
         for sc in cfg.sensors:
             driver = plugins.driver_class(sc.driver)(sensor_id=sc.id, options=sc.options)
@@ -193,6 +195,51 @@ class Gateway:
         )
         self.health.clock_synced, self.health.clock_source = self.clock.synced, self.clock.source
 
+    async def reload(self) -> bool:
+        """SIGHUP: take the `[[module]]` tables of the configuration file as they are now.
+
+        Readings already judged are sealed first, so each batch names the modules that judged
+        its records; the sensors go on reading throughout and nothing in memory or in the spool
+        is touched. Other sections take effect at the next start. A broken file changes
+        nothing. Returns whether the chain changed."""
+        async with self._reload_lock:
+            source = self.cfg.source
+            if source is None:
+                log.warning("reload: the configuration did not come from a file")
+                return False
+            try:
+                new_cfg = await asyncio.to_thread(config.load, source)
+                chain = ModuleChain.from_config(new_cfg.modules, health=self.health)
+            except ConfigError as e:
+                for problem in e.problems:
+                    log.error("reload refused: %s", problem)
+                return False
+            except Exception as e:  # a module that cannot start must not take the old chain
+                log.error("reload refused: a module failed to start: %s", e)
+                return False
+            changed = [
+                name
+                for name in ("device", "spool", "uplink", "clock", "log", "sensors")
+                if getattr(new_cfg, name) != getattr(self.cfg, name)
+            ]
+            if changed:
+                log.warning("reload: changes to %s take effect at the next start", changed)
+            if new_cfg.modules == self.cfg.modules:
+                log.info("reload: modules unchanged")
+                return False
+            await self.pipeline.commit(force_seal=True)
+            self.chain = chain
+            for sensor in self.sensors:
+                sensor.chain = chain
+            self.cfg = dataclasses.replace(self.cfg, modules=new_cfg.modules)
+            self.health.reloads += 1
+            log.info(
+                "reload: modules now %s",
+                ", ".join(f"{i.module_id} ({i.name} {i.version})" for i in chain.info) or "none",
+            )
+            self.uplink.announce()
+            return True
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.open()
         try:
@@ -247,6 +294,14 @@ def run(cfg: Config, *, shutdown_timeout: float = 10.0) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.create_task(gw.reload(), name="reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await gw.run(stop)
 
     try:

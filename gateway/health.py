@@ -34,6 +34,7 @@ class Health:
     # each driver's own fault counters (checksum errors, timeouts, NACKs...), by sensor id
     driver_counters: dict[str, Counter[str]] = field(default_factory=dict)
     uplink_errors: int = 0
+    reloads: int = 0  # module chains taken over on SIGHUP
     last_error: str = ""
 
     def sensor_error(self, sensor_id: str, message: str) -> None:
@@ -66,5 +67,6 @@ class Health:
             "module_errors": dict(self.module_errors),
             "driver_counters": {k: dict(v) for k, v in self.driver_counters.items() if v},
             "uplink_errors": self.uplink_errors,
+            "reloads": self.reloads,
             "last_error": self.last_error,
         }

@@ -111,6 +111,7 @@ class Uplink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._client: aiomqtt.Client | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         # "auto" starts with MQTT 5 and settles on 3.1.1 once a broker refused 5.
         self._protocol = cfg.protocol
 
@@ -121,6 +122,26 @@ class Uplink:
         self._outbox[seq] = (message, n)
         self._idle.clear()
         self._wake.set()
+
+    def announce(self) -> None:
+        """Publish a fresh birth message now (the modules changed); the next connect would."""
+        client = self._client
+        if client is None:
+            return
+        task = asyncio.create_task(self._announce(client), name="announce")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self.topics["birth"],
+                await self._birth(),
+                qos=1,
+                retain=True,
+                properties=self._props(),
+                timeout=PUBLISH_TIMEOUT,
+            )
 
     @property
     def pending(self) -> int:

@@ -8,6 +8,7 @@ the failure.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,11 +29,26 @@ class ModuleInfo:
     digest: bytes
 
 
+#: after this many calls in a row over budget a module sits out for QUARANTINE seconds, so one
+#: slow module cannot keep slowing every sensor down
+OVERRUNS_BEFORE_QUARANTINE = 5
+QUARANTINE = 60.0
+
+
 class ModuleChain:
-    def __init__(self, modules: Sequence[DetectionModule], *, health: Health) -> None:
+    def __init__(
+        self,
+        modules: Sequence[DetectionModule],
+        *,
+        health: Health,
+        budgets: Sequence[float] | None = None,
+    ) -> None:
         self.modules = list(modules)
         self.health = health
+        self.budgets = list(budgets) if budgets is not None else [0.02] * len(self.modules)
         self.info = [ModuleInfo(m.module_id, m.name, m.version, m.digest()) for m in self.modules]
+        self._overruns = [0] * len(self.modules)
+        self._sitting_out_until = [0.0] * len(self.modules)
 
     @classmethod
     def from_config(cls, configs: Sequence[ModuleConfig], *, health: Health) -> ModuleChain:
@@ -40,17 +56,21 @@ class ModuleChain:
         for mc in configs:
             klass = plugins.module_class(mc.kind)
             mods.append(klass(module_id=mc.id, options=mc.options))
-        return cls(mods, health=health)
+        return cls(mods, health=health, budgets=[mc.budget for mc in configs])
 
     def batch_entries(self) -> list[tuple[str, str, bytes]]:
         """Batch key 8 / birth key 7: [name, version, sha256]."""
         return [(i.name, i.version, i.digest) for i in self.info]
 
     def judge(self, readings: Sequence[Reading]) -> None:
-        for mod in self.modules:
+        for i, mod in enumerate(self.modules):
             wanted = mod.quantities
             subset = readings if wanted is None else [r for r in readings if r.quantity in wanted]
             if not subset:
+                continue
+            start = time.perf_counter()
+            if start < self._sitting_out_until[i]:
+                _error(subset)
                 continue
             try:
                 verdicts = mod.judge(subset)
@@ -59,10 +79,27 @@ class ModuleChain:
             except Exception as e:  # a module's failure must never stop the pipeline
                 self.health.module_error(mod.module_id)
                 log.warning("module %s failed: %s", mod.module_id, e)
-                for r in subset:
-                    if "module-error" not in r.flags:
-                        r.flags.append("module-error")
+                _error(subset)
                 continue
+            took = time.perf_counter() - start
+            if took > self.budgets[i]:
+                # Late verdicts are not trusted either: the module may be starved or stuck.
+                self.health.module_error(mod.module_id)
+                self._overruns[i] += 1
+                if self._overruns[i] >= OVERRUNS_BEFORE_QUARANTINE:
+                    self._sitting_out_until[i] = time.perf_counter() + QUARANTINE
+                    self._overruns[i] = 0
+                    log.warning(
+                        "module %s overran its %.1f ms budget %d times in a row: it sits out "
+                        "for %.0f s",
+                        mod.module_id,
+                        self.budgets[i] * 1e3,
+                        OVERRUNS_BEFORE_QUARANTINE,
+                        QUARANTINE,
+                    )
+                _error(subset)
+                continue
+            self._overruns[i] = 0
             for r, (score, flags) in zip(subset, verdicts, strict=True):
                 if score > r.score:
                     r.score = min(1.0, float(score))
@@ -72,3 +109,9 @@ class ModuleChain:
         for r in readings:
             if r.score > 0 or r.flags:
                 self.health.flagged += 1
+
+
+def _error(readings: Sequence[Reading]) -> None:
+    for r in readings:
+        if "module-error" not in r.flags:
+            r.flags.append("module-error")
