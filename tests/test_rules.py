@@ -21,7 +21,8 @@ from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
 from gateway.reading import Reading
 
-TMY = Path("/work/shared/data/weather/723170TYA.CSV")
+# The project's shared data sits beside the checkout (../shared/data), as in CI.
+TMY = Path(__file__).resolve().parent.parent.parent / "shared/data/weather/723170TYA.CSV"
 HOUR = 3600.0
 # TMY3 columns by header name, with the factor to our SenML units and the data's resolution
 COLUMNS = {
@@ -33,8 +34,6 @@ COLUMNS = {
 RES = {q: r for q, (_, _, r) in COLUMNS.items()}
 ALTITUDE = 273.0  # Greensboro station, from the file's first header line
 MODULES = ("spikes", "stuck", "replay", "dropout", "warmup", "plausibility")
-
-pytestmark = pytest.mark.skipif(not TMY.exists(), reason="shared weather data not present")
 
 
 def _load() -> dict[str, list[float]]:
