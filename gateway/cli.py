@@ -156,6 +156,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def _key_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
+    p.add_argument("-c", "--config", help="take the key file from this configuration")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="depin-gateway",
@@ -181,22 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="check a configuration or print a sample")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     cc = csub.add_parser("check", help="print the resolved configuration, or every error in it")
-    cc.add_argument("file")
+    cc.add_argument("file", help="the configuration file (TOML)")
     cc.set_defaults(fn=cmd_config_check)
     cs = csub.add_parser("sample", help="print a commented sample configuration")
     cs.set_defaults(fn=cmd_config_sample)
 
-    for name, fn, text in (("keygen", cmd_keygen, "create the device key (never overwrites one)"),):
-        k = sub.add_parser(name, help=text)
-        k.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
-        k.add_argument("-c", "--config", help="take the key file from this configuration")
-        k.set_defaults(fn=fn)
+    k = sub.add_parser("keygen", help="create the device key (never overwrites one)")
+    _key_arguments(k)
+    k.set_defaults(fn=cmd_keygen)
 
     i = sub.add_parser("identity", help="show the device identity")
     isub = i.add_subparsers(dest="identity_command", required=True, metavar="SUBCOMMAND")
     ish = isub.add_parser("show", help="print the did and device id of the key")
-    ish.add_argument("--key", help=f"key file (default: from -c, else {DEFAULT_KEY})")
-    ish.add_argument("-c", "--config", help="take the key file from this configuration")
+    _key_arguments(ish)
     ish.set_defaults(fn=cmd_identity_show)
 
     v = sub.add_parser("verify", help="verify signed batches from files or live from a broker")

@@ -194,3 +194,24 @@ def test_verify_live_from_a_broker(tmp_path: Path, mosquitto: Mosquitto) -> None
         gw.terminate()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "valid" in r.stdout and "birth" in r.stdout
+
+
+def test_every_command_has_help_text() -> None:
+    import argparse
+
+    from gateway.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not helps.get(name):
+                        missing.append(f"{path} {name}")
+                    missing += walk(sub, f"{path} {name}")
+            elif action.dest != "help" and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert walk(build_parser(), "depin-gateway") == []
