@@ -162,11 +162,8 @@ class Uplink:
         while True:
             try:
                 await self._session()
-            except* aiomqtt.MqttError as eg:
-                self.health.uplink_errors += 1
-                self.health.last_error = f"uplink: {eg.exceptions[0]}"
-                log.warning("broker %s:%s: %s", self.cfg.host, self.cfg.port, eg.exceptions[0])
-            except* OSError as eg:  # TLS setup and socket errors outside aiomqtt's wrapping
+            # OSError: TLS setup and socket errors that aiomqtt does not wrap
+            except* (aiomqtt.MqttError, OSError) as eg:
                 self.health.uplink_errors += 1
                 self.health.last_error = f"uplink: {eg.exceptions[0]}"
                 log.warning("broker %s:%s: %s", self.cfg.host, self.cfg.port, eg.exceptions[0])
