@@ -77,7 +77,14 @@ def test_sample_loads(tmp_path: Path) -> None:
     assert cfg.uplink.url == "mqtt://127.0.0.1:1883"
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.tls) == ("127.0.0.1", 1883, False)
     assert [s.driver for s in cfg.sensors] == ["simulated"]
-    assert [m.kind for m in cfg.modules] == ["ranges"]
+    assert [m.kind for m in cfg.modules] == [
+        "ranges",
+        "spikes",
+        "stuck",
+        "replay",
+        "dropout",
+        "plausibility",
+    ]
     assert cfg.source is None
 
 
