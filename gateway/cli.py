@@ -147,6 +147,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_sign(args: argparse.Namespace) -> int:
+    from gateway import identity
+    from gateway.model_bundle import make_bundle
+
+    ident = identity.load(Path(args.key))
+    bundle = make_bundle(ident, Path(args.manifest), mode="shadow" if args.shadow else "active")
+    out = Path(args.output)
+    out.write_bytes(bundle)
+    print(f"signed {args.manifest} as {ident.did}: {out} ({len(bundle)} bytes)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway import demo
 
@@ -213,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only these devices (repeatable); default: any device",
     )
     v.set_defaults(fn=cmd_verify)
+
+    m = sub.add_parser("model", help="detection model bundles")
+    msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    ms = msub.add_parser(
+        "sign", help="sign a model and its manifest into a bundle gateways can take over MQTT"
+    )
+    ms.add_argument("manifest", help="the model's manifest (.json), its .tflite beside it")
+    ms.add_argument("--key", required=True, help="the operator's Ed25519 key (PKCS#8 PEM)")
+    ms.add_argument("-o", "--output", required=True, help="where to write the bundle")
+    ms.add_argument("--shadow", action="store_true", help="mark it to run in shadow mode first")
+    ms.set_defaults(fn=cmd_model_sign)
 
     pr = sub.add_parser(
         "probe", help="find supported sensors and print [[sensor]] tables ready to paste"

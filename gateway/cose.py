@@ -25,7 +25,8 @@ ALG_ED25519 = -19  # RFC 9864 fully specified Ed25519; accepted, never produced
 TYP_BATCH = "application/vnd.depin.batch+cbor"
 TYP_BIRTH = "application/vnd.depin.birth+cbor"
 TYP_ATTESTATION = "application/vnd.depin.attestation+cbor"
-KNOWN_TYPS = frozenset({TYP_BATCH, TYP_BIRTH, TYP_ATTESTATION})
+TYP_MODEL = "application/vnd.depin.model+cbor"  # gateway/model_bundle.py
+KNOWN_TYPS = frozenset({TYP_BATCH, TYP_BIRTH, TYP_ATTESTATION, TYP_MODEL})
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 
 

@@ -162,6 +162,9 @@ class Verifier:
             return Finding(e.kind, did, seq, None, n, e.detail, source)
         did = did_of(s.public_key)
         bid = hashlib.sha256(s.payload).digest()
+        if s.typ == cose.TYP_MODEL:
+            # Signed model updates go to gateways, not into a device's chain.
+            return Finding("malformed", did, None, bid, 0, "a model bundle, not a batch", source)
 
         def finding(kind: str, detail: str, seq: int | None = None, n: int = 0) -> Finding:
             return Finding(kind, did, seq, bid, n, detail, source)

@@ -1,0 +1,304 @@
+"""Signed model bundles: how a TFLite model and its manifest travel to a gateway (issue 4, item 5).
+
+A bundle is one COSE_Sign1 (`gateway.cose`, EdDSA/Ed25519, typ `application/vnd.depin.model+cbor`)
+whose kid is the signer's Ed25519 key and whose payload is a deterministic CBOR map (spec §7)::
+
+    {1: name        text   the model's name; installed as <name>.tflite and <name>.json
+     2: version     text   the manifest's "version"
+     3: manifest    bytes  the manifest file (`<name>.json`) byte for byte, as written by train.py
+     4: model       bytes  the `.tflite` file byte for byte
+     5: sha256      bytes  SHA-256 of key 4 (32 bytes); must equal the manifest's "sha256"
+     6: signed-at   uint   Unix seconds when the bundle was made
+     7: mode        text   "active" or "shadow": how the sender means it to be run}
+
+A gateway accepts a bundle only when the signature verifies, the typ is the model typ, the signer's
+did:key is one of its `trusted_model_signers`, the payload is exactly this map in deterministic
+CBOR, SHA-256(model) == key 5 == the manifest's sha256, and the manifest's name/version (when it
+has them) are keys 1 and 2. Installing writes the pair into the models directory atomically and
+re-runs the `tflite` module's manifest check on the written files before they replace anything.
+
+What it is not:
+- not encrypted: anyone who sees the bundle has the model;
+- not a rollback or replay defence: an old bundle by a trusted signer verifies for ever. Callers
+  that care compare `version` / `signed_at` with what is installed before calling `install`;
+- not a manifest check: window, threshold, shape ... are the `tflite` module's business
+  (`read_manifest`, run by `install` and again when the module loads the model);
+- not a policy: `mode` is carried, not acted on. `install` writes `<name>.{tflite,json}` whatever
+  the mode, so a shadow model should carry its own name (or go to its own directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cbor2
+
+from gateway import cose, dcbor
+from gateway.errors import ConfigError, GatewayError, VerifyError
+from gateway.identity import Identity, did_of, public_key_of_did
+from gateway.modules.tflite import ModelError, read_manifest
+
+Mode = Literal["active", "shadow"]
+MODES: tuple[Mode, ...] = ("active", "shadow")
+#: bundles above this size are refused before any parsing (MQTT payloads can be huge)
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+#: a model name becomes a file name: no separators, no leading dot, nothing exotic
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_KEYS = frozenset(range(1, 8))
+
+
+class ModelBundleError(GatewayError, ValueError):
+    """A bundle was refused; `kind` is one of "bad-signature", "untrusted-signer",
+    "sha-mismatch", "malformed", "name-mismatch"."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"model bundle refused ({kind}): {detail}")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: every field was checked by `open_bundle`."""
+
+    name: str
+    version: str
+    manifest: bytes  # the manifest file, exactly
+    model: bytes  # the .tflite file, exactly
+    sha256: bytes  # of `model`
+    signed_at: int
+    mode: Mode
+    signer: str  # did:key of the signer (one of the trusted ones)
+
+
+def _doc(manifest: bytes) -> Any:
+    try:
+        return json.loads(manifest.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelBundleError("malformed", f"the manifest is not JSON: {e}") from None
+
+
+def _check_manifest(doc: Any, name: str, version: str, sha: bytes) -> None:
+    """The bundle-level agreement between manifest and payload (not the tflite checks)."""
+    if not isinstance(doc, dict):
+        raise ModelBundleError("malformed", "the manifest is not a JSON object")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith(".json"):
+        raise ModelBundleError("malformed", f"model name {name!r} is not a safe file name")
+    if doc.get("name", name) != name or str(doc.get("version", "")) != version:
+        raise ModelBundleError(
+            "name-mismatch",
+            f"the bundle says {name} {version}, its manifest says "
+            f"{doc.get('name')!r} {doc.get('version')!r}",
+        )
+    file = doc.get("file")
+    if file is not None and file != f"{name}.tflite":
+        raise ModelBundleError(
+            "name-mismatch", f"the manifest's file is {file!r}, the bundle installs {name}.tflite"
+        )
+    want = doc.get("sha256")
+    if not isinstance(want, str) or want.lower() != sha.hex():
+        raise ModelBundleError(
+            "sha-mismatch", f"the manifest says sha256 {want!r}, the model has {sha.hex()}"
+        )
+
+
+def make_bundle(
+    identity: Identity, manifest_path: Path, *, mode: Mode = "active", now: float | None = None
+) -> bytes:
+    """Sign the model beside `manifest_path` (`NAME.json` + its `.tflite`) into a bundle.
+
+    The manifest is first checked by the `tflite` module (sha256 of the model included), so a
+    bundle is never made of a pair the gateway would refuse.
+    """
+    if mode not in MODES:
+        raise ModelBundleError("malformed", f"mode {mode!r} is not one of {', '.join(MODES)}")
+    manifest_path = Path(manifest_path)
+    try:
+        raw = manifest_path.read_bytes()
+        m, model = read_manifest(manifest_path)
+        changed = manifest_path.read_bytes() != raw
+    except ModelError as e:
+        kind = "sha-mismatch" if e.check.startswith("sha256 mismatch") else "malformed"
+        raise ModelBundleError(kind, str(e)) from e
+    except OSError as e:
+        raise ModelBundleError("malformed", f"{manifest_path}: {e.strerror or e}") from e
+    if changed:
+        raise ModelBundleError("malformed", f"{manifest_path} changed while it was read")
+    sha = hashlib.sha256(model).digest()
+    _check_manifest(_doc(raw), m.name, m.version, sha)
+    payload = dcbor.dumps(
+        {
+            1: m.name,
+            2: m.version,
+            3: raw,
+            4: model,
+            5: sha,
+            6: int(time.time() if now is None else now),
+            7: mode,
+        }
+    )
+    return cose.sign1(identity, cose.TYP_MODEL, payload)
+
+
+def _trusted_keys(trusted: Collection[str]) -> frozenset[bytes]:
+    keys, bad = set(), []
+    for did in trusted:
+        try:
+            keys.add(public_key_of_did(did))
+        except (ValueError, TypeError):
+            bad.append(f"trusted_model_signers: {did!r} is not an Ed25519 did:key")
+    if bad:
+        raise ConfigError(bad)
+    return frozenset(keys)
+
+
+def _payload(data: bytes) -> dict[int, Any]:
+    try:
+        obj = cbor2.loads(data)
+        canonical = dcbor.dumps(obj) == data  # also rules out trailing bytes
+    except Exception as e:  # cbor2 raises several types on garbage; all mean "malformed"
+        raise ModelBundleError("malformed", f"payload is not CBOR: {e}") from None
+    if not canonical:
+        raise ModelBundleError("malformed", "payload is not deterministic CBOR")
+    if not isinstance(obj, dict) or any(type(k) is not int for k in obj) or set(obj) != _KEYS:
+        raise ModelBundleError("malformed", "payload must be a map with exactly the keys 1..7")
+    types = {1: str, 2: str, 3: bytes, 4: bytes, 5: bytes, 6: int, 7: str}
+    for k, t in types.items():
+        if type(obj[k]) is not t:
+            raise ModelBundleError("malformed", f"key {k} must be {t.__name__}")
+    if len(obj[5]) != 32:
+        raise ModelBundleError("malformed", "key 5 (sha256) must be 32 bytes")
+    if obj[6] < 0:
+        raise ModelBundleError("malformed", "key 6 (signed-at) must be unsigned")
+    if obj[7] not in MODES:
+        raise ModelBundleError("malformed", f"key 7 (mode) {obj[7]!r} is not active or shadow")
+    return obj
+
+
+def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
+    """Verify a bundle and return its contents; `ModelBundleError` names what was wrong.
+
+    `trusted` is the list of did:key strings allowed to sign models (`trusted_model_signers`);
+    an entry that is not an Ed25519 did:key is a `ConfigError`. An empty list trusts nobody.
+    """
+    if isinstance(trusted, str):  # a lone did would be iterated character by character
+        trusted = [trusted]
+    keys = _trusted_keys(trusted)
+    if not isinstance(message, bytes | bytearray | memoryview):
+        raise ModelBundleError("malformed", f"a bundle is bytes, not {type(message).__name__}")
+    message = bytes(message)
+    if len(message) > MAX_BUNDLE_BYTES:
+        raise ModelBundleError("malformed", f"over the {MAX_BUNDLE_BYTES} byte limit")
+    try:
+        s = cose.verify1(message)
+    except VerifyError as e:
+        kind = "bad-signature" if e.kind == "bad-signature" else "malformed"
+        raise ModelBundleError(kind, e.detail) from None
+    if s.typ != cose.TYP_MODEL:
+        raise ModelBundleError("malformed", f"typ is {s.typ!r}, not {cose.TYP_MODEL!r}")
+    signer = did_of(s.public_key)
+    if s.public_key not in keys:
+        raise ModelBundleError("untrusted-signer", f"{signer} is not in trusted_model_signers")
+    # Only a trusted signer's payload is parsed any further.
+    p = _payload(s.payload)
+    name, version, manifest, model, sha = p[1], p[2], p[3], p[4], p[5]
+    got = hashlib.sha256(model).digest()
+    if got != sha:
+        raise ModelBundleError(
+            "sha-mismatch", f"the model has sha256 {got.hex()}, the bundle says {sha.hex()}"
+        )
+    _check_manifest(_doc(manifest), name, version, sha)
+    return Bundle(
+        name=name,
+        version=version,
+        manifest=manifest,
+        model=model,
+        sha256=sha,
+        signed_at=p[6],
+        mode=p[7],
+        signer=signer,
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install(bundle: Bundle, models_dir: Path) -> Path:
+    """Write `<name>.tflite` and `<name>.json` into `models_dir`; returns the manifest's path.
+
+    Both files are first written (and fsynced) into a staging directory inside `models_dir` and
+    checked there by the `tflite` module's `read_manifest` (sha256 of the bytes on disk included);
+    a refused or failed write leaves the installed pair untouched. Then the model is renamed into
+    place, then the manifest, so the manifest never names a model that is not there. If renaming
+    the manifest fails, the previous model is put back. A crash between the two renames leaves
+    the new model under the old manifest, which the `tflite` module refuses (sha256 mismatch)
+    rather than run; installing the bundle again completes it.
+    """
+    models_dir = Path(models_dir)
+    _check_manifest(_doc(bundle.manifest), bundle.name, bundle.version, bundle.sha256)
+    if hashlib.sha256(bundle.model).digest() != bundle.sha256:
+        raise ModelBundleError("sha-mismatch", "the bundle's model does not match its sha256")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    model_path = models_dir / f"{bundle.name}.tflite"
+    manifest_path = models_dir / f"{bundle.name}.json"
+    stage = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.install-", dir=models_dir))
+    try:
+        staged_model = stage / model_path.name
+        staged_manifest = stage / manifest_path.name
+        _write(staged_model, bundle.model)
+        _write(staged_manifest, bundle.manifest)
+        try:
+            m, data = read_manifest(staged_manifest)
+        except ModelError as e:
+            kind = "sha-mismatch" if e.check.startswith("sha256 mismatch") else "malformed"
+            raise ModelBundleError(kind, f"the tflite module refuses it: {e}") from e
+        if data != bundle.model or m.sha256 != bundle.sha256.hex():
+            raise ModelBundleError("sha-mismatch", "the written model is not the bundle's")
+        backup: Path | None = None
+        if model_path.exists():
+            backup = stage / "previous.tflite"
+            try:
+                os.link(model_path, backup)
+            except OSError:
+                shutil.copy2(model_path, backup)
+        _fsync_dir(stage)
+        os.replace(staged_model, model_path)
+        try:
+            os.replace(staged_manifest, manifest_path)
+        except BaseException:
+            if backup is not None:
+                os.replace(backup, model_path)
+            else:
+                model_path.unlink(missing_ok=True)
+            raise
+        _fsync_dir(models_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    try:
+        read_manifest(manifest_path)  # what is there now is what the module will load
+    except ModelError as e:
+        raise ModelBundleError("sha-mismatch", f"the installed pair changed under us: {e}") from e
+    return manifest_path
