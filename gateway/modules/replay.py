@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
-    DEFAULT_RESOLUTION,
     FALLBACK_RESOLUTION,
     check_number_table,
     module_options,
+    resolutions,
 )
 from gateway.reading import Reading
 from gateway.schema import Field
@@ -78,8 +78,7 @@ history = 8192
         self.k = int(o["window"])
         self.min_distinct = int(o["min_distinct"])
         self.history = int(o["history"])
-        self.resolution = dict(DEFAULT_RESOLUTION)
-        self.resolution.update({q: float(x) for q, x in dict(o["resolutions"]).items()})
+        self.resolution = resolutions(o["resolutions"])
         self.state: dict[str, _ReplayState] = {}
 
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:

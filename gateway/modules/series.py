@@ -69,3 +69,10 @@ def median(sorted_values: list[float]) -> float:
     n = len(sorted_values)
     h = n // 2
     return sorted_values[h] if n % 2 else 0.5 * (sorted_values[h - 1] + sorted_values[h])
+
+
+def resolutions(overrides: Mapping[str, Any]) -> dict[str, float]:
+    """The chips' resolutions per quantity, with a module's configured ones on top."""
+    table = dict(DEFAULT_RESOLUTION)
+    table.update({q: float(x) for q, x in dict(overrides).items()})
+    return table

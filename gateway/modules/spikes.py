@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
-    DEFAULT_RESOLUTION,
     check_number_table,
     median,
     module_options,
+    resolutions,
 )
 from gateway.reading import Reading
 from gateway.schema import Field
@@ -87,8 +87,7 @@ pair_threshold = 4.0
         self.warmup = min(self.window, 24)
         self.threshold = float(o["threshold"])
         self.pair_threshold = float(o["pair_threshold"])
-        self.resolution = dict(DEFAULT_RESOLUTION)
-        self.resolution.update({q: float(x) for q, x in dict(o["resolutions"]).items()})
+        self.resolution = resolutions(o["resolutions"])
         self.state: dict[str, _SpikeState] = {}
 
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:

@@ -15,12 +15,12 @@ from typing import Any, ClassVar
 
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
-    DEFAULT_RESOLUTION,
     DEFAULT_RUN_LIMIT,
     FALLBACK_RESOLUTION,
     FALLBACK_RUN_LIMIT,
     check_number_table,
     module_options,
+    resolutions,
 )
 from gateway.reading import Reading
 from gateway.schema import Field
@@ -86,8 +86,7 @@ max_run = 24
     def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
         super().__init__(module_id=module_id, options=options)
         o = module_options(type(self), options)
-        self.resolution = dict(DEFAULT_RESOLUTION)
-        self.resolution.update({q: float(x) for q, x in dict(o["resolutions"]).items()})
+        self.resolution = resolutions(o["resolutions"])
         self.run_limit = dict(DEFAULT_RUN_LIMIT)
         self.run_limit.update({q: int(x) for q, x in dict(o["run_limits"]).items()})
         self.log_alpha = math.log(float(o["alpha"]))
