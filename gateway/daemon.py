@@ -12,7 +12,9 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from gateway import __version__, config, cose, identity, payloads, plugins
 from gateway.clock import ClockState, detect
@@ -27,6 +29,7 @@ from gateway.spool import Spool
 from gateway.uplink import Uplink
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 CLOCK_POLL = 5.0
 AMBIENT = frozenset({"pressure"})
@@ -131,15 +134,17 @@ class Gateway:
     def _sealed(self, seq: int, message: bytes, n: int) -> None:
         self.uplink.offer(seq, message, n)
 
+    async def _in_spool(self, fn: Callable[[], T]) -> T:
+        """Run a spool call on the spool's own thread: SQLite I/O never blocks the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
     async def _backlog(self) -> list[tuple[int, bytes, int]]:
         skip = self.pipeline.unacked_pending_delete()
-        rows = await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.unacked)
+        rows = await self._in_spool(self.spool.unacked)
         return [r for r in rows if r[0] not in skip]
 
     async def _birth(self) -> bytes:
-        next_seq = await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.spool.first_unacked_seq
-        )
+        next_seq = await self._in_spool(self.spool.first_unacked_seq)
         payload = payloads.encode_birth(
             did=self.identity.did,
             version=__version__,
@@ -176,13 +181,13 @@ class Gateway:
     async def _update_depth(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            st = await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.stats)
+            st = await self._in_spool(self.spool.stats)
             self.health.queue_depth = st.pending + st.sealed_readings
             olds = [t for t in (st.oldest_pending, st.oldest_sealed) if t is not None]
             self.health.oldest_unsent = min(olds) if olds else None
 
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.open)
+        await self._in_spool(self.spool.open)
         st = self.spool.stats()
         log.info(
             "device %s; spool %s: %d pending readings, %d sealed batches awaiting the broker, "
@@ -256,7 +261,7 @@ class Gateway:
                 await stop.wait()
                 await self._shutdown(workers, uplink)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.close)
+            await self._in_spool(self.spool.close)
             self.executor.shutdown(wait=True)
 
     async def _shutdown(
