@@ -134,14 +134,17 @@ class Uplink:
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self.topics["birth"],
-                await self._birth(),
-                qos=1,
-                retain=True,
-                properties=self._props(),
-                timeout=PUBLISH_TIMEOUT,
-            )
+            await self._publish_birth(client)
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            self.topics["birth"],
+            await self._birth(),
+            qos=1,
+            retain=True,
+            properties=self._props(),
+            timeout=PUBLISH_TIMEOUT,
+        )
 
     @property
     def pending(self) -> int:
@@ -249,14 +252,7 @@ class Uplink:
             await client.publish(
                 self.topics["status"], b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT
             )
-            await client.publish(
-                self.topics["birth"],
-                await self._birth(),
-                qos=1,
-                retain=True,
-                properties=props,
-                timeout=PUBLISH_TIMEOUT,
-            )
+            await self._publish_birth(client)
             # Rebuild the outbox from the spool: whatever the broker did not acknowledge
             # before is sent again, exactly as it was sealed.
             for seq, message, n in await self._backlog():
