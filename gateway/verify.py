@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import cbor2
@@ -152,107 +152,151 @@ class Verifier:
         return finding
 
     def _check(self, message: bytes, source: str) -> Finding:
-        if len(message) > MAX_MESSAGE:
-            return Finding("malformed", None, None, None, 0, "over the 16 MiB limit", source)
-        # Steps 1 and 2: envelope, typ, signature.
-        try:
-            s = cose.verify1(message)
-        except VerifyError as e:
-            did, seq, n = _claims(message) if e.kind == "bad-signature" else (None, None, 0)
-            return Finding(e.kind, did, seq, None, n, e.detail, source)
-        did = did_of(s.public_key)
-        bid = hashlib.sha256(s.payload).digest()
-        if s.typ == cose.TYP_MODEL:
-            # Signed model updates go to gateways, not into a device's chain.
-            return Finding("malformed", did, None, bid, 0, "a model bundle, not a batch", source)
-
-        def finding(kind: str, detail: str, seq: int | None = None, n: int = 0) -> Finding:
-            return Finding(kind, did, seq, bid, n, detail, source)
-
-        try:
-            m = cbor2.loads(s.payload)
-        except Exception as e:
-            return finding("malformed", f"payload is not CBOR: {e}")
-        if not isinstance(m, dict) or not isinstance(m.get(1), str):
-            return finding("malformed", "payload is not a map with the signer's did at key 1")
-        seq = m.get(2) if s.typ == cose.TYP_BATCH and type(m.get(2)) is int else None
-        n = len(m[5]) if s.typ == cose.TYP_BATCH and isinstance(m.get(5), list) else 0
-        if m[1] != did:
-            return finding("did-mismatch", f"payload names {m[1]!r} but kid is {did}", seq, n)
-        if s.typ == cose.TYP_ATTESTATION:
-            return _other_payload(s.payload, m, finding, "attestation")
-        # Step 3: only registered devices.
-        if self.allowed is not None and did not in self.allowed:
-            return finding("unknown-device", "not in the allow-list", seq, n)
-        if s.typ == cose.TYP_BIRTH:
-            return _other_payload(s.payload, m, finding, "birth")
-        # Step 4: the payload itself.
-        try:
-            b = payloads.decode_batch(s.payload)
-        except payloads.PayloadError as e:
-            return finding(e.kind, e.detail, seq, n)
-        problem = _batch_shape(b) or _tag_problem(s.payload)
-        if problem:
-            return finding("malformed", problem, b.seq, n)
-        # Step 5: the chain.
-        return self._chain(did, b, bid, message, finding)
-
-    def _chain(
-        self,
-        did: str,
-        b: payloads.Batch,
-        bid: bytes,
-        message: bytes,
-        finding: Callable[[str, str, int | None, int], Finding],
-    ) -> Finding:
-        seq, n = b.seq, len(b.records)
-
-        def out(kind: str, detail: str) -> Finding:
-            return finding(kind, detail, seq, n)
-
-        if seq == 0 and b.prev != payloads.ZERO_PREV:
-            return out("prev-mismatch", "seq 0 must have the all-zero prev")
-        if seq > 0 and b.prev == payloads.ZERO_PREV:
-            return out("prev-mismatch", f"seq {seq} has the all-zero prev of a first batch")
-        link = _Link(bid, b.prev, message, n, b.clock["synced"] is True)
-        chain = self._chains.get(did)
-        if chain is None:
-            self._chains[did] = _Chain(links={seq: link}, last=seq)
-            return out("valid", f"starts the chain at seq {seq}")
-        seen = chain.links.get(seq)
-        if seen is not None:
-            if seen.batch_id == bid:
-                return out("duplicate", "already seen")
-            self.evidence.append((did, seq, seen.message, message))
-            return out("equivocation", f"seq {seq} was already batch {_short(seen.batch_id)}")
-        if seq == chain.last + 1:
-            last = chain.links[chain.last]
-            if b.prev != last.batch_id:
-                detail = (
-                    f"prev {_short(b.prev)} is not batch {chain.last} ({_short(last.batch_id)})"
-                )
-                return out("prev-mismatch", detail)
-            chain.links[seq] = link
-            chain.last = seq
-            return out("valid", "extends the chain")
-        if seq > chain.last:
-            self.gaps.append((did, chain.last + 1, seq - 1))
-            missing = (
-                f"{chain.last + 1}" if seq == chain.last + 2 else f"{chain.last + 1}-{seq - 1}"
-            )
-            chain.links[seq] = link
-            chain.last = seq
-            return out("gap", f"seq {missing} missing")
-        before, after = chain.links.get(seq - 1), chain.links.get(seq + 1)
-        if before is not None and before.batch_id != b.prev:
-            return out("replay", f"prev does not link to batch {seq - 1}")
-        if after is not None and after.prev != bid:
-            return out("replay", f"batch {seq + 1} does not link to this batch")
-        chain.links[seq] = link
-        linked = [f"{x}" for x, y in ((seq - 1, before), (seq + 1, after)) if y is not None]
-        return out(
-            "reordered", ("links to " + " and ".join(linked)) if linked else "no neighbour yet"
+        allowed = self.allowed
+        found = examine(
+            message, source, registered=None if allowed is None else allowed.__contains__
         )
+        if isinstance(found, Finding):
+            return found
+        return self._chain(found)
+
+    def _chain(self, x: Examined) -> Finding:
+        b, bid, did = x.batch, x.batch_id, x.did
+        chain = self._chains.get(did)
+        kind, detail = decide(
+            b.seq,
+            b.prev,
+            bid,
+            last=None if chain is None else chain.last,
+            link=lambda s: None if chain is None else chain.links.get(s),
+        )
+        out = x.finding(kind, detail)
+        if kind in ("prev-mismatch", "replay", "duplicate"):
+            return out
+        if kind == "equivocation":
+            assert chain is not None
+            self.evidence.append((did, b.seq, chain.links[b.seq].message, x.message))
+            return out
+        link = _Link(bid, b.prev, x.message, len(b.records), b.clock["synced"] is True)
+        if chain is None:
+            self._chains[did] = _Chain(links={b.seq: link}, last=b.seq)
+            return out
+        if kind == "gap":
+            self.gaps.append((did, chain.last + 1, b.seq - 1))
+        chain.links[b.seq] = link
+        chain.last = max(chain.last, b.seq)
+        return out
+
+
+@dataclass(frozen=True)
+class Examined:
+    """A batch that passed spec section 9 steps 1-4; the chain (step 5) is the caller's."""
+
+    did: str
+    batch_id: bytes
+    batch: payloads.Batch
+    message: bytes
+    source: str
+
+    def finding(self, kind: str, detail: str) -> Finding:
+        b = self.batch
+        return Finding(kind, self.did, b.seq, self.batch_id, len(b.records), detail, self.source)
+
+
+def examine(
+    message: bytes, source: str = "", *, registered: Callable[[str], bool] | None = None
+) -> Finding | Examined:
+    """Steps 1-4 of spec section 9 for one message: the finding that settles it (any invalid
+    message, a birth, an attestation), or the checked batch, ready for the chain. Raises only
+    on bugs; `Verifier.check` turns those into findings too."""
+    if len(message) > MAX_MESSAGE:
+        return Finding("malformed", None, None, None, 0, "over the 16 MiB limit", source)
+    # Steps 1 and 2: envelope, typ, signature.
+    try:
+        s = cose.verify1(message)
+    except VerifyError as e:
+        did, seq, n = _claims(message) if e.kind == "bad-signature" else (None, None, 0)
+        return Finding(e.kind, did, seq, None, n, e.detail, source)
+    did = did_of(s.public_key)
+    bid = hashlib.sha256(s.payload).digest()
+    if s.typ == cose.TYP_MODEL:
+        # Signed model updates go to gateways, not into a device's chain.
+        return Finding("malformed", did, None, bid, 0, "a model bundle, not a batch", source)
+
+    def finding(kind: str, detail: str, seq: int | None = None, n: int = 0) -> Finding:
+        return Finding(kind, did, seq, bid, n, detail, source)
+
+    try:
+        m = cbor2.loads(s.payload)
+    except Exception as e:
+        return finding("malformed", f"payload is not CBOR: {e}")
+    if not isinstance(m, dict) or not isinstance(m.get(1), str):
+        return finding("malformed", "payload is not a map with the signer's did at key 1")
+    seq = m.get(2) if s.typ == cose.TYP_BATCH and type(m.get(2)) is int else None
+    n = len(m[5]) if s.typ == cose.TYP_BATCH and isinstance(m.get(5), list) else 0
+    if m[1] != did:
+        return finding("did-mismatch", f"payload names {m[1]!r} but kid is {did}", seq, n)
+    if s.typ == cose.TYP_ATTESTATION:
+        return _other_payload(s.payload, m, finding, "attestation")
+    # Step 3: only registered devices.
+    if registered is not None and not registered(did):
+        return finding("unknown-device", "not in the allow-list", seq, n)
+    if s.typ == cose.TYP_BIRTH:
+        return _other_payload(s.payload, m, finding, "birth")
+    # Step 4: the payload itself.
+    try:
+        b = payloads.decode_batch(s.payload)
+    except payloads.PayloadError as e:
+        return finding(e.kind, e.detail, seq, n)
+    problem = _batch_shape(b) or _tag_problem(s.payload)
+    if problem:
+        return finding("malformed", problem, b.seq, n)
+    return Examined(did, bid, b, message, source)
+
+
+class LinkView(Protocol):
+    batch_id: bytes
+    prev: bytes
+
+
+def decide(
+    seq: int,
+    prev: bytes,
+    bid: bytes,
+    *,
+    last: int | None,
+    link: Callable[[int], LinkView | None],
+) -> tuple[str, str]:
+    """Step 5 of spec section 9 for one checked batch: (kind, detail), given the device's chain
+    as the verifier has it: `last`, the highest accepted seq (None: no chain yet), and
+    `link(seq)`, the accepted batch at a seq. Pure: the caller stores what it accepts."""
+    if seq == 0 and prev != payloads.ZERO_PREV:
+        return "prev-mismatch", "seq 0 must have the all-zero prev"
+    if seq > 0 and prev == payloads.ZERO_PREV:
+        return "prev-mismatch", f"seq {seq} has the all-zero prev of a first batch"
+    if last is None:
+        return "valid", f"starts the chain at seq {seq}"
+    seen = link(seq)
+    if seen is not None:
+        if seen.batch_id == bid:
+            return "duplicate", "already seen"
+        return "equivocation", f"seq {seq} was already batch {_short(seen.batch_id)}"
+    if seq == last + 1:
+        before = link(last)
+        if before is None or prev != before.batch_id:
+            got = "?" if before is None else _short(before.batch_id)
+            return "prev-mismatch", f"prev {_short(prev)} is not batch {last} ({got})"
+        return "valid", "extends the chain"
+    if seq > last:
+        missing = f"{last + 1}" if seq == last + 2 else f"{last + 1}-{seq - 1}"
+        return "gap", f"seq {missing} missing"
+    before, after = link(seq - 1), link(seq + 1)
+    if before is not None and before.batch_id != prev:
+        return "replay", f"prev does not link to batch {seq - 1}"
+    if after is not None and after.prev != bid:
+        return "replay", f"batch {seq + 1} does not link to this batch"
+    linked = [f"{x}" for x, y in ((seq - 1, before), (seq + 1, after)) if y is not None]
+    return "reordered", ("links to " + " and ".join(linked)) if linked else "no neighbour yet"
 
 
 def _claims(message: bytes) -> tuple[str | None, int | None, int]:
