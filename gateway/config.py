@@ -62,6 +62,7 @@ __all__ = [
     "Config",
     "DeviceConfig",
     "LogConfig",
+    "ModelsConfig",
     "ModuleConfig",
     "SensorConfig",
     "SpoolConfig",
@@ -123,6 +124,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModelsConfig:
+    dir: Path | None
+    trusted_model_signers: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class SensorConfig:
     id: str
     driver: str
@@ -145,6 +152,7 @@ class Config:
     uplink: UplinkConfig
     clock: ClockConfig
     log: LogConfig
+    models: ModelsConfig
     sensors: tuple[SensorConfig, ...]
     modules: tuple[ModuleConfig, ...]
     source: Path | None
@@ -158,6 +166,7 @@ class Config:
             "uplink": _plain(vars(self.uplink)),
             "clock": _plain(vars(self.clock)),
             "log": _plain(vars(self.log)),
+            "models": _plain(vars(self.models)),
             "sensors": [_plain(vars(s)) for s in self.sensors],
             "modules": [_plain(vars(m)) for m in self.modules],
         }
@@ -375,6 +384,7 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
         uplink=UplinkConfig(**sections["uplink"]),
         clock=ClockConfig(**sections["clock"]),
         log=LogConfig(**sections["log"]),
+        models=ModelsConfig(**sections["models"]),
         sensors=tuple(sensors),
         modules=tuple(modules),
         source=file,

@@ -180,6 +180,39 @@ LOG: Mapping[str, Field] = {
     ),
 }
 
+
+def _signers(values: tuple[str, ...]) -> str | None:
+    # Imported here: identity pulls in cryptography, which the schema itself does not need.
+    from gateway.identity import public_key_of_did
+
+    for n, did in enumerate(values):
+        try:
+            public_key_of_did(did)
+        except (ValueError, TypeError):
+            return (
+                f"item {n} ({did!r}) is not an Ed25519 did:key "
+                "(`depin-gateway identity show` prints a signer's)"
+            )
+    return None
+
+
+MODELS: Mapping[str, Field] = {
+    "dir": Field(
+        "path",
+        "Where model updates received over MQTT are kept (active and shadow); default: a "
+        "`models` directory beside the spool file.",
+        default=None,
+    ),
+    "trusted_model_signers": Field(
+        "str-list",
+        "did:key identities whose signed model bundles the gateway takes over MQTT (topic "
+        "`<prefix>/<device id>/model`); empty: model updates are refused and nothing is "
+        "subscribed.",
+        default=[],
+        check=_signers,
+    ),
+}
+
 #: keys every `[[sensor]]` has; the driver's own options (its CONFIG) come on top
 SENSOR: Mapping[str, Field] = {
     "id": Field(
@@ -218,6 +251,7 @@ SECTIONS: Mapping[str, Mapping[str, Field]] = {
     "uplink": UPLINK,
     "clock": CLOCK,
     "log": LOG,
+    "models": MODELS,
 }
 
 

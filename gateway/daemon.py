@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy as copy_module
 import dataclasses
 import hashlib
 import json
@@ -12,15 +13,19 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from gateway import __version__, config, cose, identity, payloads, plugins
 from gateway.clock import ClockState, detect
-from gateway.config import Config
+from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.health import Health
+from gateway.model_updates import Installed, ModelStore, Outcome
+from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
 from gateway.pipeline import Pipeline
 from gateway.reading import Reading
@@ -67,7 +72,14 @@ class Gateway:
         self.boot = secrets.token_bytes(16)
         self.started = time.time()
         self.health = Health()
-        self.chain = ModuleChain.from_config(cfg.modules, health=self.health)
+        self.models = ModelStore(
+            cfg.models.dir or cfg.spool.path.parent / "models", cfg.models.trusted_model_signers
+        )
+        self.models.load()
+        self.chain = self._make_chain(cfg.modules)
+        # What batches sealed from now on name (key 8). Changed only on the spool's thread,
+        # right after the commit that sealed the readings the previous modules judged.
+        self._entries = self.chain.batch_entries()
         self.clock = detect(cfg.clock.mode)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         u = cfg.uplink
@@ -79,7 +91,7 @@ class Gateway:
             batch_max_readings=u.batch_max_readings,
             batch_max_age=u.batch_max_age,
             seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
-            modules=lambda: self.chain.batch_entries(),
+            modules=lambda: self._entries,
         )
         self.pipeline = Pipeline(
             self.spool,
@@ -99,6 +111,7 @@ class Gateway:
             backlog=self._backlog,
             birth=self._birth,
             on_ack=self.pipeline.acked,
+            on_model=self._model_update if self.models.enabled else None,
         )
         self._reload_lock = asyncio.Lock()
         self.sensors: list[SensorTask] = []
@@ -214,7 +227,7 @@ class Gateway:
                 return False
             try:
                 new_cfg = await asyncio.to_thread(config.load, source)
-                chain = ModuleChain.from_config(new_cfg.modules, health=self.health)
+                chain = self._make_chain(new_cfg.modules)
             except ConfigError as e:
                 for problem in e.problems:
                     log.error("reload refused: %s", problem)
@@ -232,10 +245,10 @@ class Gateway:
             if new_cfg.modules == self.cfg.modules:
                 log.info("reload: modules unchanged")
                 return False
-            await self.pipeline.commit(force_seal=True)
             self.chain = chain
             for sensor in self.sensors:
                 sensor.chain = chain
+            await self._switch_entries()
             self.cfg = dataclasses.replace(self.cfg, modules=new_cfg.modules)
             self.health.reloads += 1
             log.info(
@@ -244,6 +257,146 @@ class Gateway:
             )
             self.uplink.announce()
             return True
+
+    async def _switch_entries(self) -> None:
+        """Call right after the chain changed, before any await: the readings the previous
+        modules judged are sealed now, under the previous module list; later batches name
+        the new one."""
+        new = self.chain.batch_entries()
+        await self.pipeline.commit(force_seal=True, then=lambda: setattr(self, "_entries", new))
+
+    # --- models: configured and updated over MQTT ---------------------------------------------
+
+    def _make_chain(self, configs: Sequence[ModuleConfig]) -> ModuleChain:
+        """The chain of `configs`, with `tflite` modules running their model's installed update
+        where there is one, and the shadow models beside it."""
+        resolved = []
+        for mc in configs:
+            inst = None
+            if mc.kind == "tflite":
+                inst = self.models.installed["active"].get(_model_name(mc))
+            if inst is not None:
+                opts = {**mc.options, "model": str(inst.manifest), "models_dir": None}
+                mc = dataclasses.replace(mc, options=MappingProxyType(opts))
+            resolved.append(mc)
+        chain = ModuleChain.from_config(resolved, health=self.health)
+        for name, inst in self.models.installed["shadow"].items():
+            chain.shadows[name] = self._shadow_module(chain, inst)
+        self._note_models(chain)
+        return chain
+
+    def _shadow_module(self, chain: ModuleChain, inst: Installed) -> DetectionModule:
+        from gateway.modules.tflite import TFLiteModule
+
+        # Judged like the active model of that name would be: same threshold scale.
+        scale = next(
+            (
+                m.options.get("threshold_scale", 1.0)
+                for m in chain.modules
+                if isinstance(m, TFLiteModule) and m.manifest.name == inst.name
+            ),
+            1.0,
+        )
+        module = TFLiteModule(
+            module_id=f"shadow:{inst.name}",
+            options={"model": str(inst.manifest), "threshold_scale": scale},
+        )
+        self.health.shadow.pop(inst.name, None)
+        self.health.shadow_stats(inst.name).update(version=inst.version, sha256=inst.sha256)
+        return module
+
+    def _note_models(self, chain: ModuleChain) -> None:
+        from gateway.modules.tflite import TFLiteModule
+
+        models: dict[str, dict[str, Any]] = {}
+        for m in chain.modules:
+            if isinstance(m, TFLiteModule):
+                man = m.manifest
+                inst = self.models.installed["active"].get(man.name)
+                entry = models.setdefault(
+                    man.name,
+                    {
+                        "version": man.version,
+                        "sha256": man.sha256,
+                        "source": "update" if inst and inst.sha256 == man.sha256 else "config",
+                        "modules": [],
+                    },
+                )
+                entry["modules"].append(m.module_id)
+        self.health.models = models
+        for name in list(self.health.shadow):
+            if name not in chain.shadows:
+                del self.health.shadow[name]
+
+    def _trial(self, manifest: Path) -> None:
+        from gateway.modules.tflite import TFLiteModule
+
+        TFLiteModule(module_id="trial", options={"model": str(manifest)})
+
+    async def _model_update(self, data: bytes) -> bytes:
+        """A bundle arrived on the model topic: the outcome, as published on model/result."""
+        async with self._reload_lock:
+            try:
+                outcome, inst = await asyncio.to_thread(self.models.receive, data, self._trial)
+                if inst is not None:
+                    outcome = await self._run_installed(inst, outcome)
+            except Exception as e:  # whatever happens, the running chain stays as it was
+                log.exception("model update failed")
+                outcome = Outcome("rejected", f"failed: {e}", "error", at=time.time())
+            self.health.model_updates[outcome.result] += 1
+            self.health.last_model_update = outcome.to_dict()
+            if outcome.result == "rejected":
+                log.warning("model update rejected (%s): %s", outcome.kind, outcome.reason)
+            else:
+                log.info("model update %s: %s", outcome.result, outcome.reason)
+            return outcome.to_json()
+
+    async def _run_installed(self, inst: Installed, outcome: Outcome) -> Outcome:
+        from gateway.modules.tflite import TFLiteModule
+
+        chain = self.chain
+        if inst.mode == "shadow":
+            shadow = await asyncio.to_thread(self._shadow_module, chain, inst)
+            active = [
+                m
+                for m in chain.modules
+                if isinstance(m, TFLiteModule) and m.manifest.name == inst.name
+            ]
+            if isinstance(shadow, TFLiteModule) and active:
+                # A copy of the active model's windows: the shadow judges from the next reading
+                # on, and the two never write into one ring.
+                _carry_windows(active[0], shadow, copy=True)
+            chain.shadows[inst.name] = shadow
+            return outcome
+        targets = [
+            (i, m)
+            for i, m in enumerate(chain.modules)
+            if isinstance(m, TFLiteModule) and m.manifest.name == inst.name
+        ]
+
+        def build() -> list[TFLiteModule]:
+            out = []
+            for _, old in targets:
+                opts = {**old.options, "model": str(inst.manifest), "models_dir": None}
+                new = TFLiteModule(module_id=old.module_id, options=opts)
+                out.append(new)
+            return out
+
+        modules = await asyncio.to_thread(build)
+        for (i, old), module in zip(targets, modules, strict=True):
+            _carry_windows(old, module, copy=False)  # no warm-up for the new model
+            chain.swap(i, module)
+        chain.shadows.pop(inst.name, None)
+        self._note_models(chain)
+        if not targets:
+            return dataclasses.replace(
+                outcome,
+                reason=f"{outcome.reason}; no [[module]] of kind tflite runs a model named "
+                f"{inst.name!r} yet",
+            )
+        await self._switch_entries()
+        self.uplink.announce()
+        return outcome
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.open()
@@ -287,6 +440,26 @@ class Gateway:
             self.health.readings,
             self.health.batches_acked,
         )
+
+
+def _carry_windows(old: Any, new: Any, *, copy: bool) -> None:
+    """Give a new model module the windows the old one has filled, when they mean the same."""
+    if (new.window, new.quantity) == (old.window, old.quantity):
+        new.state = copy_module.deepcopy(old.state) if copy else old.state
+
+
+def _model_name(mc: ModuleConfig) -> str:
+    """The name of the model a `tflite` module is configured with (its manifest's name)."""
+    from gateway.modules.tflite import manifest_path
+
+    model = str(mc.options.get("model", ""))
+    folder = mc.options.get("models_dir")
+    path = manifest_path(model, None if folder is None else Path(folder))
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return str(name) if isinstance(name, str) and name else Path(model).stem
 
 
 def run(cfg: Config, *, shutdown_timeout: float = 10.0) -> int:

@@ -36,6 +36,11 @@ class Health:
     uplink_errors: int = 0
     reloads: int = 0  # module chains taken over on SIGHUP
     last_error: str = ""
+    # model updates over MQTT: counts by result, the last outcome, what runs in shadow mode
+    model_updates: Counter[str] = field(default_factory=Counter)
+    last_model_update: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name: version, sha256 ...
+    shadow: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def sensor_error(self, sensor_id: str, message: str) -> None:
         self.sensor_errors[sensor_id] += 1
@@ -43,6 +48,15 @@ class Health:
 
     def module_error(self, module_id: str) -> None:
         self.module_errors[module_id] += 1
+
+    def shadow_stats(self, name: str) -> dict[str, Any]:
+        st = self.shadow.get(name)
+        if st is None:
+            st = self.shadow[name] = {
+                k: 0 for k in ("judged", "flagged", "both", "only_shadow", "only_active", "errors")
+            }
+            st["score_sum"] = 0.0
+        return st
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -68,5 +82,15 @@ class Health:
             "driver_counters": {k: dict(v) for k, v in self.driver_counters.items() if v},
             "uplink_errors": self.uplink_errors,
             "reloads": self.reloads,
+            "models": {k: dict(v) for k, v in self.models.items()},
+            "model_updates": dict(self.model_updates),
+            "last_model_update": dict(self.last_model_update),
+            "shadow": {k: _shadow_view(v) for k, v in self.shadow.items()},
             "last_error": self.last_error,
         }
+
+
+def _shadow_view(st: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in st.items() if k != "score_sum"}
+    out["mean_score"] = round(st["score_sum"] / st["judged"], 4) if st["judged"] else None
+    return out

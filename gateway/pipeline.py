@@ -70,17 +70,27 @@ class Pipeline:
     def unacked_pending_delete(self) -> set[int]:
         return set(self._acked)
 
-    async def commit(self, *, force_seal: bool = False) -> CommitResult:
+    async def commit(
+        self, *, force_seal: bool = False, then: Callable[[], None] | None = None
+    ) -> CommitResult:
+        """Make the buffer durable. `then` runs on the spool's thread right after this commit
+        and before any later one: what it changes (the module list batches name) applies to
+        the batches sealed after this commit only."""
         batch, self._buffer = self._buffer, []
         names, self._names = self._names, []
         acked = set(self._acked)
         horizon = self.commit_interval
-        fut = asyncio.get_running_loop().run_in_executor(
-            self.executor,
-            lambda: self.spool.commit(
-                batch, acked, now=time.time(), force_seal=force_seal, horizon=horizon
-            ),
-        )
+
+        def job() -> CommitResult:
+            try:
+                return self.spool.commit(
+                    batch, acked, now=time.time(), force_seal=force_seal, horizon=horizon
+                )
+            finally:
+                if then is not None:
+                    then()
+
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, job)
         try:
             result = await asyncio.shield(fut)
         except asyncio.CancelledError:

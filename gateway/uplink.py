@@ -6,6 +6,8 @@
   counts as delivered only when its PUBACK arrives (`on_ack`), never when it was written.
 - Reconnects with capped, jittered exponential backoff; after a reconnect the outbox is rebuilt
   from the spool, so what the broker never acknowledged is sent again byte for byte.
+- With a model handler, subscribes to `<prefix>/<device id>/model` (QoS 1) and publishes each
+  bundle's outcome, retained, on `.../model/result`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
     base = f"{prefix}/{device_id}"
-    return {k: f"{base}/{k}" for k in ("batch", "birth", "status", "state", "health")}
+    names = ("batch", "birth", "status", "state", "health", "model", "model/result")
+    return {k: f"{base}/{k}" for k in names}
 
 
 # CONNACK codes that mean "not this protocol version" (3.1.1: 1; 5: 0x84), as opposed to
@@ -96,6 +99,7 @@ class Uplink:
         backlog: Callable[[], Awaitable[list[tuple[int, bytes, int]]]],
         birth: Callable[[], Awaitable[bytes]],
         on_ack: Callable[[int, int], None],
+        on_model: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.client_id = client_id
@@ -105,6 +109,7 @@ class Uplink:
         self._backlog = backlog
         self._birth = birth
         self._on_ack = on_ack
+        self._on_model = on_model
         self._outbox: dict[int, tuple[bytes, int]] = {}
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
@@ -253,6 +258,8 @@ class Uplink:
                 self.topics["status"], b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT
             )
             await self._publish_birth(client)
+            if self._on_model is not None:
+                await client.subscribe(self.topics["model"], qos=1, timeout=PUBLISH_TIMEOUT)
             # Rebuild the outbox from the spool: whatever the broker did not acknowledge
             # before is sent again, exactly as it was sealed.
             for seq, message, n in await self._backlog():
@@ -264,9 +271,30 @@ class Uplink:
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         # aiomqtt reports a lost connection through the message iterator.
-        async for _ in client.messages:
-            pass
+        async for msg in client.messages:
+            payload = msg.payload
+            # An empty payload is a retained bundle being cleared, not a bundle.
+            if (
+                self._on_model is not None
+                and msg.topic.matches(self.topics["model"])
+                and isinstance(payload, bytes | bytearray)
+                and payload
+            ):
+                task = asyncio.create_task(
+                    self._model(client, self._on_model, bytes(payload)), name="model-update"
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         raise aiomqtt.MqttError("connection closed")
+
+    async def _model(
+        self, client: aiomqtt.Client, handler: Callable[[bytes], Awaitable[bytes]], data: bytes
+    ) -> None:
+        result = await handler(data)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self.topics["model/result"], result, qos=1, retain=True, timeout=PUBLISH_TIMEOUT
+            )
 
     async def _sender(
         self, client: aiomqtt.Client, props: Properties | None, tg: asyncio.TaskGroup

@@ -3,6 +3,10 @@
 A reading's score is the highest score any module gave it, and its flags are the union. A module
 that raises never stops the pipeline: its readings get the `module-error` flag and health counts
 the failure.
+
+Shadow modules (models on trial, `gateway.model_updates`) judge the same readings after the
+chain, but their verdicts only go to health: they never touch a reading, and the batches do not
+name them.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ModuleChain:
         self.info = [ModuleInfo(m.module_id, m.name, m.version, m.digest()) for m in self.modules]
         self._overruns = [0] * len(self.modules)
         self._sitting_out_until = [0.0] * len(self.modules)
+        self.shadows: dict[str, DetectionModule] = {}
 
     @classmethod
     def from_config(cls, configs: Sequence[ModuleConfig], *, health: Health) -> ModuleChain:
@@ -61,6 +66,14 @@ class ModuleChain:
     def batch_entries(self) -> list[tuple[str, str, bytes]]:
         """Batch key 8 / birth key 7: [name, version, sha256]."""
         return [(i.name, i.version, i.digest) for i in self.info]
+
+    def swap(self, index: int, module: DetectionModule) -> None:
+        """Run `module` in place of module `index` from the next reading on."""
+        self.modules[index] = module
+        m = module
+        self.info[index] = ModuleInfo(m.module_id, m.name, m.version, m.digest())
+        self._overruns[index] = 0
+        self._sitting_out_until[index] = 0.0
 
     def judge(self, readings: Sequence[Reading]) -> None:
         for i, mod in enumerate(self.modules):
@@ -109,6 +122,34 @@ class ModuleChain:
         for r in readings:
             if r.score > 0 or r.flags:
                 self.health.flagged += 1
+        for name, shadow in self.shadows.items():
+            self._shadow(name, shadow, readings)
+
+    def _shadow(self, name: str, mod: DetectionModule, readings: Sequence[Reading]) -> None:
+        wanted = mod.quantities
+        subset = [r for r in readings if wanted is None or r.quantity in wanted]
+        if not subset:
+            return
+        stats = self.health.shadow_stats(name)
+        try:
+            verdicts = mod.judge(subset)
+            if len(verdicts) != len(subset):
+                raise ValueError(f"returned {len(verdicts)} verdicts for {len(subset)}")
+        except Exception as e:  # a model on trial must not disturb the chain either
+            stats["errors"] += 1
+            log.debug("shadow model %s failed: %s", name, e)
+            return
+        for r, (score, flags) in zip(subset, verdicts, strict=True):
+            if r.value is None:
+                continue
+            stats["judged"] += 1
+            stats["score_sum"] += float(score)
+            # Compared with the active models' flag on the same reading: where they disagree
+            # is what an operator wants to see before promoting.
+            mine, active = bool(flags), "model" in r.flags
+            stats["flagged"] += mine
+            if mine or active:
+                stats["both" if mine and active else "only_shadow" if mine else "only_active"] += 1
 
 
 def _error(readings: Sequence[Reading]) -> None:

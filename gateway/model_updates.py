@@ -1,0 +1,213 @@
+"""Model updates over MQTT: what the gateway keeps of the signed bundles it accepted.
+
+An operator publishes a bundle (`depin-gateway model sign`, format in `gateway.model_bundle`) on
+`<prefix>/<device id>/model`. The gateway opens it against `[models] trusted_model_signers`,
+tries the model in the interpreter, installs it, and only then runs it: as the model of every
+`tflite` module whose model has that name ("active"), or beside them with its scores kept out of
+the batches ("shadow") until an active bundle of it promotes it.
+
+Layout of `[models] dir` (default: `models/` beside the spool)::
+
+    active/<name>.tflite  active/<name>.json  active/<name>.bundle
+    shadow/<name>.tflite  shadow/<name>.json  shadow/<name>.bundle
+
+`<name>.bundle` is the signed message exactly as received. At start an installed model is used
+only if its bundle still verifies against the signers configured now and names the sha256 of the
+pair on disk: removing a signer from the configuration withdraws what it installed, and a pair
+changed on disk is not run.
+
+Replays: a bundle signed before the installed one of the same name and mode is refused as
+"stale", so an old (say, vulnerable) model cannot be pushed back by replaying its bundle. A
+deliberate rollback is a fresh signature of the old model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from gateway.model_bundle import Bundle, Mode, ModelBundleError, install, open_bundle
+
+log = logging.getLogger("gateway.models")
+T = TypeVar("T")
+
+Result = Literal["applied", "shadow", "unchanged", "rejected"]
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A model installed from a verified bundle."""
+
+    name: str
+    version: str
+    sha256: str  # hex
+    signed_at: int
+    signer: str
+    mode: Mode
+    manifest: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one bundle; published as JSON on `<prefix>/<device id>/model/result`."""
+
+    result: Result
+    reason: str
+    kind: str = ""  # why it was rejected: a ModelBundleError kind, "stale" or "model-refused"
+    name: str = ""
+    version: str = ""
+    sha256: str = ""
+    mode: str = ""
+    signer: str = ""
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v != ""}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    """The installed updates under one directory, and the policy for new bundles."""
+
+    def __init__(self, root: Path, trusted: Collection[str]) -> None:
+        self.root = Path(root)
+        self.trusted = tuple(trusted)
+        self.installed: dict[Mode, dict[str, Installed]] = {"active": {}, "shadow": {}}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.trusted)
+
+    def load(self) -> None:
+        """Read what is installed; a pair whose bundle no longer verifies is left unused."""
+        for mode in ("active", "shadow"):
+            found: dict[str, Installed] = {}
+            folder = self.root / mode
+            for path in sorted(folder.glob("*.bundle")) if folder.is_dir() else []:
+                try:
+                    b = open_bundle(path.read_bytes(), trusted=self.trusted)
+                    inst = self._installed(b, mode)
+                    on_disk = json.loads(inst.manifest.read_text(encoding="utf-8"))
+                    if str(on_disk.get("sha256", "")).lower() != inst.sha256:
+                        raise ModelBundleError("sha-mismatch", "the files are not the bundle's")
+                except (ModelBundleError, OSError, ValueError) as e:
+                    log.warning("model update %s not used: %s", path, e)
+                    continue
+                found[b.name] = inst
+            self.installed[mode] = found
+
+    def _installed(self, b: Bundle, mode: Mode) -> Installed:
+        return Installed(
+            name=b.name,
+            version=b.version,
+            sha256=b.sha256.hex(),
+            signed_at=b.signed_at,
+            signer=b.signer,
+            mode=mode,
+            manifest=self.root / mode / f"{b.name}.json",
+        )
+
+    def receive(
+        self, message: bytes, trial: Callable[[Path], T], *, now: float | None = None
+    ) -> tuple[Outcome, Installed | None]:
+        """Check, try, install. `trial(manifest)` loads the model the way the chain will (it
+        raises if the interpreter refuses it) and runs on a staged copy before anything
+        installed is touched. Blocking file I/O with fsyncs: call it from a thread."""
+        at = time.time() if now is None else now
+        if not self.enabled:
+            return (
+                Outcome(
+                    "rejected", "no trusted_model_signers are configured", "untrusted-signer", at=at
+                ),
+                None,
+            )
+        try:
+            b = open_bundle(message, trusted=self.trusted)
+        except ModelBundleError as e:
+            return Outcome("rejected", e.detail, e.kind, at=at), None
+
+        def out(result: Result, reason: str, kind: str = "") -> Outcome:
+            return Outcome(
+                result,
+                reason,
+                kind,
+                name=b.name,
+                version=b.version,
+                sha256=b.sha256.hex(),
+                mode=b.mode,
+                signer=b.signer,
+                at=at,
+            )
+
+        current = self.installed[b.mode].get(b.name)
+        if current is not None and (current.sha256, current.version) == (b.sha256.hex(), b.version):
+            return out("unchanged", f"{b.name} {b.version} is already {b.mode}"), None
+        if current is not None and b.signed_at < current.signed_at:
+            return (
+                out(
+                    "rejected",
+                    f"signed at {b.signed_at}, before the installed {b.name} {current.version} "
+                    f"(signed at {current.signed_at})",
+                    "stale",
+                ),
+                None,
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".trial-", dir=self.root))
+        try:
+            trial(install(b, stage))
+        except ModelBundleError as e:
+            return out("rejected", e.detail, e.kind), None
+        except Exception as e:  # the interpreter's refusal comes in many types
+            why = f"the model does not load: {e}"
+            return out("rejected", why, "model-refused"), None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        inst = self._install(message, b)
+        if b.mode == "active":
+            return out("applied", f"{b.name} {b.version} is now active"), inst
+        return out("shadow", f"{b.name} {b.version} runs in shadow mode"), inst
+
+    def _install(self, message: bytes, b: Bundle) -> Installed:
+        folder = self.root / b.mode
+        install(b, folder)
+        # The bundle last: a crash before this line leaves the previous bundle, which no longer
+        # names the pair on disk, so `load` runs the configured model rather than a half-install.
+        _write_atomic(folder / f"{b.name}.bundle", message)
+        inst = self._installed(b, b.mode)
+        self.installed[b.mode][b.name] = inst
+        if b.mode == "active":
+            self._drop_shadow(b.name)
+        return inst
+
+    def _drop_shadow(self, name: str) -> None:
+        """An active bundle ends the shadow run of that name: promoted, or overtaken."""
+        if self.installed["shadow"].pop(name, None) is None:
+            return
+        folder = self.root / "shadow"
+        (folder / f"{name}.bundle").unlink(missing_ok=True)  # first: what load() looks for
+        for suffix in (".json", ".tflite"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,355 @@
+"""Model updates over MQTT: a bundle signed by a trusted key is applied without a restart; an
+unsigned, wrongly signed or sha-mismatched one is rejected and the old model keeps judging.
+
+The second model (tests/vectors/model-update) flags nearly every temperature window, the shipped
+one none of the simulated sensor's, so which model judged a reading shows in its flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import config, cose, dcbor, identity, payloads
+from gateway.daemon import Gateway
+from gateway.identity import Identity
+from gateway.model_bundle import make_bundle
+from gateway.model_updates import ModelStore
+from gateway.modules.tflite import TFLiteModule, read_manifest
+from tests.brokers import Mosquitto
+from tests.collector import Collector, assert_unbroken_chain, unique_batches
+from tests.gatewayproc import GatewayProcess
+from tests.test_faults import received_readings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "temperature-ae.json"
+STRICT = ROOT / "tests" / "vectors" / "model-update" / "temperature-ae.json"
+OPERATOR = Identity.from_private_key(Ed25519PrivateKey.generate())
+STRANGER = Identity.from_private_key(Ed25519PrivateKey.generate())
+OLD_SHA = read_manifest(SHIPPED)[0].sha256
+NEW_SHA = read_manifest(STRICT)[0].sha256
+
+
+def _trial(manifest: Path) -> None:
+    TFLiteModule(module_id="trial", options={"model": str(manifest)})
+
+
+def _resign(message: bytes, signer: Identity = OPERATOR, **changes: Any) -> bytes:
+    """The bundle's payload with keys changed (k5=..., k6=...), signed by `signer`."""
+    p = cbor2.loads(cose.verify1(message).payload)
+    for key, value in changes.items():
+        p[int(key[1:])] = value
+    return cose.sign1(signer, cose.TYP_MODEL, dcbor.dumps(p))
+
+
+def _unsigned(message: bytes) -> bytes:
+    """The same payload with an all-zero signature: what an unsigned bundle looks like."""
+    protected = cose.protected_header(OPERATOR.kid, cose.TYP_MODEL)
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, cose.verify1(message).payload, bytes(64)]))
+
+
+# --------------------------------------------------------------------------- the store's policy
+
+
+def test_store_applies_refuses_and_remembers(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    new = make_bundle(OPERATOR, STRICT, now=2_000)
+    for bad, kind in [
+        (b"\x00garbage", "malformed"),
+        (_unsigned(new), "bad-signature"),
+        (make_bundle(STRANGER, STRICT, now=2_000), "untrusted-signer"),
+        (_resign(new, k5=bytes(32)), "sha-mismatch"),
+    ]:
+        outcome, inst = store.receive(bad, _trial, now=1.0)
+        assert (outcome.result, outcome.kind, inst) == ("rejected", kind, None), outcome
+    assert not (tmp_path / "models" / "active").exists()
+
+    outcome, inst = store.receive(new, _trial)
+    assert outcome.result == "applied" and inst is not None
+    assert outcome.to_dict()["sha256"] == NEW_SHA and outcome.signer == OPERATOR.did
+    assert read_manifest(inst.manifest)[0].sha256 == NEW_SHA
+    # The same bundle again (a retained message after a reconnect) changes nothing.
+    assert store.receive(new, _trial)[0].result == "unchanged"
+    # A replayed older bundle cannot push the previous model back.
+    old = make_bundle(OPERATOR, SHIPPED, now=1_000)
+    outcome, _ = store.receive(old, _trial)
+    assert (outcome.result, outcome.kind) == ("rejected", "stale")
+    assert "signed at 1000, before the installed" in outcome.reason
+
+    again = ModelStore(tmp_path / "models", [OPERATOR.did])
+    again.load()
+    assert again.installed["active"]["temperature-ae"].sha256 == NEW_SHA
+    # Taking the signer off the list withdraws what it installed.
+    withdrawn = ModelStore(tmp_path / "models", [STRANGER.did])
+    withdrawn.load()
+    assert withdrawn.installed["active"] == {}
+
+
+def test_a_trusted_bundle_the_interpreter_refuses_installs_nothing(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    model = b"TFL3" + bytes(300)  # the right sha256, but no model
+    doc = json.loads(STRICT.read_text())
+    doc["sha256"] = __import__("hashlib").sha256(model).hexdigest()
+    (broken / "temperature-ae.tflite").write_bytes(model)
+    (broken / "temperature-ae.json").write_text(json.dumps(doc))
+    pair = tmp_path / "pair"
+    shutil.copytree(broken, pair)
+    # make_bundle checks the manifest, not the interpreter: it signs this.
+    message = make_bundle(OPERATOR, pair / "temperature-ae.json")
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    outcome, inst = store.receive(message, _trial)
+    assert (outcome.result, outcome.kind, inst) == ("rejected", "model-refused", None)
+    assert not (tmp_path / "models" / "active" / "temperature-ae.json").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []  # no staging left behind
+
+
+def test_shadow_then_promotion(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    outcome, inst = store.receive(make_bundle(OPERATOR, STRICT, mode="shadow"), _trial)
+    assert outcome.result == "shadow" and inst is not None and inst.mode == "shadow"
+    assert store.installed["active"] == {}
+    outcome, _ = store.receive(make_bundle(OPERATOR, STRICT, mode="active"), _trial)
+    assert outcome.result == "applied"
+    assert store.installed["shadow"] == {}
+    assert not (tmp_path / "models" / "shadow" / "temperature-ae.bundle").exists()
+
+
+def test_no_trusted_signers_means_no_updates(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models", [])
+    assert not store.enabled
+    outcome, inst = store.receive(make_bundle(OPERATOR, STRICT), _trial)
+    assert (outcome.result, outcome.kind, inst) == ("rejected", "untrusted-signer", None)
+
+
+def test_a_signer_that_is_not_a_did_key_names_its_line(tmp_path: Path) -> None:
+    text = config.sample_text() + '\n[models]\ntrusted_model_signers = ["did:key:z6Mk-nope"]\n'
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text)
+    line = text.splitlines().index('trusted_model_signers = ["did:key:z6Mk-nope"]') + 1
+    assert f":{line}: models.trusted_model_signers: item 0" in str(info.value)
+
+
+# --------------------------------------------------------------------------- over a real broker
+
+
+def _write_config(workdir: Path, port: int) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "device.key").exists():
+        identity.generate(workdir / "device.key")
+    cfg = workdir / "gateway.toml"
+    cfg.write_text(f"""
+[device]
+name = "model-update-test"
+key_file = "device.key"
+
+[spool]
+path = "spool.db"
+commit_interval = "0.2 s"
+
+[uplink]
+url = "mqtt://127.0.0.1:{port}"
+batch_max_readings = 20
+batch_max_age = "1 s"
+reconnect_max = "1 s"
+
+[clock]
+mode = "synced"
+
+[models]
+trusted_model_signers = ["{OPERATOR.did}"]
+
+[[sensor]]
+id = "env"
+driver = "simulated"
+interval = "0.05 s"
+kind = "all"
+quantities = ["temperature", "humidity"]
+seed = 3
+
+[[module]]
+id = "temperature-model"
+kind = "tflite"
+model = "temperature-ae"
+models_dir = "{ROOT / "models"}"
+""")
+    return cfg
+
+
+def _results(collector: Collector) -> list[dict[str, Any]]:
+    return [
+        json.loads(m.payload)
+        for m in collector.messages
+        if m.topic.endswith("/model/result") and m.payload
+    ]
+
+
+def _model_of(batch: payloads.Batch) -> str:
+    (entry,) = [m for m in batch.modules if m[0] == "tflite"]
+    return bytes(entry[2]).hex()
+
+
+def _temperature_flags(batch: payloads.Batch) -> list[bool]:
+    return ["model" in r.get(payloads.FLAGS, []) for r in _temperatures(batch)]
+
+
+def _temperatures(batch: payloads.Batch) -> list[dict[Any, Any]]:
+    return [r for r in batch.records if str(r[payloads.N]).endswith("/temperature")]
+
+
+def test_update_over_mqtt_is_applied_live_and_bad_ones_are_rejected(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    cfg = _write_config(tmp_path / "gw", mosquitto.port)
+    device = identity.load(tmp_path / "gw" / "device.key").device_id
+    topic = f"depin/v1/{device}/model"
+    collector = Collector(mosquitto.port)
+    gw = GatewayProcess(cfg, tmp_path / "gw.log")
+    good = make_bundle(OPERATOR, STRICT)
+    rejected = [
+        (b"not a bundle at all", "malformed"),
+        (_unsigned(good), "bad-signature"),
+        (make_bundle(STRANGER, STRICT), "untrusted-signer"),
+        (_resign(good, k5=bytes(32)), "sha-mismatch"),
+    ]
+
+    def n_results(n: int) -> Callable[[], bool]:
+        return lambda: len(_results(collector)) >= n
+
+    def batches_after(t: float) -> Callable[[], bool]:
+        return lambda: any(b.sealed > t for _, _, b in unique_batches(collector.batches()))
+
+    try:
+        gw.start()
+        assert gw.wait_log("connected to", 20)
+        for n, (message, _) in enumerate(rejected, 1):
+            collector.client.publish(topic, message, qos=1)
+            assert collector.wait_for(n_results(n), 15), gw.log.read_text()[-3000:]
+        t_rejected = time.time()
+        assert collector.wait_for(batches_after(t_rejected + 2.0), 15)
+        collector.client.publish(topic, good, qos=1, retain=True)
+        assert collector.wait_for(n_results(len(rejected) + 1), 15)
+        t_applied = time.time()
+        assert collector.wait_for(batches_after(t_applied + 1.0), 15)
+        # A restart keeps the update; the retained bundle comes again and changes nothing.
+        assert gw.terminate() == 0
+        gw.start()
+        assert collector.wait_for(n_results(len(rejected) + 2), 20)
+        assert collector.wait_for(batches_after(time.time() + 2.0), 15)
+        assert gw.terminate() == 0
+        durable = gw.durable()
+
+        def all_arrived() -> bool:
+            return all(d in received_readings(unique_batches(collector.batches())) for d in durable)
+
+        assert collector.wait_for(all_arrived, 20)
+    finally:
+        collector.client.publish(topic, b"", qos=1, retain=True)  # clear the retained bundle
+        collector.close()
+        if gw.running():
+            gw.kill()
+
+    results = _results(collector)
+    assert [(r["result"], r.get("kind")) for r in results[: len(rejected)]] == [
+        ("rejected", kind) for _, kind in rejected
+    ]
+    assert results[len(rejected)]["result"] == "applied"
+    assert results[len(rejected)]["sha256"] == NEW_SHA
+    assert results[len(rejected) + 1]["result"] == "unchanged"
+
+    batches = sorted(unique_batches(collector.batches()), key=lambda x: x[0])
+    assert_unbroken_chain(batches)
+    assert max(received_readings(batches).values()) == 1  # nothing stored twice
+    models = [_model_of(b) for _, _, b in batches]
+    # One switch, in seq order, from the shipped model to the update: never back.
+    switch = models.index(NEW_SHA)
+    assert set(models[:switch]) == {OLD_SHA} and set(models[switch:]) == {NEW_SHA}
+    # The old model kept judging through every rejection: not one temperature flagged...
+    before = [f for _, _, b in batches[:switch] for f in _temperature_flags(b)]
+    assert len(before) > 50 and not any(before)
+    assert any(b.sealed > t_rejected + 2.0 for _, _, b in batches[:switch])
+    # (it was judging: once its window of 24 had filled, every reading got its score)
+    scores = [r[payloads.SCORE] for _, _, b in batches[:switch] for r in _temperatures(b)]
+    assert all(s > 0 for s in scores[24:])
+    # ... and the readings the new one judged carry its verdicts: from its first batch on (the
+    # windows carried over: no warm-up), and after the restart once a window has filled.
+    first_boot = batches[0][2].boot
+    live = [
+        f for _, _, b in batches[switch:] if b.boot == first_boot for f in _temperature_flags(b)
+    ]
+    restarted = [f for _, _, b in batches if b.boot != first_boot for f in _temperature_flags(b)]
+    assert len(live) > 15 and all(live)
+    assert len(restarted) > 40 and sum(restarted[24:]) >= 0.95 * len(restarted[24:])
+    log = gw.log.read_text()
+    assert "model update applied: temperature-ae 1.1.0-strict is now active" in log
+    assert "model update rejected (untrusted-signer)" in log
+
+
+# --------------------------------------------------------------------------- shadow mode
+
+
+async def _with_gateway(gw: Gateway, body: Callable[[], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await body()
+    finally:
+        stop.set()
+        await task
+
+
+def test_shadow_model_scores_go_to_health_not_batches(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    cfg = config.load(_write_config(tmp_path / "gw", mosquitto.port))
+    ident = identity.load(cfg.device.key_file)
+    topic = f"depin/v1/{ident.device_id}/model"
+    collector = Collector(mosquitto.port)
+    shadow = make_bundle(OPERATOR, STRICT, mode="shadow")
+
+    async def wait(pred: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    async def body() -> None:
+        # Past the active model's warm-up (24 temperatures), the shadow starts with its windows.
+        await wait(lambda: gw.health.connected and gw.health.readings >= 80, 15)
+        collector.client.publish(topic, shadow, qos=1)
+        await wait(lambda: gw.health.model_updates["shadow"] == 1, 15)
+        await wait(lambda: gw.health.shadow["temperature-ae"]["judged"] >= 60, 15)
+        snap = gw.health.snapshot()["shadow"]["temperature-ae"]
+        assert snap["sha256"] == NEW_SHA and snap["version"] == "1.1.0-strict"
+        # It disagrees with the active model on nearly every reading: that is what the
+        # operator reads before promoting it.
+        assert snap["only_shadow"] >= 0.9 * snap["judged"] and snap["only_active"] == 0
+        assert snap["mean_score"] > 0.9
+        collector.client.publish(topic, make_bundle(OPERATOR, STRICT, mode="active"), qos=1)
+        await wait(lambda: gw.health.model_updates["applied"] == 1, 15)
+        assert gw.health.shadow == {}
+        assert gw.health.models["temperature-ae"]["source"] == "update"
+        t = time.time()
+        await wait(
+            lambda: any(b.sealed > t + 0.5 for _, _, b in unique_batches(collector.batches())), 15
+        )
+
+    gw = Gateway(cfg, ident=ident)
+    try:
+        asyncio.run(_with_gateway(gw, body))
+    finally:
+        collector.close()
+    batches = sorted(unique_batches(collector.batches()), key=lambda x: x[0])
+    models = [_model_of(b) for _, _, b in batches]
+    switch = models.index(NEW_SHA)
+    # While it ran in shadow mode its verdicts never reached a batch.
+    assert not any(f for _, _, b in batches[:switch] for f in _temperature_flags(b))
+    assert all(len(b.modules) == 1 for _, _, b in batches)  # shadows are not named
+    assert any(f for _, _, b in batches[switch:] for f in _temperature_flags(b))
