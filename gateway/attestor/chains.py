@@ -1,0 +1,124 @@
+"""Step 5 of spec section 9 against the store: one transaction per batch.
+
+The device's row is locked first, so two workers holding batches of one device take turns, and
+each sees the chain as the other left it. The decision itself is `gateway.verify.decide`, the
+same rule the stand-alone verifier applies. Everything is idempotent: a batch stored once is a
+`duplicate` every later time, whichever worker gets it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import cbor2
+
+from gateway import cose, payloads
+from gateway.attestor.db import Database, Tx
+from gateway.verify import Examined, Finding, decide
+
+ACCEPTED_KINDS = ("valid", "gap", "reordered")
+EVIDENCE_KINDS = ("equivocation", "replay", "prev-mismatch")
+
+
+@dataclass(frozen=True)
+class _Link:
+    batch_id: bytes
+    prev: bytes
+
+
+def count(tx: Tx, did: str, kind: str) -> None:
+    tx.execute(
+        "INSERT INTO counts(did, kind, n) VALUES (?, ?, 1) "
+        "ON CONFLICT (did, kind) DO UPDATE SET n = counts.n + 1",
+        (did, kind),
+    )
+
+
+def tallies(batch: payloads.Batch) -> tuple[int, int, int]:
+    """(readings with a value, of them read with a synced clock, of them flagged)."""
+    synced = batch.clock.get("synced") is True
+    readings = flagged = 0
+    for r in batch.records:
+        if payloads.V in r:
+            readings += 1
+            if r.get(payloads.FLAGS):
+                flagged += 1
+    return readings, readings if synced else 0, flagged
+
+
+def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Finding:
+    """Record one checked batch in its device's chain; the finding says what it was."""
+    now = time.time() if now is None else now
+    b, did = x.batch, x.did
+    with db.transaction() as tx:
+        row = tx.one("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        if row is None:  # registered checks happen before; this one is authoritative
+            count(tx, "", "unknown-device")
+            return x.finding("unknown-device", "not registered")
+        last = row[0]
+        near = tx.all(
+            "SELECT seq, batch_id, prev FROM batches WHERE did = ? AND seq IN (?, ?, ?)",
+            (did, b.seq - 1, b.seq, b.seq + 1),
+        )
+        links = {int(s): _Link(bytes(i), bytes(p)) for s, i, p in near}
+        kind, detail = decide(b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s))
+        count(tx, did, kind)
+        if kind in ACCEPTED_KINDS:
+            readings, synced, flagged = tallies(b)
+            tx.execute(
+                "INSERT INTO batches(did, seq, batch_id, prev, sealed, kind, readings, synced, "
+                "flagged, received, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (did, b.seq, x.batch_id, b.prev, float(b.sealed), kind, readings, synced,
+                 flagged, now, x.message),
+            )  # fmt: skip
+            if kind == "gap" and last is not None:
+                tx.execute(
+                    "INSERT INTO gaps(did, first_seq, last_seq, received) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (did, first_seq) DO NOTHING",
+                    (did, last + 1, b.seq - 1, now),
+                )
+            if last is None or b.seq > last:
+                tx.execute("UPDATE devices SET last_seq = ? WHERE did = ?", (b.seq, did))
+        elif kind in EVIDENCE_KINDS:
+            # Signed by the device, so attributable: kept whole, as evidence.
+            tx.execute(
+                "INSERT INTO evidence(did, seq, kind, batch_id, sealed, detail, received, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did, seq, batch_id) DO NOTHING",
+                (did, b.seq, kind, x.batch_id, float(b.sealed), detail, now, x.message),
+            )
+    return x.finding(kind, detail)
+
+
+def process_birth(db: Database, message: bytes, *, now: float | None = None) -> bool:
+    """Keep a registered device's birth: its sensors and intervals set the readings expected.
+    False when its sensor list is not what spec section 5 says (nothing is kept)."""
+    now = time.time() if now is None else now
+    m = cbor2.loads(cose.verify1(message).payload)  # `examine` checked it; this unpacks it
+    sensors = m.get(6)
+    if not isinstance(m.get(3), bytes) or not _number(m.get(4)) or not _sensors_ok(sensors):
+        return False
+    db.execute(
+        "INSERT INTO births(did, boot, started, sensors, received, message) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (did, boot) DO NOTHING",
+        (m[1], m[3], float(m[4]), json.dumps(sensors, sort_keys=True), now, message),
+    )
+    return True
+
+
+def _number(x: object) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)  # type: ignore[arg-type]
+
+
+def _sensors_ok(sensors: object) -> bool:
+    """Spec section 5 key 6: [{"id", "driver", "quantities": [..], "interval": s}]."""
+    return isinstance(sensors, list) and all(
+        isinstance(s, dict)
+        and isinstance(s.get("quantities"), list)
+        and all(isinstance(q, str) for q in s["quantities"])
+        and _number(s.get("interval"))
+        and s["interval"] > 0
+        for s in sensors
+    )

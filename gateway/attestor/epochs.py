@@ -1,0 +1,169 @@
+"""Epoch scoring and the signed attestation (spec section 6).
+
+An epoch is the half-open interval [start, start + length), aligned to multiples of its length
+in Unix time; a batch belongs to the epoch that contains its `sealed` time. Per device and
+epoch, from the store:
+
+- expected: from the device's birth messages, for each sensor its quantities x the seconds of
+  the epoch since the device (re)started / the sensor's interval, rounded down. The birth that
+  applies is the latest one started before the epoch ends. No birth: nothing is expected and
+  the score is 0 (a device must announce what it measures).
+- verified: readings with a value in the batches accepted into the chain (valid, gap, reordered).
+- flagged: of those, readings with at least one flag (`"af"`).
+- synced: of those, readings in batches sealed with a synchronised clock.
+- status: "equivocation" when the device signed two batches for one seq sealed in the epoch,
+  else "replay" for replayed or mislinked batches, else "gap" when a seq is missing between the
+  last accepted batch before the epoch and the last one in it, else "ok".
+
+    score = availability x quality x clock x chain
+    availability = min(1, verified / expected)          (0 when nothing is expected)
+    quality      = 1 - flagged / verified               (1 when nothing was verified)
+    clock        = synced / verified                    (spec section 9 step 6: readings without
+                                                         a synced clock count for availability,
+                                                         not for time-bound rewards)
+    chain        = ok 1, gap 1, replay 0.5, equivocation 0
+
+A gap costs through availability already (the missing batches' readings are missing), so it is
+not charged twice. The score is rounded to 6 decimals so that every attestor computes the same
+number from the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from gateway import cose, dcbor, merkle
+from gateway.attestor.db import Database, Tx
+from gateway.identity import Identity
+
+CHAIN_FACTOR = {"ok": 1.0, "gap": 1.0, "replay": 0.5, "equivocation": 0.0}
+
+
+@dataclass(frozen=True)
+class EpochScore:
+    did: str
+    start: int
+    end: int
+    expected: int
+    verified: int
+    synced: int
+    flagged: int
+    status: str
+    score: float
+    batch_ids: tuple[bytes, ...]
+
+    @property
+    def root(self) -> bytes:
+        return merkle.root(list(self.batch_ids))
+
+
+def epoch_of(t: float, length: int) -> int:
+    return math.floor(t / length) * length
+
+
+def score(expected: int, verified: int, synced: int, flagged: int, status: str) -> float:
+    availability = min(1.0, verified / expected) if expected > 0 else 0.0
+    quality = 1.0 - flagged / verified if verified else 1.0
+    clock = synced / verified if verified else 0.0
+    return round(availability * quality * clock * CHAIN_FACTOR[status], 6)
+
+
+def expected_readings(births: list[tuple[float, str]], start: int, end: int) -> int:
+    """`births`: (started, sensors JSON) of the device, any order."""
+    before = [b for b in births if b[0] < end]
+    if not before:
+        return 0
+    started, sensors = max(before)
+    since = max(float(start), started)
+    total = 0
+    for s in json.loads(sensors):
+        total += len(s["quantities"]) * int((end - since) // float(s["interval"]))
+    return max(0, total)
+
+
+def compute(tx: Tx, did: str, start: int, end: int) -> EpochScore:
+    rows = tx.all(
+        "SELECT seq, batch_id, readings, synced, flagged FROM batches "
+        "WHERE did = ? AND sealed >= ? AND sealed < ? ORDER BY seq",
+        (did, start, end),
+    )
+    verified = sum(int(r[2]) for r in rows)
+    synced = sum(int(r[3]) for r in rows)
+    flagged = sum(int(r[4]) for r in rows)
+    kinds = {
+        str(k)
+        for (k,) in tx.all(
+            "SELECT DISTINCT kind FROM evidence WHERE did = ? AND sealed >= ? AND sealed < ?",
+            (did, start, end),
+        )
+    }
+    if "equivocation" in kinds:
+        status = "equivocation"
+    elif kinds:
+        status = "replay"
+    elif rows and _missing(tx, did, start, [int(r[0]) for r in rows]):
+        status = "gap"
+    else:
+        status = "ok"
+    births = [
+        (float(s), str(j))
+        for s, j in tx.all("SELECT started, sensors FROM births WHERE did = ?", (did,))
+    ]
+    expected = expected_readings(births, start, end)
+    return EpochScore(
+        did=did,
+        start=start,
+        end=end,
+        expected=expected,
+        verified=verified,
+        synced=synced,
+        flagged=flagged,
+        status=status,
+        score=score(expected, verified, synced, flagged, status),
+        batch_ids=tuple(bytes(r[1]) for r in rows),
+    )
+
+
+def _missing(tx: Tx, did: str, start: int, seqs: list[int]) -> bool:
+    row = tx.one("SELECT max(seq) FROM batches WHERE did = ? AND sealed < ?", (did, start))
+    first = seqs[0] if row is None or row[0] is None else min(int(row[0]) + 1, seqs[0])
+    return len(seqs) != seqs[-1] - first + 1
+
+
+def attestation_payload(attestor_did: str, e: EpochScore) -> bytes:
+    return dcbor.dumps(
+        {
+            1: attestor_did,
+            2: e.did,
+            3: e.start,
+            4: e.end,
+            5: e.expected,
+            6: e.verified,
+            7: e.flagged,
+            8: e.status,
+            9: float(e.score),
+            10: e.root,
+        }
+    )
+
+
+def attest(db: Database, identity: Identity, did: str, start: int, length: int) -> bytes | None:
+    """Score and sign the epoch once: the first worker to get here stores the attestation,
+    the others find it there (None). The caller publishes it."""
+    end = start + length
+    with db.transaction() as tx:
+        # The device row lock orders this with the device's batches and other workers.
+        tx.one("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        if tx.one("SELECT 1 FROM attestations WHERE did = ? AND epoch_start = ?", (did, start)):
+            return None
+        e = compute(tx, did, start, end)
+        message = cose.sign1(identity, cose.TYP_ATTESTATION, attestation_payload(identity.did, e))
+        tx.execute(
+            "INSERT INTO attestations(did, epoch_start, epoch_end, expected, verified, flagged, "
+            "status, score, root, message, published) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (did, start, end, e.expected, e.verified, e.flagged, e.status, e.score, e.root,
+             message),
+        )  # fmt: skip
+    return message

@@ -1,0 +1,126 @@
+"""The device registry and the store queries the CLI and the epoch loop share."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.attestor.db import Database
+from gateway.errors import ConfigError
+from gateway.identity import public_key_of_did
+
+
+def normalise_did(entry: str) -> str:
+    """A did:key or a bare device id (`z6Mk…`) as a did:key; ConfigError when it is neither."""
+    did = entry if entry.startswith("did:") else "did:key:" + entry
+    try:
+        public_key_of_did(did)
+    except (ValueError, TypeError):
+        raise ConfigError([f"{entry!r} is not an Ed25519 did:key or device id"]) from None
+    return did
+
+
+def register(db: Database, entry: str, name: str, *, now: float | None = None) -> tuple[str, bool]:
+    """Add a device (or rename it); returns (did, whether it is new)."""
+    did = normalise_did(entry)
+    now = time.time() if now is None else now
+    with db.transaction() as tx:
+        known = tx.one("SELECT name FROM devices WHERE did = ? FOR UPDATE", (did,))
+        if known is None:
+            tx.execute(
+                "INSERT INTO devices(did, name, registered) VALUES (?, ?, ?)", (did, name, now)
+            )
+        else:
+            tx.execute("UPDATE devices SET name = ? WHERE did = ?", (name, did))
+    return did, known is None
+
+
+def is_registered(db: Database, did: str) -> bool:
+    return db.execute("SELECT 1 FROM devices WHERE did = ?", (did,)).fetchone() is not None
+
+
+def devices(db: Database) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT d.did, d.name, d.registered, d.last_seq, "
+        "(SELECT count(*) FROM batches b WHERE b.did = d.did), "
+        "(SELECT coalesce(sum(readings), 0) FROM batches b WHERE b.did = d.did), "
+        "(SELECT count(*) FROM evidence e WHERE e.did = d.did) "
+        "FROM devices d ORDER BY d.name, d.did"
+    ).fetchall()
+    return [
+        {
+            "did": r[0],
+            "name": r[1],
+            "registered": float(r[2]),
+            "last_seq": r[3],
+            "batches": int(r[4]),
+            "readings": int(r[5]),
+            "evidence": int(r[6]),
+        }
+        for r in rows
+    ]
+
+
+def counts(db: Database) -> dict[str, dict[str, int]]:
+    """Findings by device ("" for unknown or unproven senders) and kind."""
+    out: dict[str, dict[str, int]] = {}
+    for did, kind, n in db.execute("SELECT did, kind, n FROM counts").fetchall():
+        out.setdefault(str(did), {})[str(kind)] = int(n)
+    return out
+
+
+def attestable(db: Database) -> list[tuple[str, float]]:
+    """(did, time of its first accepted batch) of every registered device that sent one."""
+    rows = db.execute(
+        "SELECT d.did, min(b.sealed) FROM devices d JOIN batches b ON b.did = d.did GROUP BY d.did"
+    ).fetchall()
+    return [(str(d), float(t)) for d, t in rows]
+
+
+def last_attested(db: Database, did: str) -> int | None:
+    row = db.execute("SELECT max(epoch_start) FROM attestations WHERE did = ?", (did,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def unpublished(db: Database) -> list[tuple[str, int, bytes]]:
+    rows = db.execute(
+        "SELECT did, epoch_start, message FROM attestations WHERE published = 0 "
+        "ORDER BY epoch_start, did"
+    ).fetchall()
+    return [(str(d), int(s), bytes(m)) for d, s, m in rows]
+
+
+def mark_published(db: Database, did: str, start: int) -> None:
+    db.execute(
+        "UPDATE attestations SET published = 1 WHERE did = ? AND epoch_start = ?", (did, start)
+    )
+
+
+def attestations(
+    db: Database, *, epoch: int | None = None, did: str | None = None
+) -> list[dict[str, Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if epoch is not None:
+        where.append("a.epoch_start = ?")
+        params.append(epoch)
+    if did is not None:
+        where.append("a.did = ?")
+        params.append(did)
+    sql = (
+        "SELECT a.did, d.name, a.epoch_start, a.epoch_end, a.expected, a.verified, a.flagged, "
+        "a.status, a.score, a.root, a.published FROM attestations a "
+        "JOIN devices d ON d.did = a.did"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY a.epoch_start, d.name, a.did"
+    )
+    keys = ("did", "name", "epoch_start", "epoch_end", "expected", "verified", "flagged",
+            "status", "score", "root", "published")  # fmt: skip
+    out = []
+    for row in db.execute(sql, params).fetchall():
+        item = dict(zip(keys, row, strict=True))
+        item["root"] = bytes(item["root"]).hex()
+        item["published"] = bool(item["published"])
+        item["score"] = float(item["score"])
+        out.append(item)
+    return out
