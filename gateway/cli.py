@@ -109,6 +109,74 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify.exit_code(findings)
 
 
+def _read_input(name: str, what: str, limit: int) -> bytes:
+    """The bytes of file `name`, or of stdin for '-'; exit 2 with the file named otherwise."""
+    from gateway.proof import ProofError
+
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as fh:
+                data = fh.read(limit + 1)  # enough to know it is too big
+    except OSError as e:
+        raise ProofError(f"{name}: cannot read {what}: {e.strerror or e}", exit_code=2) from None
+    if len(data) > limit:
+        raise ProofError(f"{name}: too big for {what} ({limit} bytes at most)", exit_code=2)
+    return data
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway import proof, verify
+
+    if args.time is not None and args.reading is None:
+        raise proof.ProofError("prove: --time goes with --reading NAME", exit_code=2)
+    if args.reading is not None and args.time is None:
+        raise proof.ProofError("prove: --reading needs --time T (Unix seconds)", exit_code=2)
+    source = "stdin" if args.batch == "-" else args.batch
+    message = _read_input(args.batch, "a signed batch", verify.MAX_MESSAGE)
+    try:
+        index = args.index
+        if args.reading is not None:
+            index = proof.find_record(message, args.reading, args.time)
+        doc = proof.make_proof(message, index, compact=args.compact)
+    except proof.ProofError as e:
+        raise proof.ProofError(f"{source}: {e}", exit_code=e.exit_code) from None
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as e:
+            raise proof.ProofError(f"{args.output}: cannot write: {e.strerror or e}") from None
+        r = doc["reading"]
+        print(
+            f"proof of record {index} of {doc['size']} ({r['name']} at {r['time']}) "
+            f"in batch seq {doc['seq']} of {doc['did']}: {args.output}"
+        )
+    if args.compact:
+        print(f"note: {proof.COMPACT_NOTE}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    from gateway import proof, verify
+
+    source = "stdin" if args.proof == "-" else args.proof
+    # A full proof holds the batch in base64: 4/3 of the largest message, plus the JSON around it.
+    data = _read_input(args.proof, "a proof", 2 * verify.MAX_MESSAGE)
+    try:
+        doc = proof.parse_proof(data)
+    except (ValueError, RecursionError) as e:
+        raise proof.ProofError(f"{source}: not a JSON proof: {e}", exit_code=2) from None
+    result = proof.check_proof(doc)
+    print("\n".join(proof.describe(result, source)))
+    return 0 if result.ok else 1
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import glob
 
@@ -225,6 +293,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only these devices (repeatable); default: any device",
     )
     v.set_defaults(fn=cmd_verify)
+
+    pv = sub.add_parser(
+        "prove", help="print the Merkle inclusion proof of one reading of a signed batch"
+    )
+    pv.add_argument("batch", help="a file with one signed batch (raw COSE), or - for stdin")
+    which = pv.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, metavar="I", help="the record at index I (from 0)")
+    which.add_argument(
+        "--reading", metavar="NAME", help="the record of this reading, e.g. climate/temperature"
+    )
+    pv.add_argument(
+        "--time", type=float, metavar="T", help="with --reading: its time (Unix seconds)"
+    )
+    pv.add_argument(
+        "--compact",
+        action="store_true",
+        help="leave out the signed batch (then the root must be trusted from elsewhere)",
+    )
+    pv.add_argument("-o", "--output", metavar="FILE", help="write the proof here (default stdout)")
+    pv.set_defaults(fn=cmd_prove)
+
+    vp = sub.add_parser("verify-proof", help="check a proof made by prove; exit 0 when valid")
+    vp.add_argument("proof", help="the proof (JSON), or - for stdin")
+    vp.set_defaults(fn=cmd_verify_proof)
+
+    from gateway.attestor.cli import add_parser as add_attestor
+
+    add_attestor(sub)
 
     m = sub.add_parser("model", help="detection model bundles")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
