@@ -58,7 +58,9 @@ class Worker:
         self._last_tick = 0.0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"attestor-{cfg.group}-{index}",
+            # Stable across restarts (the broker keeps the session's queue), unique per
+            # attestor key, group and worker.
+            client_id=f"att-{ident.device_id[-12:]}-{cfg.group}-{index}",
             clean_session=False,
             protocol=mqtt.MQTTv311,
             manual_ack=True,
@@ -81,8 +83,12 @@ class Worker:
 
     def topics(self) -> list[str]:
         p = self.cfg.topic_prefix
-        plain = [f"{p}/+/batch", f"{p}/+/birth"]
-        return [f"$share/{self.cfg.group}/{t}" for t in plain] if self.cfg.shared else plain
+        batches = f"{p}/+/batch"
+        if self.cfg.shared:
+            batches = f"$share/{self.cfg.group}/{batches}"
+        # Births are never shared: brokers send no retained messages to shared subscriptions,
+        # and every worker storing a birth is harmless (one row per device and boot).
+        return [batches, f"{p}/+/birth"]
 
     def _on_connect(
         self, client: mqtt.Client, _u: object, _f: object, rc: object, _p: object = None
@@ -226,7 +232,7 @@ def _safe(url: str) -> str:
 
 def _supervise(cfg: AttestorConfig) -> int:
     assert cfg.source is not None, "workers > 1 needs the configuration in a file"
-    cmd = [sys.executable, "-m", "gateway", "attestor", "run", "-c", str(cfg.source)]
+    cmd = [sys.executable, "-m", "gateway.attestor", "run", "-c", str(cfg.source)]
     procs = [subprocess.Popen([*cmd, "--worker", str(i)]) for i in range(cfg.workers)]
     stopping = threading.Event()
 
