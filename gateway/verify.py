@@ -255,8 +255,10 @@ def examine(
 
 
 class LinkView(Protocol):
-    batch_id: bytes
-    prev: bytes
+    @property
+    def batch_id(self) -> bytes: ...
+    @property
+    def prev(self) -> bytes: ...
 
 
 def decide(
