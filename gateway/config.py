@@ -64,6 +64,7 @@ __all__ = [
     "LogConfig",
     "ModelsConfig",
     "ModuleConfig",
+    "MonitorConfig",
     "SensorConfig",
     "SpoolConfig",
     "UplinkConfig",
@@ -130,6 +131,14 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MonitorConfig:
+    state_interval: float
+    health_interval: float
+    homeassistant: bool
+    discovery_prefix: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class SensorConfig:
     id: str
     driver: str
@@ -153,6 +162,7 @@ class Config:
     clock: ClockConfig
     log: LogConfig
     models: ModelsConfig
+    monitor: MonitorConfig
     sensors: tuple[SensorConfig, ...]
     modules: tuple[ModuleConfig, ...]
     source: Path | None
@@ -167,6 +177,7 @@ class Config:
             "clock": _plain(vars(self.clock)),
             "log": _plain(vars(self.log)),
             "models": _plain(vars(self.models)),
+            "monitor": _plain(vars(self.monitor)),
             "sensors": [_plain(vars(s)) for s in self.sensors],
             "modules": [_plain(vars(m)) for m in self.modules],
         }
@@ -385,6 +396,7 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
         clock=ClockConfig(**sections["clock"]),
         log=LogConfig(**sections["log"]),
         models=ModelsConfig(**sections["models"]),
+        monitor=MonitorConfig(**sections["monitor"]),
         sensors=tuple(sensors),
         modules=tuple(modules),
         source=file,

@@ -213,6 +213,36 @@ MODELS: Mapping[str, Field] = {
     ),
 }
 
+MONITOR: Mapping[str, Field] = {
+    "state_interval": Field(
+        "duration",
+        "How often the retained `state` mirror (latest value and flags per quantity) is "
+        "published, when something changed.",
+        default="10 s",
+        min=1,
+        max=3600,
+    ),
+    "health_interval": Field(
+        "duration",
+        "How often the retained `health` message (queue, errors, uptime, memory ...) is published.",
+        default="60 s",
+        min=1,
+        max=3600,
+    ),
+    "homeassistant": Field(
+        "bool",
+        "Announce the gateway to Home Assistant (MQTT discovery): one device, an entity per "
+        "measured quantity and a few gateway entities.",
+        default=True,
+    ),
+    "discovery_prefix": Field(
+        "str",
+        "Home Assistant's MQTT discovery prefix.",
+        default="homeassistant",
+        check=_topic_prefix,
+    ),
+}
+
 #: keys every `[[sensor]]` has; the driver's own options (its CONFIG) come on top
 SENSOR: Mapping[str, Field] = {
     "id": Field(
@@ -252,6 +282,7 @@ SECTIONS: Mapping[str, Mapping[str, Field]] = {
     "clock": CLOCK,
     "log": LOG,
     "models": MODELS,
+    "monitor": MONITOR,
 }
 
 

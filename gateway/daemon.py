@@ -27,6 +27,7 @@ from gateway.health import Health
 from gateway.model_updates import Installed, ModelStore, Outcome
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
+from gateway.monitor import HealthReport, StateMirror, read_attestation
 from gateway.pipeline import Pipeline
 from gateway.reading import Reading
 from gateway.sampler import SensorTask
@@ -111,8 +112,17 @@ class Gateway:
             backlog=self._backlog,
             birth=self._birth,
             on_ack=self.pipeline.acked,
-            on_model=self._model_update if self.models.enabled else None,
+            on_message=self._message,
+            on_connect=self._connected,
         )
+        self.state = StateMirror(ident.device_id, cfg.device.name)
+        self.report = HealthReport(
+            device_id=ident.device_id, name=cfg.device.name, version=__version__
+        )
+        topics = self.uplink.topics
+        self.uplink.subscriptions = [topics["attestation"]]
+        if self.models.enabled:
+            self.uplink.subscriptions.append(topics["model"])
         self._reload_lock = asyncio.Lock()
         self.sensors: list[SensorTask] = []
         for sc in cfg.sensors:
@@ -136,6 +146,7 @@ class Gateway:
 
     def _accept(self, readings: list[Reading]) -> None:
         self.pipeline.accept(readings)
+        self.state.update(readings)
         # Share ambient conditions between sensors: an SCD4x compensates its CO2 reading for
         # the pressure a BME280 on the same gateway just measured.
         for r in readings:
@@ -178,6 +189,49 @@ class Gateway:
         )
         return cose.sign1(self.identity, cose.TYP_BIRTH, payload)
 
+    # --- what owners watch: state, health, messages to the gateway ----------------------------
+
+    async def _message(self, topic: str, payload: bytes) -> None:
+        topics = self.uplink.topics
+        if topic == topics["model"] and self.models.enabled:
+            if payload:  # an empty retained message clears the topic; it is not a bundle
+                result = await self._model_update(payload)
+                await self.uplink.publish(topics["model/result"], result, qos=1, retain=True)
+        elif topic == topics["attestation"]:
+            found = read_attestation(payload, self.identity.did)
+            if found is not None:
+                self.health.attestation = found
+
+    async def _connected(self) -> None:
+        """Right after every (re)connect: the retained messages reflect now, not the past."""
+        await self._publish_state(force=True)
+        await self._publish_health()
+
+    async def _publish_state(self, *, force: bool = False) -> None:
+        if force or self.state.changed:
+            await self.uplink.publish(self.uplink.topics["state"], self.state.to_json())
+
+    async def _publish_health(self) -> None:
+        doc = self.report.build(
+            self.health,
+            modules=[(i.module_id, i.name, i.version, i.digest) for i in self.chain.info],
+        )
+        await self.uplink.publish(self.uplink.topics["health"], HealthReport.to_json(doc))
+
+    async def _monitor(self) -> None:
+        mon = self.cfg.monitor
+        loop = asyncio.get_running_loop()
+        next_state = next_health = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_state:
+                next_state = now + mon.state_interval
+                await self._publish_state()
+            if now >= next_health:
+                next_health = now + mon.health_interval
+                await self._publish_health()
+            await asyncio.sleep(max(0.05, min(next_state, next_health) - loop.time()))
+
     # --- running ------------------------------------------------------------------------------
 
     async def _poll_clock(self) -> None:
@@ -196,6 +250,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             st = await self._in_spool(self.spool.stats)
             self.health.queue_depth = st.pending + st.sealed_readings
+            self.health.last_seq = st.next_seq - 1 if st.next_seq > 0 else None
             olds = [t for t in (st.oldest_pending, st.oldest_sealed) if t is not None]
             self.health.oldest_unsent = min(olds) if olds else None
 
@@ -237,7 +292,16 @@ class Gateway:
                 return False
             changed = [
                 name
-                for name in ("device", "spool", "uplink", "clock", "log", "sensors")
+                for name in (
+                    "device",
+                    "spool",
+                    "uplink",
+                    "clock",
+                    "log",
+                    "models",
+                    "monitor",
+                    "sensors",
+                )
                 if getattr(new_cfg, name) != getattr(self.cfg, name)
             ]
             if changed:
@@ -407,6 +471,7 @@ class Gateway:
                     tg.create_task(self.pipeline.run(), name="pipeline"),
                     tg.create_task(self._poll_clock(), name="clock"),
                     tg.create_task(self._update_depth(), name="health"),
+                    tg.create_task(self._monitor(), name="monitor"),
                 ]
                 workers += [
                     tg.create_task(s.run(), name=f"sensor-{s.cfg.id}") for s in self.sensors

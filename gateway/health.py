@@ -41,6 +41,8 @@ class Health:
     last_model_update: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name: version, sha256 ...
     shadow: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_seq: int | None = None  # the chain position: seq of the last sealed batch
+    attestation: dict[str, Any] | None = None  # the latest attestation about this device
 
     def sensor_error(self, sensor_id: str, message: str) -> None:
         self.sensor_errors[sensor_id] += 1
@@ -82,6 +84,8 @@ class Health:
             "driver_counters": {k: dict(v) for k, v in self.driver_counters.items() if v},
             "uplink_errors": self.uplink_errors,
             "reloads": self.reloads,
+            "last_seq": self.last_seq,
+            "attestation": self.attestation,
             "models": {k: dict(v) for k, v in self.models.items()},
             "model_updates": dict(self.model_updates),
             "last_model_update": dict(self.last_model_update),

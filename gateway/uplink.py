@@ -6,8 +6,9 @@
   counts as delivered only when its PUBACK arrives (`on_ack`), never when it was written.
 - Reconnects with capped, jittered exponential backoff; after a reconnect the outbox is rebuilt
   from the spool, so what the broker never acknowledged is sent again byte for byte.
-- With a model handler, subscribes to `<prefix>/<device id>/model` (QoS 1) and publishes each
-  bundle's outcome, retained, on `.../model/result`.
+- Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
+  status) and hands each message to the daemon; `publish` sends the daemon's own messages
+  (state, health, discovery) while connected.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiomqtt
@@ -56,7 +57,7 @@ def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
     base = f"{prefix}/{device_id}"
-    names = ("batch", "birth", "status", "state", "health", "model", "model/result")
+    names = ("batch", "birth", "status", "state", "health", "model", "model/result", "attestation")
     return {k: f"{base}/{k}" for k in names}
 
 
@@ -99,7 +100,8 @@ class Uplink:
         backlog: Callable[[], Awaitable[list[tuple[int, bytes, int]]]],
         birth: Callable[[], Awaitable[bytes]],
         on_ack: Callable[[int, int], None],
-        on_model: Callable[[bytes], Awaitable[bytes]] | None = None,
+        on_message: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None,
+        on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.client_id = client_id
@@ -109,7 +111,10 @@ class Uplink:
         self._backlog = backlog
         self._birth = birth
         self._on_ack = on_ack
-        self._on_model = on_model
+        self._on_message = on_message
+        self._on_connect = on_connect
+        #: topic filters subscribed (QoS 1) on every connect
+        self.subscriptions: list[str] = []
         self._outbox: dict[int, tuple[bytes, int]] = {}
         self._inflight: set[int] = set()
         self._wake = asyncio.Event()
@@ -133,9 +138,7 @@ class Uplink:
         client = self._client
         if client is None:
             return
-        task = asyncio.create_task(self._announce(client), name="announce")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._announce(client), "announce")
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
@@ -258,8 +261,12 @@ class Uplink:
                 self.topics["status"], b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT
             )
             await self._publish_birth(client)
-            if self._on_model is not None:
-                await client.subscribe(self.topics["model"], qos=1, timeout=PUBLISH_TIMEOUT)
+            if self.subscriptions:
+                await client.subscribe(
+                    [(t, 1) for t in self.subscriptions], timeout=PUBLISH_TIMEOUT
+                )
+            if self._on_connect is not None:
+                self._spawn(self._on_connect(), "on-connect")
             # Rebuild the outbox from the spool: whatever the broker did not acknowledge
             # before is sent again, exactly as it was sealed.
             for seq, message, n in await self._backlog():
@@ -273,28 +280,27 @@ class Uplink:
         # aiomqtt reports a lost connection through the message iterator.
         async for msg in client.messages:
             payload = msg.payload
-            # An empty payload is a retained bundle being cleared, not a bundle.
-            if (
-                self._on_model is not None
-                and msg.topic.matches(self.topics["model"])
-                and isinstance(payload, bytes | bytearray)
-                and payload
-            ):
-                task = asyncio.create_task(
-                    self._model(client, self._on_model, bytes(payload)), name="model-update"
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if self._on_message is not None and isinstance(payload, bytes | bytearray):
+                self._spawn(self._on_message(msg.topic.value, bytes(payload)), "message")
         raise aiomqtt.MqttError("connection closed")
 
-    async def _model(
-        self, client: aiomqtt.Client, handler: Callable[[bytes], Awaitable[bytes]], data: bytes
-    ) -> None:
-        result = await handler(data)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self.topics["model/result"], result, qos=1, retain=True, timeout=PUBLISH_TIMEOUT
-            )
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = True
+    ) -> bool:
+        """Publish one of the daemon's own messages if connected; False when not sent."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT)
+        except aiomqtt.MqttError:
+            return False
+        return True
 
     async def _sender(
         self, client: aiomqtt.Client, props: Properties | None, tg: asyncio.TaskGroup

@@ -1,0 +1,150 @@
+"""What owners watch: the retained `state` mirror and the `health` message (spec section 8).
+
+Both are plain JSON for dashboards (Home Assistant, the project's own page); neither is signed
+and neither is evidence of anything — the signed batches are. Fields are documented in
+docs/monitoring.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gateway import cose
+from gateway.health import Health
+from gateway.reading import Reading
+
+
+class StateMirror:
+    """The latest reading of every sensor quantity, as the chain judged it."""
+
+    def __init__(self, device_id: str, name: str) -> None:
+        self.device_id = device_id
+        self.name = name
+        self.sensors: dict[str, dict[str, dict[str, Any]]] = {}
+        self.updated = 0.0
+        self.changed = False
+
+    def update(self, readings: Iterable[Reading]) -> None:
+        for r in readings:
+            value = r.value if r.value is not None and math.isfinite(r.value) else None
+            self.sensors.setdefault(r.sensor, {})[r.quantity] = {
+                "v": value,
+                "u": r.unit,
+                "t": round(r.t, 3),
+                "as": round(r.score, 4),
+                "af": list(r.flags),
+            }
+            self.updated = max(self.updated, r.t)
+            self.changed = True
+
+    def forget(self, sensors: Iterable[str]) -> None:
+        """Keep only these sensors (the others were dropped from the configuration)."""
+        keep = set(sensors)
+        for sid in list(self.sensors):
+            if sid not in keep:
+                del self.sensors[sid]
+                self.changed = True
+
+    def to_json(self) -> bytes:
+        self.changed = False
+        return json.dumps(
+            {
+                "device": self.device_id,
+                "name": self.name,
+                "updated": round(self.updated, 3),
+                "sensors": self.sensors,
+            },
+            sort_keys=True,
+            allow_nan=False,
+        ).encode()
+
+
+def rss_bytes() -> int | None:
+    """The process's resident memory now (Linux), for health."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class HealthReport:
+    """Builds the health message; remembers the previous one to report rates per interval."""
+
+    def __init__(self, *, device_id: str, name: str, version: str) -> None:
+        self.device_id = device_id
+        self.name = name
+        self.version = version
+        self._last: tuple[int, int] | None = None  # (readings, flagged) at the previous report
+
+    def build(
+        self,
+        health: Health,
+        *,
+        modules: Iterable[tuple[str, str, str, bytes]],
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        snap = health.snapshot(now)
+        before = self._last or (0, 0)
+        readings, flagged = health.readings - before[0], health.flagged - before[1]
+        self._last = (health.readings, health.flagged)
+        return {
+            "device": self.device_id,
+            "name": self.name,
+            "version": self.version,
+            "t": round(now, 3),
+            **snap,
+            "anomaly_rate": round(min(1.0, flagged / readings), 4) if readings > 0 else 0.0,
+            "modules": [
+                {"id": i, "name": n, "version": v, "sha256": d.hex()} for i, n, v, d in modules
+            ],
+            "memory_rss_bytes": rss_bytes(),
+        }
+
+    @staticmethod
+    def to_json(doc: Mapping[str, Any]) -> bytes:
+        return json.dumps(doc, sort_keys=True, allow_nan=False, default=str).encode()
+
+
+def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
+    """The score of an attestation about this device (spec section 6), or None when the message
+    is not a valid attestation about it. Signature checked; which attestors to believe is the
+    owner's business: the attestor's did is reported with the score."""
+    import cbor2
+
+    try:
+        s = cose.verify1(message)
+        if s.typ != cose.TYP_ATTESTATION:
+            return None
+        m = cbor2.loads(s.payload)
+    except Exception:  # anything on the topic that does not verify is ignored
+        return None
+    if not isinstance(m, dict) or m.get(2) != did or m.get(1) != _did_of(s.public_key):
+        return None
+    score = m.get(9)
+    if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
+        return None
+    return {
+        "score": float(score),
+        "status": m.get(8),
+        "epoch_start": m.get(3),
+        "epoch_end": m.get(4),
+        "expected": m.get(5),
+        "verified": m.get(6),
+        "flagged": m.get(7),
+        "attestor": m.get(1),
+    }
+
+
+def _did_of(key: bytes) -> str:
+    from gateway.identity import did_of
+
+    return did_of(key)

@@ -1,0 +1,99 @@
+"""What owners watch over MQTT: the retained state mirror and the health message (spec §8),
+from a real gateway process through a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway import cose, dcbor, identity, merkle
+from tests import make_batches as mb
+from tests.brokers import Mosquitto
+from tests.collector import Collector
+from tests.gatewayproc import GatewayProcess, write_config
+
+
+def _latest(collector: Collector, suffix: str) -> dict[str, Any] | None:
+    found = [m for m in collector.messages if m.topic.endswith(suffix) and m.payload]
+    return json.loads(found[-1].payload) if found else None
+
+
+def test_state_and_health_are_published_and_carry_the_attestation(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    cfg = write_config(tmp_path / "gw", mosquitto.port, interval="0.2 s")
+    with cfg.open("a") as f:
+        f.write('\n[monitor]\nstate_interval = "1 s"\nhealth_interval = "1 s"\n')
+    device = identity.load(tmp_path / "gw" / "device.key")
+    collector = Collector(mosquitto.port)
+    gw = GatewayProcess(cfg, tmp_path / "gw.log")
+    attestor = mb.identity(mb.SEED_B)
+    try:
+        gw.start()
+        assert collector.wait_for(lambda: _latest(collector, "/health") is not None, 20)
+
+        def state_with_values() -> bool:
+            s = _latest(collector, "/state")
+            return bool(s and s["sensors"].get("env", {}).get("temperature", {}).get("v"))
+
+        assert collector.wait_for(state_with_values, 20)
+        first = _latest(collector, "/state")
+        assert collector.wait_for(lambda: _latest(collector, "/state") != first, 10)
+        # An attestor's signed score about this device shows in the next health message.
+        payload = dcbor.dumps({1: attestor.did, 2: device.did, 3: 0, 4: 3600, 5: 100, 6: 90,
+                               7: 3, 8: "ok", 9: 0.873, 10: merkle.root([])})  # fmt: skip
+        collector.client.publish(
+            f"depin/v1/{device.device_id}/attestation",
+            cose.sign1(attestor, cose.TYP_ATTESTATION, payload),
+            qos=1,
+            retain=True,
+        )
+
+        def attested() -> bool:
+            h = _latest(collector, "/health")
+            return bool(h and h.get("attestation"))
+
+        assert collector.wait_for(attested, 15)
+        assert gw.terminate() == 0
+    finally:
+        collector.close()
+        if gw.running():
+            gw.kill()
+    state = _latest(collector, "/state")
+    assert state is not None and state["device"] == device.device_id
+    assert state["name"] == "test-gateway"
+    temp = state["sensors"]["env"]["temperature"]
+    assert temp["u"] == "Cel" and isinstance(temp["v"], float) and isinstance(temp["af"], list)
+    assert set(state["sensors"]["env"]) >= {"temperature", "humidity", "pressure", "pm2_5"}
+    health = _latest(collector, "/health")
+    assert health is not None
+    assert health["attestation"]["score"] == 0.873
+    assert health["attestation"]["attestor"] == attestor.did
+    assert health["readings"] > 0 and health["uptime_s"] > 0
+    assert isinstance(health["last_seq"], int) and health["last_seq"] >= 0
+    assert health["memory_rss_bytes"] > 10_000_000
+    assert [m["name"] for m in health["modules"]] == ["ranges"]
+    assert 0.0 <= health["anomaly_rate"] <= 1.0
+    for key in ("queue_depth", "oldest_unsent_age_s", "batches_sealed", "batches_acked",
+                "sensor_errors", "module_errors", "clock", "version"):  # fmt: skip
+        assert key in health
+    retained = [m for m in collector.messages if m.topic.endswith(("/state", "/health"))]
+    assert retained and all(m.payload for m in retained)
+
+
+def test_an_attestation_about_another_device_or_forged_is_ignored() -> None:
+    from gateway.monitor import read_attestation
+
+    a, other = mb.identity(mb.SEED_B), mb.identity(mb.SEED_A)
+    good = dcbor.dumps({1: a.did, 2: other.did, 3: 0, 4: 1, 5: 1, 6: 1, 7: 0, 8: "ok", 9: 1.0,
+                        10: merkle.root([])})  # fmt: skip
+    message = cose.sign1(a, cose.TYP_ATTESTATION, good)
+    assert read_attestation(message, other.did) is not None
+    assert read_attestation(message, a.did) is None  # about someone else
+    forged = bytearray(message)
+    forged[-1] ^= 1
+    assert read_attestation(bytes(forged), other.did) is None
+    assert read_attestation(b"garbage", other.did) is None
+    batch = mb.Chain(ident=other).next().message  # a batch is not an attestation
+    assert read_attestation(batch, other.did) is None
