@@ -342,3 +342,67 @@ SEQUENCES: list[dict[str, Any]] = [
     {"allow": ["B"], "files": ["chain-0", "birth", "attestation"],
      "expect": ["unknown-device", "unknown-device", "attestation"]},
 ]  # fmt: skip
+
+
+# --- more adversarial messages (the attestor's adversarial tests) ------------------------------
+
+SEED_C = bytes(range(64, 96))
+VALUE_2125 = bytes.fromhex("f94d50")  # 21.25, the value of record 0 of `records()`
+VALUE_2150 = bytes.fromhex("f94d60")  # 21.5: one byte of that value changed
+
+
+def tampered_payload(payload: bytes) -> bytes:
+    """`payload` with one byte of record 0's value changed (21.25 -> 21.5); root unchanged."""
+    assert payload.count(VALUE_2125) == 1, "record 0 of records() expected once"
+    return payload.replace(VALUE_2125, VALUE_2150)
+
+
+def tampered_unsigned(built: Built) -> bytes:
+    """`built` with one byte of a record value changed after signing (signature kept)."""
+    env = cbor2.loads(built.message).value
+    return cbor2.dumps(cbor2.CBORTag(18, [env[0], {}, tampered_payload(built.payload), env[3]]))
+
+
+def batch_at(
+    ident: Identity,
+    seq: int,
+    prev: bytes,
+    *,
+    sealed: float = SEALED,
+    recs: Sequence[bytes] | None = None,
+) -> bytes:
+    """A correctly signed, deterministic batch with any seq and sealed time (which the honest
+    builder derives from seq)."""
+    f = canonical_fields(ident, seq, prev, recs)
+    f[4] = dcbor.dumps(sealed)
+    return sign(ident, assemble(f))
+
+
+def birth_with_sensors(
+    ident: Identity, sensors: Any, *, boot: bytes = BOOT, started: float = SEALED
+) -> bytes:
+    """A signed, deterministic birth whose sensor list (key 6) is anything CBOR can hold."""
+    payload = dcbor.dumps(
+        {
+            1: ident.did,
+            2: "0.1.0",
+            3: boot,
+            4: started,
+            5: hashlib.sha256(b"config").digest(),
+            6: sensors,
+            7: [list(m) for m in MODULES],
+            8: 0,
+        }
+    )
+    return sign(ident, payload, cose.TYP_BIRTH)
+
+
+def model_bundle_message(ident: Identity) -> bytes:
+    """A signed model bundle (typ model, spec of gateway/model_bundle.py), no files needed."""
+    model = b"TFL3 not really a model"
+    manifest = b'{"name": "anomaly", "version": "1.0"}'
+    payload = dcbor.dumps(
+        {1: "anomaly", 2: "1.0", 3: manifest, 4: model, 5: hashlib.sha256(model).digest(),
+         6: SEALED, 7: "active"}
+    )  # fmt: skip
+    return sign(ident, payload, cose.TYP_MODEL)

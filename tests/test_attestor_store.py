@@ -74,7 +74,7 @@ def test_chain_kinds_are_recorded_exactly_once(store: str, tmp_path: Path) -> No
 def test_hand_computed_epoch_score(store: str, tmp_path: Path) -> None:
     w = _worker(store, tmp_path)
     dev = mb.identity()
-    registry.register(w.db, dev.did, "balcony")
+    registry.register(w.db, dev.did, "balcony", now=START)
     # Born 30 minutes into the epoch, 2 quantities every 60 s: 2 x 1800 / 60 = 60 expected.
     assert w.handle("t", birth(dev, started=START + 1800)).kind == "birth"
     chain = mb.Chain(ident=dev)

@@ -69,12 +69,14 @@ def counts(db: Database) -> dict[str, dict[str, int]]:
     return out
 
 
-def attestable(db: Database) -> list[tuple[str, float]]:
-    """(did, time of its first accepted batch) of every registered device that sent one."""
+def attestable(db: Database) -> list[tuple[str, float, float]]:
+    """(did, time of its first accepted batch, registration time) of every registered device
+    that sent one."""
     rows = db.execute(
-        "SELECT d.did, min(b.sealed) FROM devices d JOIN batches b ON b.did = d.did GROUP BY d.did"
+        "SELECT d.did, min(b.sealed), d.registered FROM devices d JOIN batches b ON b.did = d.did "
+        "GROUP BY d.did, d.registered"
     ).fetchall()
-    return [(str(d), float(t)) for d, t in rows]
+    return [(str(d), float(t), float(r)) for d, t, r in rows]
 
 
 def last_attested(db: Database, did: str) -> int | None:

@@ -31,6 +31,8 @@ from gateway.identity import Identity, device_id_of
 from gateway.verify import Examined, Finding, examine
 
 log = logging.getLogger("gateway.attestor")
+#: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)
+MAX_SEQ = 2**63 - 1
 QUEUE = 2000  # messages taken from the broker before they are stored (flow control beyond it)
 
 
@@ -119,7 +121,11 @@ class Worker:
         """One message, whatever it holds; never raises on what arrives."""
         try:
             found = examine(payload, topic, registered=self.registered)
-            if isinstance(found, Examined):
+            if isinstance(found, Examined) and found.batch.seq >= MAX_SEQ:
+                # Valid CBOR, but beyond what a store column (and any honest device) holds.
+                finding = found.finding("malformed", f"seq beyond {MAX_SEQ - 1}")
+                self._count(finding)
+            elif isinstance(found, Examined):
                 finding = chains.process_batch(self.db, found, now=now)
             else:
                 finding = found
@@ -141,8 +147,10 @@ class Worker:
         return finding
 
     def _count(self, f: Finding) -> None:
-        # Unknown or unproven senders are counted together: they must not grow the store.
-        did = f.did if f.did and f.kind != "unknown-device" and self.registered(f.did) else ""
+        # Unknown or unproven senders are counted together: they must not grow the store, and
+        # a message whose signature failed proves nothing about the device it names.
+        proven = f.batch_id is not None and f.kind != "unknown-device"
+        did = f.did if f.did and proven and self.registered(f.did) else ""
         with self.db.transaction() as tx:
             chains.count(tx, did, f.kind)
 
@@ -153,15 +161,20 @@ class Worker:
         length = self.cfg.epoch_seconds
         closed = epochs.epoch_of(now - self.cfg.grace, length)  # epochs ending by then
         signed = 0
-        for did, first in registry.attestable(self.db):
-            start = epochs.epoch_of(first, length)
+        for did, first, registered in registry.attestable(self.db):
+            # Epochs start at the device's registration at the earliest: a device's clock (a
+            # Pi without a real-time clock starts in 1970) cannot send the attestor back in time.
+            start = epochs.epoch_of(max(first, registered), length)
             done = registry.last_attested(self.db, did)
             if done is not None:
                 start = max(start, done + length)
-            while start + length <= closed:
-                message = epochs.attest(self.db, self.identity, did, start, length)
-                signed += message is not None
-                start += length
+            try:
+                while start + length <= closed:
+                    message = epochs.attest(self.db, self.identity, did, start, length)
+                    signed += message is not None
+                    start += length
+            except Exception:  # one device's odd data must not stop the others' attestations
+                log.exception("epoch %d of %s not attested", start, did)
         return signed
 
     def run(self, stop: threading.Event) -> None:
