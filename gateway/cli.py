@@ -47,6 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(cfg, shutdown_timeout=args.shutdown_timeout)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway import config, status
+
+    sys.stdout.write(status.main(config.load(Path(args.config)), as_json=args.json))
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway import config
 
@@ -262,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, seconds to wait for the broker to acknowledge (default 10)",
     )
     r.set_defaults(fn=cmd_run)
+
+    st = sub.add_parser("status", help="the local gateway at a glance: sensors, queue, uplink")
+    st.add_argument("-c", "--config", required=True, help="the gateway's configuration (TOML)")
+    st.add_argument("--json", action="store_true", help="print the facts as JSON")
+    st.set_defaults(fn=cmd_status)
 
     c = sub.add_parser("config", help="check a configuration or print a sample")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -32,6 +32,7 @@ from gateway.pipeline import Pipeline
 from gateway.reading import Reading
 from gateway.sampler import SensorTask
 from gateway.spool import Spool
+from gateway.status import STATUS_FILE, runtime_dir
 from gateway.uplink import Uplink
 
 log = logging.getLogger("gateway")
@@ -119,6 +120,7 @@ class Gateway:
         self.report = HealthReport(
             device_id=ident.device_id, name=cfg.device.name, version=__version__
         )
+        self._status: dict[str, bytes] = {}
         topics = self.uplink.topics
         self.uplink.subscriptions = [topics["attestation"]]
         if self.models.enabled:
@@ -209,14 +211,39 @@ class Gateway:
 
     async def _publish_state(self, *, force: bool = False) -> None:
         if force or self.state.changed:
-            await self.uplink.publish(self.uplink.topics["state"], self.state.to_json())
+            data = self.state.to_json()
+            self._status["state"] = data
+            await self.uplink.publish(self.uplink.topics["state"], data)
+            await self._write_status()
 
     async def _publish_health(self) -> None:
         doc = self.report.build(
             self.health,
             modules=[(i.module_id, i.name, i.version, i.digest) for i in self.chain.info],
         )
-        await self.uplink.publish(self.uplink.topics["health"], HealthReport.to_json(doc))
+        data = HealthReport.to_json(doc)
+        self._status["health"] = data
+        await self.uplink.publish(self.uplink.topics["health"], data)
+        await self._write_status()
+
+    async def _write_status(self) -> None:
+        """`depin-gateway status` reads this; only in a runtime directory (tmpfs under
+        systemd), never on the SD card."""
+        folder = runtime_dir()
+        if folder is None:
+            return
+        parts = [f'"{k}": {v.decode()}' for k, v in sorted(self._status.items())]
+        text = "{" + ", ".join(parts) + "}\n"
+
+        def write() -> None:
+            tmp = folder / f".{STATUS_FILE}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, folder / STATUS_FILE)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as e:
+            log.debug("status file not written: %s", e)
 
     async def _monitor(self) -> None:
         mon = self.cfg.monitor

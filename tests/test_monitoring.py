@@ -4,8 +4,13 @@ from a real gateway process through a real mosquitto."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway import cose, dcbor, identity, merkle
 from tests import make_batches as mb
@@ -97,3 +102,52 @@ def test_an_attestation_about_another_device_or_forged_is_ignored() -> None:
     assert read_attestation(b"garbage", other.did) is None
     batch = mb.Chain(ident=other).next().message  # a batch is not an attestation
     assert read_attestation(batch, other.did) is None
+
+
+def test_status_shows_sensors_queue_uplink_and_chain(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+    cfg = write_config(tmp_path / "gw", mosquitto.port, interval="0.2 s")
+    with cfg.open("a") as f:
+        f.write('\n[monitor]\nstate_interval = "1 s"\nhealth_interval = "1 s"\n')
+    gw = GatewayProcess(cfg, tmp_path / "gw.log")
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "status", "-c", str(cfg), *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    try:
+        gw.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+            want in status().stdout for want in ("connected to", "last sealed batch seq")
+        ):
+            time.sleep(0.3)
+        out = status().stdout
+        facts = json.loads(status("--json").stdout)
+        mosquitto.stop()  # the owner sees the uplink go down, and the queue grow
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "NOT connected" not in status().stdout:
+            time.sleep(0.3)
+        down = status().stdout
+        assert gw.terminate() == 0
+    finally:
+        if gw.running():
+            gw.kill()
+    device = identity.load(tmp_path / "gw" / "device.key")
+    assert f"device {device.did}" in out
+    assert "env/temperature" in out and " Cel " in out
+    assert f"connected to 127.0.0.1:{mosquitto.port}" in out
+    assert "last sealed batch seq" in out
+    assert facts["spool"]["did"] == device.did and facts["status"]["health"]["readings"] > 0
+    assert "NOT connected" in down and "sealed batches" in down
+    # Stopped: the spool still tells what waits for the broker.
+    after = status().stdout
+    assert "waiting for the broker" in after
