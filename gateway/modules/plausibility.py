@@ -1,7 +1,8 @@
 """Rule module:
 `plausibility`: combinations no healthy set of sensors produces: PM2.5 above PM10, dew point
-above temperature, relative humidity outside 0-100, station pressure far from what the
-configured altitude implies, two sensors of one quantity disagreeing.
+above temperature or off the dew point that temperature and humidity imply, relative humidity
+outside 0-100, station pressure far from what the configured altitude implies, two sensors of
+one quantity disagreeing.
 
 State is kept per series (`sensor/quantity`) and a reading is judged only from what came
 before it: the chain calls `judge` once per sensor read, in time order.
@@ -47,12 +48,17 @@ class PlausibilityModule(DetectionModule):
     """Cross-quantity and cross-sensor checks, on the latest value of every series.
 
     On the same sensor (values at most `max_age` apart): PM1 above PM2.5 or PM2.5 above PM10
-    (beyond `pm_margin`), a reported dew point above the temperature (beyond `dew_margin`).
-    On its own: relative humidity outside 0–100 (the dew point it implies would lie above the
-    temperature), station pressure more than `pressure_band` off the standard atmosphere at
-    `altitude` (when configured). Across sensors: two sensors of a quantity in `tolerances`
-    that differ by more than its tolerance within `max_age`. The reading that completes an
-    implausible combination is flagged.
+    (beyond `pm_margin`). Dew point against the temperature and humidity of the same sensor or,
+    when it has none, of the site (the gateway's sensors are co-located, which the cross-sensor
+    check below assumes too): a dew point above the temperature (beyond `dew_margin`), or, for
+    `dew_persist` readings in a row, more than `dew_tolerance` off the dew point that temperature
+    and humidity imply (Magnus): one of the three has drifted or is offset. On its own: relative
+    humidity outside 0–100 (the dew point it implies would lie above the temperature), station
+    pressure more than `pressure_band` off the standard atmosphere at `altitude` (when
+    configured). Across sensors: two sensors of a quantity in `tolerances` that differ by more
+    than its tolerance within `max_age`. A reading is compared with the others of the same call
+    and the latest of earlier ones; a reading that is part of an implausible combination is
+    flagged (the readings of one call: each of them, since none can be blamed alone).
     """
 
     name = "plausibility"
@@ -91,6 +97,18 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         "dew_margin": Field(
             "float", "Cel a dew point may exceed the temperature", default=0.5, min=0
         ),
+        "dew_tolerance": Field(
+            "float",
+            "Cel a dew point may differ from the one temperature and humidity imply",
+            default=3.0,
+            min=0.1,
+        ),
+        "dew_persist": Field(
+            "int",
+            "readings in a row beyond `dew_tolerance` before they are implausible",
+            default=2,
+            min=1,
+        ),
         "humidity_margin": Field(
             "float", "%RH beyond 0–100 still accepted (chip accuracy)", default=2.0, min=0
         ),
@@ -111,18 +129,38 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         self.max_age = float(o["max_age"])
         self.pm_margin = float(o["pm_margin"])
         self.dew_margin = float(o["dew_margin"])
+        self.dew_tolerance = float(o["dew_tolerance"])
+        self.dew_persist = int(o["dew_persist"])
         self.humidity_margin = float(o["humidity_margin"])
         self.tolerance = dict(DEFAULT_TOLERANCE)
         self.tolerance.update({q: float(x) for q, x in dict(o["tolerances"]).items()})
         # latest (value, t) per sensor and quantity; per quantity, the sensors that report it
         self.latest: dict[str, dict[str, tuple[float, float]]] = {}
         self.by_quantity: dict[str, dict[str, tuple[float, float]]] = {}
+        self.site: dict[str, tuple[float, float]] = {}  # latest (value, t) of any sensor
+        self.off_dew: dict[str, int] = {}  # per series: readings in a row off the Magnus dew point
 
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
+        # The readings of one call were taken together: each is compared with all of them, not
+        # only with those before it in the batch (whose order means nothing).
+        for r in readings:
+            if r.value is not None:
+                self.latest.setdefault(r.sensor, {})[r.quantity] = (r.value, r.t)
+                self.site[r.quantity] = (r.value, r.t)
         return [self._one(r) for r in readings]
 
     def _fresh(self, sensor: str, quantity: str, t: float) -> float | None:
         got = self.latest.get(sensor, {}).get(quantity)
+        if got is None or abs(t - got[1]) > self.max_age:
+            return None
+        return got[0]
+
+    def _near(self, sensor: str, quantity: str, t: float) -> float | None:
+        """The sensor's own fresh value, else the site's (any sensor's) latest fresh one."""
+        own = self._fresh(sensor, quantity, t)
+        if own is not None:
+            return own
+        got = self.site.get(quantity)
         if got is None or abs(t - got[1]) > self.max_age:
             return None
         return got[0]
@@ -132,21 +170,15 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         if v is None:
             return NO_OPINION
         q, sensor, t = r.quantity, r.sensor, r.t
-        self.latest.setdefault(sensor, {})[q] = (v, t)
         score = 0.0
         if q == "humidity":
             m = self.humidity_margin
             if v > 100.0 + m or v < -m:
                 score = 1.0
-        elif q in ("pm1", "pm2_5", "pm10"):
+        if q in ("pm1", "pm2_5", "pm10"):
             score = self._pm(sensor, q, v, t)
-        elif q in ("temperature", "dew_point"):
-            other = self._fresh(sensor, "dew_point" if q == "temperature" else "temperature", t)
-            if other is not None:
-                temp, dew = (v, other) if q == "temperature" else (other, v)
-                excess = dew - temp - self.dew_margin
-                if excess > 0:
-                    score = min(1.0, 0.6 + 0.2 * excess)
+        elif q in ("temperature", "dew_point", "humidity"):
+            score = max(score, self._dew(r.name, sensor, q, v, t))
         elif q == "pressure" and self.expected_pressure is not None:
             off = abs(v / self.expected_pressure - 1.0) / self.pressure_band
             if off > 1.0:
@@ -162,6 +194,29 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
                         if off > 1.0:
                             score = max(score, min(1.0, 0.5 * off))
         return (score, ("implausible",)) if score > 0 else NO_OPINION
+
+    def _dew(self, key: str, sensor: str, q: str, v: float, t: float) -> float:
+        """Dew point against temperature (above it) and against temperature and humidity (the
+        Magnus dew point). A single reading off the Magnus value is not enough: stitched or
+        interpolated records and sensors answering a few seconds apart disagree for a moment; a
+        drifting or offset sensor keeps disagreeing."""
+        temp = v if q == "temperature" else self._near(sensor, "temperature", t)
+        dew = v if q == "dew_point" else self._near(sensor, "dew_point", t)
+        if temp is None or dew is None:
+            return 0.0
+        score = 0.0
+        excess = dew - temp - self.dew_margin
+        if excess > 0 and q != "humidity":
+            score = min(1.0, 0.6 + 0.2 * excess)
+        hum = v if q == "humidity" else self._near(sensor, "humidity", t)
+        if hum is None or not 0.0 < hum <= 100.0 + self.humidity_margin:
+            return score
+        off = abs(dew - dew_point(temp, min(hum, 100.0))) - self.dew_tolerance
+        run = self.off_dew.get(key, 0) + 1 if off > 0 else 0
+        self.off_dew[key] = run
+        if run >= self.dew_persist:
+            score = max(score, min(1.0, 0.5 + 0.1 * off))
+        return score
 
     def _pm(self, sensor: str, q: str, v: float, t: float) -> float:
         m = self.pm_margin

@@ -9,6 +9,7 @@ before it: the chain calls `judge` once per sensor read, in time order.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from gateway.schema import Field
 
 
 class _SpikeState:
-    __slots__ = ("diffs", "last", "med", "prev_z", "scale", "since")
+    __slots__ = ("diffs", "last", "med", "prev_z", "quantum", "scale", "since", "step")
 
     def __init__(self, window: int) -> None:
         self.diffs: deque[float] = deque(maxlen=window)
@@ -36,15 +37,22 @@ class _SpikeState:
         self.scale = 0.0
         self.prev_z = 0.0
         self.since = 0  # differences added since the baseline was last recomputed
+        self.quantum = math.inf  # smallest change seen: the series' own resolution
+        self.step = 0.0  # slow average size of the changes (steps that are not zero)
 
 
 class SpikeModule(DetectionModule):
     """A single sample far off the recent step sizes.
 
     The baseline is the median and MAD of the last `window` first differences (recomputed every
-    `refresh` readings, which is what keeps it cheap). A step whose robust z reaches `threshold`
-    is a spike at once; a step up followed by a step back down, both beyond `pair_threshold`,
-    flags the reading after the spike. Flagged steps stay out of the baseline.
+    `refresh` readings, which is what keeps it cheap). A step out followed by a step back, both
+    beyond `pair_threshold`, flags the reading after the spike; a step beyond `threshold` is a
+    spike at once. Flagged steps stay out of the baseline.
+
+    The spread never goes below the series' resolution (the configured one, or the smallest
+    change the series has shown, whichever is larger) nor below `step_floor` times the usual
+    size of its changes: after a stuck run or in a flat stretch the recent steps are all zero,
+    and the next ordinary step (one 1 hPa count of a barometer) would otherwise look huge.
     """
 
     name = "spikes"
@@ -54,7 +62,7 @@ class SpikeModule(DetectionModule):
 id = "spikes"
 kind = "spikes"
 window = 64
-threshold = 9.0
+threshold = 16.0
 pair_threshold = 4.0
 """
     CONFIG: ClassVar[Mapping[str, Field]] = {
@@ -63,13 +71,23 @@ pair_threshold = 4.0
             "int", "recompute the median/MAD every this many readings", default=4, min=1
         ),
         "threshold": Field(
-            "float", "robust z of one step that is a spike by itself", default=9.0, min=1
+            "float",
+            "robust z of one step that is a spike by itself, before any step back (a jump "
+            "that stays is a level shift: the drift module's)",
+            default=16.0,
+            min=1,
         ),
         "pair_threshold": Field(
             "float",
             "robust z that a step out and the step back must both reach",
             default=4.0,
             min=1,
+        ),
+        "step_floor": Field(
+            "float",
+            "smallest spread, as a share of the series' usual non-zero step (slow average)",
+            default=0.5,
+            min=0,
         ),
         "resolutions": Field(
             "table",
@@ -79,6 +97,9 @@ pair_threshold = 4.0
         ),
     }
 
+    #: weight of one change in the slow average of change sizes
+    STEP_RATE = 1.0 / 256
+
     def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
         super().__init__(module_id=module_id, options=options)
         o = module_options(type(self), options)
@@ -87,11 +108,22 @@ pair_threshold = 4.0
         self.warmup = min(self.window, 24)
         self.threshold = float(o["threshold"])
         self.pair_threshold = float(o["pair_threshold"])
+        self.step_floor = float(o["step_floor"])
         self.resolution = resolutions(o["resolutions"])
         self.state: dict[str, _SpikeState] = {}
 
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
         return [self._one(r) for r in readings]
+
+    def _change(self, st: _SpikeState, d: float, res: float) -> None:
+        """The series' own resolution and usual change size learn from every step, flagged or
+        not: a series whose changes come in bursts (a particle counter near zero, a series
+        resting at a bound) must learn how big its bursts are."""
+        a = abs(d)
+        if a >= 0.5 * res:  # a change, as the configured resolution sees it
+            if a < st.quantum:
+                st.quantum = a
+            st.step += max(self.STEP_RATE, 1.0 / (1 + len(st.diffs))) * (a - st.step)
 
     def _one(self, r: Reading) -> Verdict:
         v = r.value
@@ -107,6 +139,8 @@ pair_threshold = 4.0
             return NO_OPINION
         d = v - last
         diffs = st.diffs
+        res = self.resolution.get(r.quantity, 1e-9)
+        self._change(st, d, res)
         if len(diffs) < self.warmup:
             diffs.append(d)
             st.since = self.refresh  # recompute as soon as the baseline is usable
@@ -119,7 +153,9 @@ pair_threshold = 4.0
             # MAD, or the 90th percentile of deviations for series whose steps are mostly zero
             # (coarse sensors, calm nights) and would otherwise get a near-zero spread
             q90 = dev[(9 * len(dev)) // 10] / 1.645
-            st.scale = max(1.4826 * median(dev), q90, self.resolution.get(r.quantity, 1e-9))
+            quantum = st.quantum if st.quantum < math.inf else 0.0
+            floor = max(res, quantum, self.step_floor * st.step)
+            st.scale = max(1.4826 * median(dev), q90, floor)
             st.since = 0
         z = (d - st.med) / st.scale
         az = abs(z)
