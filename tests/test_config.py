@@ -83,6 +83,7 @@ def test_sample_loads(tmp_path: Path) -> None:
         "stuck",
         "replay",
         "dropout",
+        "drift",
         "plausibility",
     ]
     assert cfg.source is None

@@ -1,7 +1,7 @@
 """Streaming rule modules: cheap, explainable checks that judge each series as it flows.
 
 This file lists them; each family lives in its own file (`spikes.py`, `stuck.py`, `replay.py`,
-`gaps.py`, `plausibility.py`) with what they share in `series.py`.
+`gaps.py`, `plausibility.py`, `drift.py`) with what they share in `series.py`.
 
 Every rule keeps a little state per series (a reading's name, `sensor/quantity`) and judges a
 reading from what came before it, never from what comes after: the chain calls `judge` once per
@@ -21,6 +21,9 @@ within a few microseconds per reading on a Raspberry Pi.
   consumer knows the series has a hole before it.
 - `warmup`: the first readings after a series starts, recovers from failures or resumes after a
   long gap; warming sensors (fans, NDIR lamps, heaters) read off for a while.
+- `drift`: a slow departure of a series from its own expected level (a slow baseline plus a
+  daily shape): the residual, smoothed, measured against its usual size while healthy. Time
+  constants are durations, so they mean the same at any sampling rate.
 - `plausibility`: combinations no healthy set of sensors produces: PM2.5 above PM10, dew point
   above temperature, relative humidity outside 0–100, station pressure far from what the
   configured altitude implies, two sensors of one quantity disagreeing.
@@ -28,6 +31,7 @@ within a few microseconds per reading on a Raspberry Pi.
 
 from __future__ import annotations
 
+from gateway.modules.drift import DriftModule
 from gateway.modules.gaps import DropoutModule, WarmupModule
 from gateway.modules.plausibility import PlausibilityModule, dew_point, station_pressure
 from gateway.modules.replay import ReplayModule
@@ -35,6 +39,7 @@ from gateway.modules.spikes import SpikeModule
 from gateway.modules.stuck import StuckModule
 
 __all__ = [
+    "DriftModule",
     "DropoutModule",
     "PlausibilityModule",
     "ReplayModule",
