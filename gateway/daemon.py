@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from gateway import __version__, config, cose, identity, payloads, plugins
+from gateway import __version__, config, cose, identity, payloads, plugins, sdnotify
 from gateway.clock import ClockState, detect
 from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
@@ -258,6 +258,52 @@ class Gateway:
                 next_health = now + mon.health_interval
                 await self._publish_health()
             await asyncio.sleep(max(0.05, min(next_state, next_health) - loop.time()))
+
+    # --- systemd: READY, WATCHDOG, STATUS -----------------------------------------------------
+
+    def status_line(self) -> str:
+        h = self.health
+        broker = "broker connected" if h.connected else "broker away"
+        seq = "-" if h.last_seq is None else h.last_seq
+        return f"{h.readings} readings, {h.queue_depth} queued, {broker}, last seq {seq}"
+
+    async def healthy(self, timeout: float) -> list[str]:
+        """What is stuck right now (empty: healthy): a sensor task that did not come round in
+        time (a hung driver), or the spool's thread not answering (a stuck writer)."""
+        now = asyncio.get_running_loop().time()
+        stuck = [f"sensor {s.cfg.id}" for s in self.sensors if now > s.due_by]
+        try:
+            await asyncio.wait_for(self._in_spool(lambda: None), timeout)
+        except TimeoutError:
+            stuck.append("spool writer")
+        return stuck
+
+    async def _systemd(self) -> None:
+        # READY once the spool is open (run() did that), the uplink runs, and every sensor has
+        # had its first read, good or failed: the unit is then really doing its job.
+        while not all(
+            self.health.sensor_reads[s.cfg.id] + self.health.sensor_errors[s.cfg.id]
+            for s in self.sensors
+        ):
+            await asyncio.sleep(0.1)
+        sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
+        watchdog = sdnotify.watchdog_interval()
+        period = watchdog / 2 if watchdog else 10.0
+        was_stuck: list[str] = []
+        while True:
+            await asyncio.sleep(period)
+            stuck = await self.healthy(timeout=period)
+            if stuck != was_stuck:
+                if stuck:
+                    log.error("stalled: %s; no watchdog ping until it recovers", ", ".join(stuck))
+                else:
+                    log.info("recovered: watchdog pings again")
+                was_stuck = stuck
+            status = self.status_line() + (f"; STALLED: {', '.join(stuck)}" if stuck else "")
+            fields = [f"STATUS={status}"]
+            if watchdog and not stuck:
+                fields.insert(0, "WATCHDOG=1")
+            sdnotify.notify(*fields)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -500,6 +546,8 @@ class Gateway:
                     tg.create_task(self._update_depth(), name="health"),
                     tg.create_task(self._monitor(), name="monitor"),
                 ]
+                if os.environ.get("NOTIFY_SOCKET"):
+                    workers.append(tg.create_task(self._systemd(), name="systemd"))
                 workers += [
                     tg.create_task(s.run(), name=f"sensor-{s.cfg.id}") for s in self.sensors
                 ]
@@ -513,6 +561,7 @@ class Gateway:
         self, workers: list[asyncio.Task[None]], uplink: asyncio.Task[None]
     ) -> None:
         log.info("stopping: sealing and flushing (at most %.0f s)", self.shutdown_timeout)
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: sealing and flushing")
         for t in workers:
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)

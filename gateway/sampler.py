@@ -21,6 +21,9 @@ from gateway.reading import Reading
 
 log = logging.getLogger("gateway.sampler")
 
+#: how long one read may take before the sensor's task counts as stalled
+READ_STALL = 60.0
+
 
 class SensorTask:
     def __init__(
@@ -42,6 +45,8 @@ class SensorTask:
         self.units = dict(driver.quantities)
         self.opened = False
         self._failures = 0
+        #: loop time by which this task must have come round again; the watchdog compares
+        self.due_by = float("inf")
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.driver.blocking:
@@ -104,6 +109,9 @@ class SensorTask:
         due = loop.time()
         try:
             while True:
+                # A read (open, retries and the driver's own timeouts included) that takes
+                # longer than this is a hung driver: the watchdog stops pinging.
+                self.due_by = loop.time() + READ_STALL + interval
                 self.accept(await self.read_once())
                 due += interval
                 # After an overrun, skip the missed slots instead of reading in a burst.
@@ -112,6 +120,7 @@ class SensorTask:
                 # Back off a failing sensor's re-open attempts (never slower than 5 min).
                 if self._failures > 3:
                     due += min(300.0, interval * min(self._failures, 30))
+                self.due_by = due + READ_STALL + interval
                 await asyncio.sleep(due - loop.time())
         finally:
             await self._close()
