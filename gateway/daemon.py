@@ -19,7 +19,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from gateway import __version__, config, cose, identity, payloads, plugins, sdnotify
+from gateway import (
+    __version__,
+    config,
+    cose,
+    homeassistant,
+    identity,
+    payloads,
+    plugins,
+    sdnotify,
+)
 from gateway.clock import ClockState, detect
 from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
@@ -125,6 +134,15 @@ class Gateway:
         self.uplink.subscriptions = [topics["attestation"]]
         if self.models.enabled:
             self.uplink.subscriptions.append(topics["model"])
+        mon = cfg.monitor
+        self._ha_seen: set[str] = set()  # this device's config topics the broker retains
+        self._ha_sent: dict[str, bytes] = {}
+        self._ha_task: asyncio.Task[None] | None = None
+        if mon.homeassistant:
+            self.uplink.subscriptions += [
+                homeassistant.birth_topic(mon.discovery_prefix),
+                *homeassistant.subscriptions(mon.discovery_prefix, ident.device_id),
+            ]
         self._reload_lock = asyncio.Lock()
         self.sensors: list[SensorTask] = []
         for sc in cfg.sensors:
@@ -203,9 +221,56 @@ class Gateway:
             found = read_attestation(payload, self.identity.did)
             if found is not None:
                 self.health.attestation = found
+        elif self.cfg.monitor.homeassistant:
+            prefix = self.cfg.monitor.discovery_prefix
+            if topic == homeassistant.birth_topic(prefix):
+                if payload.strip() == b"online":  # Home Assistant (re)started: announce again
+                    self._announce_soon()
+            elif topic.startswith(prefix + "/") and topic.endswith("/config"):
+                if payload:
+                    self._ha_seen.add(topic)
+                else:
+                    self._ha_seen.discard(topic)
+
+    # --- Home Assistant MQTT discovery --------------------------------------------------------
+
+    def _discovery(self) -> dict[str, bytes]:
+        return homeassistant.discovery(
+            device_id=self.identity.device_id,
+            name=self.cfg.device.name,
+            version=__version__,
+            prefix=self.cfg.uplink.topic_prefix,
+            discovery_prefix=self.cfg.monitor.discovery_prefix,
+            sensors=[(s.cfg.id, s.units) for s in self.sensors],
+        )
+
+    def _announce_soon(self) -> None:
+        if self._ha_task is None or self._ha_task.done():
+            self._ha_task = asyncio.create_task(self._announce(), name="homeassistant")
+
+    async def _announce(self, settle: float = 2.0) -> None:
+        """Every entity's config, retained; then, once the broker delivered what it retains for
+        this device, an empty retained config for each entity no longer produced (a dropped
+        sensor), which makes Home Assistant remove it."""
+        current = self._discovery()
+        for topic, payload in current.items():
+            if not await self.uplink.publish(topic, payload, qos=1, retain=True):
+                return  # not connected: the next connect announces
+        self._ha_sent = current
+        await asyncio.sleep(settle)
+        prefix = self.cfg.monitor.discovery_prefix
+        device_id = self.identity.device_id
+        for topic in homeassistant.stale(
+            self._ha_seen, current, device_id=device_id, discovery_prefix=prefix
+        ):
+            if await self.uplink.publish(topic, b"", qos=1, retain=True):
+                log.info("home assistant: removed %s (no longer configured)", topic)
+                self._ha_seen.discard(topic)
 
     async def _connected(self) -> None:
         """Right after every (re)connect: the retained messages reflect now, not the past."""
+        if self.cfg.monitor.homeassistant:
+            self._announce_soon()
         await self._publish_state(force=True)
         await self._publish_health()
 
@@ -257,6 +322,10 @@ class Gateway:
             if now >= next_health:
                 next_health = now + mon.health_interval
                 await self._publish_health()
+                # What a chip measures is known once it answered (a BMP280 in a BME280's
+                # place has no humidity): announce again when the entities changed.
+                if mon.homeassistant and self._ha_sent and self._discovery() != self._ha_sent:
+                    self._announce_soon()
             await asyncio.sleep(max(0.05, min(next_state, next_health) - loop.time()))
 
     # --- systemd: READY, WATCHDOG, STATUS -----------------------------------------------------
