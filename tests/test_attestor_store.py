@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +99,53 @@ def test_hand_computed_epoch_score(store: str, tmp_path: Path) -> None:
                  6: 30, 7: 3, 8: "ok", 9: 0.45, 10: merkle.root(ids)}  # fmt: skip
     # Signed once, whoever asks again.
     assert w.tick(now=START + EPOCH + 2) == 0
+
+
+def test_cli_register_devices_report_and_a_proof_from_the_store(tmp_path: Path) -> None:
+    cfg = tmp_path / "attestor.toml"
+    cfg.write_text('[attestor]\nstore = "attestor.db"\nepoch = "1 h"\ngrace = "0 s"\n')
+    chain = mb.Chain()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "attestor", *args, "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = cli("register", chain.ident.device_id, "--name", "balcony")
+    assert out.returncode == 0 and f"registered {chain.ident.did}" in out.stdout
+    w = _worker(str(tmp_path / "attestor.db"), tmp_path)
+    # As if registered before the test batches were sealed (epochs start at registration).
+    w.db.execute("UPDATE devices SET registered = ?", (START,))
+    for b in chain.take(3):
+        assert w.handle("t", b.message).kind == "valid"
+    w.tick(now=START + EPOCH + 1)
+    devices = json.loads(cli("devices", "--format", "json").stdout)
+    assert [(d["name"], d["batches"], d["last_seq"]) for d in devices] == [("balcony", 3, 2)]
+    report = cli("report", "--format", "csv", "--epoch", "2026-01-01T00:30:00Z").stdout
+    assert report.splitlines()[0].startswith("epoch,name,did,expected,verified")
+    assert "2026-01-01T00:00:00Z,balcony" in report
+    exported = tmp_path / "batch-1.cbor"
+    assert (
+        cli("batch", "--device", chain.ident.did, "--seq", "1", "-o", str(exported)).returncode == 0
+    )
+    assert exported.read_bytes() == chain.built[1].message
+    proof = tmp_path / "proof.json"
+    made = subprocess.run(
+        [sys.executable, "-m", "gateway", "prove", str(exported), "--index", "2", "-o", str(proof)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "verify-proof", str(proof)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0 and "signed by the device: yes" in checked.stdout
+    missing = cli("batch", "--device", chain.ident.did, "--seq", "9", "-o", str(exported))
+    assert missing.returncode != 0 and "no batch 9" in missing.stderr

@@ -146,6 +146,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from gateway.attestor import registry
+    from gateway.errors import GatewayError
+
+    did = registry.normalise_did(args.device)
+    db = _db(args)
+    try:
+        message = registry.batch_message(db, did, args.seq)
+    finally:
+        db.close()
+    if message is None:
+        raise GatewayError(f"no batch {args.seq} of {did} in the store")
+    Path(args.output).write_bytes(message)
+    print(f"batch {args.seq} of {did}: {args.output} ({len(message)} bytes); "
+          f"depin-gateway prove {args.output} --index N proves one of its readings")  # fmt: skip
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     sys.stdout.write(SAMPLE)
     return 0
@@ -182,5 +200,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", help="only this device (did:key or device id)")
     p.add_argument("--format", **fmt)
     p.set_defaults(fn=cmd_report)
+    b = asub.add_parser("batch", help="write a stored signed batch to a file (for `prove`)")
+    with_config(b)
+    b.add_argument("--device", required=True, help="the device (did:key or device id)")
+    b.add_argument("--seq", type=int, required=True, help="the batch's seq")
+    b.add_argument("-o", "--output", required=True, help="where to write it")
+    b.set_defaults(fn=cmd_batch)
     s = asub.add_parser("sample", help="print a sample attestor.toml")
     s.set_defaults(fn=cmd_sample)

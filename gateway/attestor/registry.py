@@ -126,3 +126,9 @@ def attestations(
         item["score"] = float(item["score"])
         out.append(item)
     return out
+
+
+def batch_message(db: Database, did: str, seq: int) -> bytes | None:
+    """The signed batch a device's chain holds at `seq`, exactly as it arrived."""
+    row = db.execute("SELECT message FROM batches WHERE did = ? AND seq = ?", (did, seq)).fetchone()
+    return None if row is None else bytes(row[0])
