@@ -331,8 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     vp.set_defaults(fn=cmd_verify_proof)
 
     from gateway.attestor.cli import add_parser as add_attestor
+    from gateway.dashboard.cli import add_parser as add_dashboard
 
     add_attestor(sub)
+    add_dashboard(sub)
 
     m = sub.add_parser("model", help="detection model bundles")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")

@@ -1,0 +1,499 @@
+"""What the dashboard knows about each gateway, built from the messages of spec section 8.
+
+Pure and synchronous: `Fleet.handle(topic, payload)` takes one MQTT message, `take_update()`
+hands the server what changed since it last asked, `snapshot()` everything. Nothing here trusts
+a message: JSON from gateways is checked field by field, COSE messages go through the project's
+verifier (`gateway.verify.examine`) and are shown as "unverified" when they fail.
+
+Memory is bounded: at most `max_devices` gateways, `max_series` sparkline series per gateway,
+`points` points per series (one per `window / points` seconds: the newest reading of that
+bucket, flagged when any reading in it was) and `MAX_ANOMALIES` recent anomalies per gateway.
+A series keeps its points in three flat arrays, 17 bytes a point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from array import array
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cbor2
+
+from gateway import payloads
+from gateway.identity import device_id_of
+from gateway.verify import Examined, Finding, examine
+
+WINDOW = 3600.0  # seconds of history behind each sparkline
+POINTS = 360  # points per series: one per 10 s over the hour
+MAX_DEVICES = 500
+MAX_SERIES = 32  # sparkline series per gateway
+MAX_ANOMALIES = 50  # recent flagged readings kept per gateway
+MAX_JSON = 256 * 1024  # state and health messages beyond this are ignored
+FUTURE = 300.0  # readings stamped further ahead than this are not plotted (a wrong clock)
+KINDS = ("status", "state", "health", "birth", "batch", "attestation")
+# A device id is base58btc (spec section 1); anything else on the topic level is not a device.
+DEVICE_ID = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,64}")
+_TEXT = 64  # longest name, unit, flag or sensor id kept
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None
+
+
+def _int(x: Any) -> int | None:
+    return x if type(x) is int else None
+
+
+def _text(x: Any, limit: int = _TEXT) -> str | None:
+    return x[:limit] if isinstance(x, str) else None
+
+
+def _flags(x: Any) -> list[str]:
+    if not isinstance(x, list):
+        return []
+    return [f[:_TEXT] for f in x[:16] if isinstance(f, str) and f]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(payload: bytes) -> dict[str, Any] | None:
+    """A JSON object, or None: too big, not UTF-8, not an object, or NaN/Infinity inside."""
+    if len(payload) > MAX_JSON:
+        return None
+    try:
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class Series:
+    """One (sensor, quantity) over the last `window` seconds, at most `cap` points.
+
+    Point i is (t[i], v[i], f[i]): the newest reading of its `step`-second bucket (NaN when the
+    read failed) and whether any reading in the bucket was flagged. Points stay in time order;
+    a late reading (from a batch after the state, or a gateway catching up) merges into its
+    bucket or is inserted in place."""
+
+    __slots__ = ("cap", "dirty", "f", "step", "t", "unit", "v", "window")
+
+    def __init__(self, unit: str, *, window: float = WINDOW, cap: int = POINTS) -> None:
+        self.unit = unit
+        self.window = window
+        self.cap = cap
+        self.step = window / cap
+        self.t = array("d")
+        self.v = array("d")
+        self.f = bytearray()
+        self.dirty: set[int] = set()  # buckets changed since the server last took them
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def add(self, t: float, v: float | None, flagged: bool, now: float) -> bool:
+        """Record one reading; False when it is outside the window (or in the future)."""
+        if not math.isfinite(t) or t > now + FUTURE or t < now - self.window:
+            return False
+        value = math.nan if v is None else v
+        bucket = math.floor(t / self.step)
+        i = len(self.t)  # where t goes: after every point of an earlier or the same bucket
+        while i > 0 and math.floor(self.t[i - 1] / self.step) > bucket:
+            i -= 1
+        if i > 0 and math.floor(self.t[i - 1] / self.step) == bucket:
+            j = i - 1  # the bucket has a point: merge
+            if t >= self.t[j]:
+                self.t[j], self.v[j] = t, value
+            self.f[j] |= flagged
+        else:
+            self.t.insert(i, t)
+            self.v.insert(i, value)
+            self.f.insert(i, int(flagged))
+        self.dirty.add(bucket)
+        if len(self.dirty) > self.cap:  # nobody takes them (no server): keep the live ones
+            first = math.floor((now - self.window) / self.step)
+            self.dirty = {b for b in self.dirty if b >= first}
+        self.prune(now)
+        return True
+
+    def prune(self, now: float) -> None:
+        horizon = now - self.window
+        n = 0
+        while n < len(self.t) and self.t[n] < horizon:
+            n += 1
+        n = max(n, len(self.t) - self.cap)
+        if n:
+            del self.t[:n]
+            del self.v[:n]
+            del self.f[:n]
+
+    def points(self, buckets: set[int] | None = None) -> list[list[Any]]:
+        """[[t, v or None, 0/1], ...] in time order, all or only those in `buckets`."""
+        out: list[list[Any]] = []
+        for t, v, f in zip(self.t, self.v, self.f, strict=True):
+            if buckets is None or math.floor(t / self.step) in buckets:
+                out.append([t, None if math.isnan(v) else v, f])
+        return out
+
+
+class Device:
+    """Everything seen about one gateway."""
+
+    def __init__(self, device_id: str) -> None:
+        self.id = device_id
+        self.name: str | None = None
+        self.seen = 0.0  # when any message about it last arrived
+        self.status: str | None = None  # "online" / "offline" / None (never said)
+        self.status_t: float | None = None
+        self.latest: dict[str, dict[str, Any]] = {}  # "sensor/quantity" -> the newest reading
+        self.state_t: float | None = None  # the gateway's own "updated" of its last state
+        self.health: dict[str, Any] | None = None
+        self.health_t: float | None = None
+        self.birth: dict[str, Any] | None = None
+        self.attestation: dict[str, Any] | None = None
+        self.batches = 0  # verified batches seen on the wire
+        self.batch_seq: int | None = None  # the highest verified batch seq seen
+        self.batch_t: float | None = None
+        self.rejected = 0
+        self.last_problem: str | None = None
+        self.series: dict[str, Series] = {}
+        self.anomalies: deque[dict[str, Any]] = deque(maxlen=MAX_ANOMALIES)
+        self.dirty = True
+
+    def summary(self) -> dict[str, Any]:
+        """The device as the page shows it, without its series."""
+        health = self.health or {}
+        flagged = sorted(k for k, r in self.latest.items() if r["af"])
+        return {
+            "id": self.id,
+            "name": self.name,
+            "seen": self.seen,
+            "status": self.status,
+            "status_t": self.status_t,
+            "state_t": self.state_t,
+            "latest": self.latest,
+            "flagged": flagged,
+            "health": self.health,
+            "health_t": self.health_t,
+            "birth": self.birth,
+            "attestation": self.attestation,
+            "chain": {
+                "sealed": _int(health.get("last_seq")),
+                "seen": self.batch_seq,
+                "batches": self.batches,
+                "batch_t": self.batch_t,
+                "rejected": self.rejected,
+                "problem": self.last_problem,
+            },
+            "anomalies": list(self.anomalies),
+        }
+
+    def series_json(self) -> dict[str, Any]:
+        return {k: {"u": s.unit, "points": s.points()} for k, s in sorted(self.series.items())}
+
+
+def _payload_map(message: bytes) -> dict[Any, Any] | None:
+    """The payload map of a COSE_Sign1, decoded without checking anything (for display only)."""
+    try:
+        obj = cbor2.loads(message)
+        m = cbor2.loads(obj.value[2])
+    except Exception:  # any garbage: nothing to show
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _hex(x: Any) -> str | None:
+    return x.hex() if isinstance(x, bytes) else None
+
+
+def _modules(x: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if isinstance(x, list):
+        for m in x[:32]:
+            if isinstance(m, list | tuple) and len(m) == 3:
+                out.append({"name": _text(m[0]), "version": _text(m[1]), "sha256": _hex(m[2])})
+    return out
+
+
+def _sensors(x: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if isinstance(x, list):
+        for s in x[:MAX_SERIES]:
+            if isinstance(s, dict):
+                q = s.get("quantities")
+                out.append(
+                    {
+                        "id": _text(s.get("id")),
+                        "driver": _text(s.get("driver")),
+                        "quantities": [_text(i) for i in q[:16]] if isinstance(q, list) else [],
+                        "interval": _num(s.get("interval")),
+                    }
+                )
+    return out
+
+
+class Fleet:
+    """All gateways under one topic prefix."""
+
+    def __init__(
+        self,
+        prefix: str = "depin/v1",
+        *,
+        window: float = WINDOW,
+        points: int = POINTS,
+        max_devices: int = MAX_DEVICES,
+        max_series: int = MAX_SERIES,
+        attestors: Iterable[str] = (),
+    ) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.window = window
+        self.points = points
+        self.max_devices = max_devices
+        self.max_series = max_series
+        # dids whose attestations count as verified; empty: any attestor with a good signature
+        self.attestors = frozenset(attestors)
+        self.devices: dict[str, Device] = {}
+        self.ignored = 0  # messages not about a device, or from one over the cap
+        self.broker: dict[str, Any] = {"connected": False, "error": None, "since": None}
+        self._broker_dirty = True
+
+    # --- the broker connection ----------------------------------------------------------------
+
+    def set_broker(self, connected: bool, error: str | None = None) -> None:
+        if connected != self.broker["connected"] or error != self.broker["error"]:
+            self.broker = {"connected": connected, "error": error, "since": time.time()}
+            self._broker_dirty = True
+
+    def topics(self) -> list[tuple[str, int]]:
+        """What to subscribe to, with the QoS of each (spec section 8)."""
+        qos = {"state": 0, "health": 0}
+        return [(f"{self.prefix}/+/{kind}", qos.get(kind, 1)) for kind in KINDS]
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes, now: float | None = None) -> str | None:
+        """Take one message; the id of the device it changed, or None when ignored."""
+        now = time.time() if now is None else now
+        head = self.prefix + "/"
+        parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+        if len(parts) != 2 or parts[1] not in KINDS or not DEVICE_ID.fullmatch(parts[0]):
+            self.ignored += 1
+            return None
+        device_id, kind = parts
+        dev = self.devices.get(device_id)
+        if dev is None:
+            if not payload or len(self.devices) >= self.max_devices:
+                self.ignored += 1  # an empty payload clears a retained topic: nothing to add
+                return None
+            dev = self.devices[device_id] = Device(device_id)
+        getattr(self, f"_on_{kind}")(dev, payload, now)
+        dev.seen = now
+        dev.dirty = True
+        return device_id
+
+    def _on_status(self, dev: Device, payload: bytes, now: float) -> None:
+        text = payload.decode("ascii", "replace").strip()
+        dev.status = text if text in ("online", "offline") else None
+        dev.status_t = now
+
+    def _on_state(self, dev: Device, payload: bytes, now: float) -> None:
+        doc = parse_json(payload)
+        if doc is None:
+            return
+        dev.name = _text(doc.get("name")) or dev.name
+        dev.state_t = _num(doc.get("updated"))
+        sensors = doc.get("sensors")
+        if not isinstance(sensors, dict):
+            return
+        for sid, quantities in sensors.items():
+            if not isinstance(quantities, dict) or not isinstance(sid, str):
+                continue
+            for q, r in quantities.items():
+                if isinstance(r, dict):
+                    self._reading(
+                        dev, f"{sid}/{q}", r.get("v"), r.get("u"), r.get("t"), r.get("as"),
+                        r.get("af"), "state", now,
+                    )  # fmt: skip
+
+    def _reading(
+        self,
+        dev: Device,
+        key: str,
+        v: Any,
+        u: Any,
+        t: Any,
+        score: Any,
+        flags: Any,
+        src: str,
+        now: float,
+    ) -> None:
+        tt, value = _num(t), _num(v)
+        if tt is None or len(key) > 2 * _TEXT:
+            return
+        af = _flags(flags)
+        if value is None and not af:
+            af = ["sensor-error"]  # a reading without a value always says why; be safe
+        unit = _text(u, 16) or ""
+        reading = {"v": value, "u": unit, "t": tt, "as": _num(score), "af": af, "src": src}
+        old = dev.latest.get(key)
+        if old is None and len(dev.latest) >= self.max_series * 2:
+            return
+        if old is None or tt >= old["t"]:
+            dev.latest[key] = reading
+        series = dev.series.get(key)
+        if series is None and len(dev.series) < self.max_series:
+            series = dev.series[key] = Series(unit, window=self.window, cap=self.points)
+        if series is not None:
+            series.add(tt, value, bool(af), now)
+        if af and not any(a["key"] == key and a["t"] == tt for a in dev.anomalies):
+            dev.anomalies.append({"key": key, **reading})
+
+    def _on_health(self, dev: Device, payload: bytes, now: float) -> None:
+        doc = parse_json(payload)
+        if doc is None:
+            return
+        dev.health = doc
+        dev.health_t = now
+        dev.name = _text(doc.get("name")) or dev.name
+
+    def _verdict(self, dev: Device, payload: bytes, kind: str) -> tuple[Finding | Examined, str]:
+        """The verifier's verdict on a COSE message on `kind`'s topic, and the problem ('' when
+        none) that keeps it from counting for this device."""
+        v = examine(payload, source=f"{self.prefix}/{dev.id}/{kind}")
+        if isinstance(v, Finding) and v.kind != kind:
+            return v, f"{v.kind}: {v.detail}"
+        if kind != "attestation" and v.did is not None and device_id_of(v.did) != dev.id:
+            return v, "signed by another device's key"
+        return v, ""
+
+    def _on_birth(self, dev: Device, payload: bytes, now: float) -> None:
+        if not payload:
+            dev.birth = None
+            return
+        _, problem = self._verdict(dev, payload, "birth")
+        m = _payload_map(payload) or {}
+        dev.birth = {
+            "verified": not problem,
+            "problem": problem or None,
+            "received": now,
+            "version": _text(m.get(2)),
+            "boot": _hex(m.get(3)),
+            "started": _num(m.get(4)),
+            "config_sha256": _hex(m.get(5)),
+            "sensors": _sensors(m.get(6)),
+            "modules": _modules(m.get(7)),
+            "next_seq": _int(m.get(8)),
+        }
+
+    def _on_batch(self, dev: Device, payload: bytes, now: float) -> None:
+        v, problem = self._verdict(dev, payload, "batch")
+        if problem or not isinstance(v, Examined):
+            dev.rejected += 1
+            dev.last_problem = problem or "not a batch"
+            return
+        b = v.batch
+        dev.batches += 1
+        if dev.batch_seq is None or b.seq > dev.batch_seq:
+            dev.batch_seq = b.seq
+            dev.batch_t = b.sealed
+        for rec in b.records:
+            self._reading(
+                dev, str(rec[payloads.N]), rec.get(payloads.V), rec[payloads.U],
+                rec[payloads.T], rec.get(payloads.SCORE), rec.get(payloads.FLAGS), "batch", now,
+            )  # fmt: skip
+
+    def _on_attestation(self, dev: Device, payload: bytes, now: float) -> None:
+        if not payload:
+            dev.attestation = None
+            return
+        _, problem = self._verdict(dev, payload, "attestation")
+        m = _payload_map(payload) or {}
+        about = m.get(2)
+        if not problem and (not isinstance(about, str) or device_id_of(about) != dev.id):
+            problem = "about another device"
+        attestor = _text(m.get(1), 128)
+        if not problem and self.attestors and attestor not in self.attestors:
+            problem = "attestor not trusted"
+        score = _num(m.get(9))
+        dev.attestation = {
+            "verified": not problem,
+            "problem": problem or None,
+            "received": now,
+            "attestor": attestor,
+            "epoch_start": _num(m.get(3)),
+            "epoch_end": _num(m.get(4)),
+            "expected": _int(m.get(5)),
+            "verified_readings": _int(m.get(6)),
+            "flagged": _int(m.get(7)),
+            "status": _text(m.get(8)),
+            "score": score if score is not None and 0 <= score <= 1 else None,
+            "root": _hex(m.get(10)),
+        }
+
+    # --- what the server sends ----------------------------------------------------------------
+
+    def take_update(self) -> dict[str, Any] | None:
+        """What changed since the last call: device summaries and the sparkline points of the
+        buckets that changed (each a whole bucket's point, to replace or insert)."""
+        devices: list[dict[str, Any]] = []
+        points: dict[str, dict[str, Any]] = {}
+        for dev in self.devices.values():
+            if not dev.dirty:
+                continue
+            dev.dirty = False
+            devices.append(dev.summary())
+            changed: dict[str, Any] = {}
+            for key, s in dev.series.items():
+                if s.dirty:
+                    changed[key] = {"u": s.unit, "points": s.points(s.dirty)}
+                    s.dirty = set()
+            if changed:
+                points[dev.id] = changed
+        if not devices and not self._broker_dirty:
+            return None
+        self._broker_dirty = False
+        return {"broker": self.broker, "devices": devices, "points": points}
+
+    def snapshot(self, *, series: bool = True) -> dict[str, Any]:
+        devices = []
+        for dev in sorted(self.devices.values(), key=lambda d: (d.name or "", d.id)):
+            doc = dev.summary()
+            if series:
+                doc["series"] = dev.series_json()
+            devices.append(doc)
+        return {
+            "prefix": self.prefix,
+            "window": self.window,
+            "step": self.window / self.points,
+            "points": self.points,
+            "broker": self.broker,
+            "devices": devices,
+            "t": time.time(),
+        }
+
+    def detail(self, device_id: str) -> dict[str, Any] | None:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return None
+        return {**dev.summary(), "series": dev.series_json()}
+
+    def prune(self, now: float | None = None) -> None:
+        """Drop sparkline points that left the window (a quiet gateway's series age too; the
+        page drops them by itself, so nothing is sent)."""
+        now = time.time() if now is None else now
+        for dev in self.devices.values():
+            for s in dev.series.values():
+                s.prune(now)
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    """Compact JSON for the page; never NaN (the model keeps None for missing values)."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)

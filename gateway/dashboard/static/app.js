@@ -1,0 +1,656 @@
+// The fleet dashboard's page: follows /events (server-sent events) and draws every gateway.
+// Plain JavaScript, no library, no build step. Every text from the broker goes in with
+// textContent, never as HTML.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const S = {
+  devices: new Map(), // device id -> summary (see gateway/dashboard/model.py Device.summary)
+  series: new Map(), // device id -> Map("sensor/quantity" -> {u, t: [], v: [], f: []})
+  step: 10,
+  window: 3600,
+  points: 360,
+  prefix: "",
+  broker: null,
+  offset: 0, // server clock minus this browser's, seconds
+  dirty: new Set(),
+  all: true, // everything needs drawing
+  cards: new Map(), // device id -> card element
+};
+
+const now = () => Date.now() / 1000 + S.offset;
+
+// --- tiny DOM helpers ---------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+// --- formatting ---------------------------------------------------------------------------------
+
+function fmtValue(v) {
+  if (v === null || v === undefined) return "—";
+  const a = Math.abs(v);
+  if (a >= 10000) return v.toFixed(0);
+  if (a >= 100) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function ago(t) {
+  if (t === null || t === undefined) return "never";
+  const s = Math.max(0, now() - t);
+  if (s < 2) return "just now";
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "—";
+  if (s < 90) return `${Math.round(s)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}
+
+function isoTime(t) {
+  if (t === null || t === undefined) return "—";
+  return new Date(t * 1000).toISOString().replace(".000Z", "Z");
+}
+
+function shortId(id) {
+  return id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id;
+}
+
+function displayName(d) {
+  return d.name || shortId(d.id);
+}
+
+// --- the model on this side -----------------------------------------------------------------------
+
+function bucket(t) {
+  return Math.floor(t / S.step);
+}
+
+// Same rule as the server's Series.add: one point per bucket, replaced by the server's newer one.
+function mergePoints(s, points) {
+  for (const [t, v, f] of points) {
+    const b = bucket(t);
+    let i = s.t.length;
+    while (i > 0 && bucket(s.t[i - 1]) > b) i--;
+    if (i > 0 && bucket(s.t[i - 1]) === b) {
+      s.t[i - 1] = t;
+      s.v[i - 1] = v;
+      s.f[i - 1] = f;
+    } else {
+      s.t.splice(i, 0, t);
+      s.v.splice(i, 0, v);
+      s.f.splice(i, 0, f);
+    }
+  }
+  const horizon = now() - S.window;
+  let n = 0;
+  while (n < s.t.length && s.t[n] < horizon) n++;
+  n = Math.max(n, s.t.length - S.points);
+  if (n > 0) {
+    s.t.splice(0, n);
+    s.v.splice(0, n);
+    s.f.splice(0, n);
+  }
+}
+
+function seriesOf(id) {
+  let m = S.series.get(id);
+  if (!m) S.series.set(id, (m = new Map()));
+  return m;
+}
+
+function takeSeries(id, changed) {
+  const m = seriesOf(id);
+  for (const [key, doc] of Object.entries(changed || {})) {
+    let s = m.get(key);
+    if (!s) m.set(key, (s = { u: doc.u, t: [], v: [], f: [] }));
+    mergePoints(s, doc.points);
+  }
+}
+
+function onSnapshot(doc) {
+  S.step = doc.step;
+  S.window = doc.window;
+  S.points = doc.points;
+  S.prefix = doc.prefix;
+  S.offset = doc.t - Date.now() / 1000;
+  S.broker = doc.broker;
+  S.devices.clear();
+  S.series.clear();
+  for (const d of doc.devices) {
+    const series = d.series;
+    delete d.series;
+    S.devices.set(d.id, d);
+    takeSeries(d.id, series);
+  }
+  S.all = true;
+  schedule();
+}
+
+function onUpdate(doc) {
+  S.broker = doc.broker;
+  for (const d of doc.devices) {
+    S.devices.set(d.id, d);
+    S.dirty.add(d.id);
+  }
+  for (const [id, changed] of Object.entries(doc.points)) {
+    takeSeries(id, changed);
+    S.dirty.add(id);
+  }
+  schedule();
+}
+
+// --- sparklines -----------------------------------------------------------------------------------
+
+function sparkline(s, width, height, cls) {
+  const box = svg("svg", {
+    class: cls || "spark",
+    viewBox: `0 0 ${width} ${height}`,
+    width,
+    height,
+    preserveAspectRatio: "none",
+    role: "img",
+  });
+  const finite = s ? s.v.filter((v) => v !== null) : [];
+  if (!s || finite.length === 0) return box;
+  // the last hour, or since the first point when there is less (at least a minute)
+  const t1 = now();
+  const t0 = Math.max(t1 - S.window, Math.min(s.t[0], t1 - 60));
+  let lo = Math.min(...finite);
+  let hi = Math.max(...finite);
+  if (hi === lo) {
+    hi += 1;
+    lo -= 1;
+  }
+  const pad = 2;
+  const x = (t) => pad + ((t - t0) / (t1 - t0)) * (width - 2 * pad);
+  const y = (v) => height - pad - ((v - lo) / (hi - lo)) * (height - 2 * pad);
+  let run = [];
+  const lines = [];
+  for (let i = 0; i < s.t.length; i++) {
+    if (s.v[i] === null || s.t[i] < t0) {
+      if (run.length) lines.push(run);
+      run = [];
+      continue;
+    }
+    run.push(`${x(s.t[i]).toFixed(1)},${y(s.v[i]).toFixed(1)}`);
+  }
+  if (run.length) lines.push(run);
+  for (const r of lines) {
+    if (r.length === 1) {
+      const [px, py] = r[0].split(",");
+      box.append(svg("circle", { cx: px, cy: py, r: 1.2, class: "pt" }));
+    } else {
+      box.append(svg("polyline", { points: r.join(" "), class: "line" }));
+    }
+  }
+  for (let i = 0; i < s.t.length; i++) {
+    if (!s.f[i] || s.t[i] < t0) continue;
+    const cy = s.v[i] === null ? height - pad : y(s.v[i]);
+    box.append(svg("circle", { cx: x(s.t[i]).toFixed(1), cy: cy.toFixed(1), r: 2.2, class: "flag-dot" }));
+  }
+  const title = svg("title", {});
+  title.textContent = `last hour: ${fmtValue(Math.min(...finite))} … ${fmtValue(Math.max(...finite))} ${s.u}`;
+  box.append(title);
+  return box;
+}
+
+// --- pieces of a device -------------------------------------------------------------------------
+
+function statusOf(d) {
+  return d.status || "unknown";
+}
+
+function uplinkText(d) {
+  const h = d.health;
+  if (d.status === "offline") return "offline";
+  if (!h) return d.status === "online" ? "online" : "—";
+  const proto = h.protocol ? ` · MQTT ${h.protocol}` : "";
+  return (h.connected ? "connected" : "disconnected") + proto;
+}
+
+function queueText(d) {
+  const h = d.health;
+  if (!h || h.queue_depth === undefined) return "—";
+  const oldest = h.oldest_unsent_age_s;
+  return `${h.queue_depth} unsent` + (oldest !== null && oldest !== undefined ? ` · oldest ${duration(oldest)}` : "");
+}
+
+function chainText(d) {
+  const c = d.chain;
+  const parts = [];
+  if (c.sealed !== null) parts.push(`sealed #${c.sealed}`);
+  if (c.seen !== null) parts.push(`seen #${c.seen}`);
+  if (!parts.length) return "—";
+  return parts.join(" · ");
+}
+
+function attestationOf(d) {
+  if (d.attestation) return { ...d.attestation, source: "signed" };
+  const h = d.health && d.health.attestation;
+  // the gateway's own copy: its "verified" is a count of readings, its signature unseen here
+  if (h) return { ...h, source: "health", verified_readings: h.verified, verified: null };
+  return null;
+}
+
+function attestationNode(d, long) {
+  const a = attestationOf(d);
+  if (!a) return el("span", { class: "muted" }, "none yet");
+  // an attestation whose signature failed is shown, but not in the colours of a trusted one
+  const tone = a.verified === false ? "doubtful" : a.status === "ok" ? "good" : "bad";
+  const score = a.score === null || a.score === undefined ? "—" : a.score.toFixed(3);
+  const kids = [
+    el("span", { class: `score ${tone}` }, score),
+    " ",
+    el("span", { class: `chain-status ${tone}` }, a.status || "?"),
+  ];
+  if (a.source === "signed") {
+    kids.push(
+      " ",
+      a.verified
+        ? el("span", { class: "verified" }, "verified")
+        : el("span", { class: "unverified", title: a.problem || "" }, "unverified"),
+    );
+  } else {
+    kids.push(" ", el("span", { class: "muted" }, "(as the gateway reports it)"));
+  }
+  if (long && a.epoch_start !== null && a.epoch_start !== undefined) {
+    kids.push(el("div", { class: "muted" }, `epoch ${isoTime(a.epoch_start)} – ${isoTime(a.epoch_end)}`));
+  }
+  return el("span", { class: "attestation" }, ...kids);
+}
+
+function flagsNode(r) {
+  if (!r.af || !r.af.length) return el("td", { class: "flags" });
+  return el("td", { class: "flags" }, ...r.af.map((f) => el("span", { class: "flag" }, f)));
+}
+
+function readingRows(d, width, height, long) {
+  const series = seriesOf(d.id);
+  const keys = [...new Set([...Object.keys(d.latest), ...series.keys()])].sort();
+  const rows = [];
+  for (const key of keys) {
+    const r = d.latest[key] || { v: null, u: (series.get(key) || {}).u || "", af: [], t: null };
+    const flagged = r.af && r.af.length > 0;
+    const s = series.get(key);
+    const cells = [
+      el("th", { scope: "row", class: "key" }, key),
+      el("td", { class: "value", "data-key": key }, fmtValue(r.v), el("span", { class: "unit" }, ` ${r.u}`)),
+      el("td", { class: "spark-cell" }, sparkline(s, width, height)),
+      flagsNode(r),
+    ];
+    if (long) {
+      const finite = s ? s.v.filter((v) => v !== null) : [];
+      const range = finite.length ? `${fmtValue(Math.min(...finite))} … ${fmtValue(Math.max(...finite))}` : "—";
+      cells.push(
+        el("td", { class: "range" }, range),
+        el("td", { class: "score-cell" }, r.as === null || r.as === undefined ? "—" : r.as.toFixed(2)),
+        el("td", { class: "when" }, ago(r.t)),
+      );
+    }
+    rows.push(el("tr", { class: flagged ? "reading flagged" : "reading", "data-key": key }, ...cells));
+  }
+  return rows;
+}
+
+function anomalyList(d, limit) {
+  const items = d.anomalies.slice(-limit).reverse();
+  if (!items.length) return null;
+  return el(
+    "ul",
+    { class: "anomalies" },
+    ...items.map((a) =>
+      el(
+        "li",
+        { class: "flagged" },
+        el("span", { class: "when" }, ago(a.t)),
+        " ",
+        el("span", { class: "key" }, a.key),
+        " ",
+        `${fmtValue(a.v)} ${a.u} `,
+        ...a.af.map((f) => el("span", { class: "flag" }, f)),
+      ),
+    ),
+  );
+}
+
+function anomalyPill(d) {
+  const n = recentAnomalies(d);
+  if (!n) return null;
+  const more = n >= d.anomalies.length && d.anomalies.length >= 50 ? "+" : "";
+  return el("span", { class: "pill anomaly-count", title: "flagged readings seen in the last hour" }, `${n}${more} ${n === 1 ? "anomaly" : "anomalies"} (1 h)`);
+}
+
+function fact(label, value, cls) {
+  return [el("dt", {}, label), el("dd", { class: cls || null }, value)];
+}
+
+function recentAnomalies(d) {
+  const since = now() - S.window;
+  return d.anomalies.filter((a) => a.t >= since).length;
+}
+
+function card(d) {
+  const status = statusOf(d);
+  const flagged = d.flagged.length > 0;
+  const classes = ["card", `status-${status}`];
+  if (status === "offline") classes.push("offline");
+  if (flagged) classes.push("has-flags");
+  const recent = anomalyList(d, 3);
+  return el(
+    "article",
+    { class: classes.join(" "), "data-device": d.id },
+    el(
+      "header",
+      {},
+      el("a", { href: `#/device/${d.id}`, class: "name" }, displayName(d)),
+      el("span", { class: `pill status ${status}` }, status),
+      flagged ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
+      anomalyPill(d),
+    ),
+    el("div", { class: "id muted", title: d.id }, shortId(d.id), " · seen ", ago(d.seen)),
+    el(
+      "dl",
+      { class: "facts" },
+      ...fact("uplink", uplinkText(d), "uplink"),
+      ...fact("queue", queueText(d), "queue"),
+      ...fact("chain", chainText(d), "chain"),
+      ...fact("attestation", attestationNode(d, false)),
+    ),
+    el("table", { class: "readings" }, el("tbody", {}, ...readingRows(d, 120, 26, false))),
+    recent ? el("div", { class: "recent" }, el("h3", {}, "recent anomalies"), recent) : null,
+  );
+}
+
+// --- views --------------------------------------------------------------------------------------
+
+function sortedDevices() {
+  return [...S.devices.values()].sort(
+    (a, b) => displayName(a).localeCompare(displayName(b)) || a.id.localeCompare(b.id),
+  );
+}
+
+function renderOverview(view) {
+  let grid = view.querySelector(":scope > .grid");
+  if (!grid) {
+    S.cards.clear();
+    grid = el("section", { class: "grid" });
+    view.replaceChildren(grid);
+  }
+  const devices = sortedDevices();
+  if (!devices.length) {
+    view.replaceChildren(el("p", { class: "empty" }, `No gateway seen yet under ${S.prefix}/… on the broker.`));
+    S.cards.clear();
+    return;
+  }
+  const wanted = [];
+  for (const d of devices) {
+    let c = S.cards.get(d.id);
+    if (!c || S.all || S.dirty.has(d.id)) {
+      const fresh = card(d);
+      if (c) c.replaceWith(fresh);
+      c = fresh;
+      S.cards.set(d.id, c);
+    }
+    wanted.push(c);
+  }
+  for (const [id, c] of S.cards) {
+    if (!S.devices.has(id)) {
+      c.remove();
+      S.cards.delete(id);
+    }
+  }
+  wanted.forEach((c, i) => {
+    if (grid.children[i] !== c) grid.insertBefore(c, grid.children[i] || null);
+  });
+}
+
+function kvTable(rows) {
+  return el(
+    "table",
+    { class: "kv" },
+    el("tbody", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, v)))),
+  );
+}
+
+function modulesTable(mods) {
+  if (!mods || !mods.length) return el("p", { class: "muted" }, "none");
+  return el(
+    "table",
+    { class: "list" },
+    el("thead", {}, el("tr", {}, el("th", {}, "module"), el("th", {}, "version"), el("th", {}, "sha256"))),
+    el(
+      "tbody",
+      {},
+      ...mods.map((m) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, m.id ? `${m.id} (${m.name})` : m.name || "?"),
+          el("td", {}, m.version || "?"),
+          el("td", { class: "hash", title: m.sha256 || "" }, (m.sha256 || "").slice(0, 16)),
+        ),
+      ),
+    ),
+  );
+}
+
+function renderDetail(view, id) {
+  const d = S.devices.get(id);
+  if (!d) {
+    view.replaceChildren(
+      el("p", {}, el("a", { href: "#/" }, "← fleet")),
+      el("p", { class: "empty" }, `No gateway ${id} seen (yet).`),
+    );
+    return;
+  }
+  const status = statusOf(d);
+  const h = d.health || {};
+  const b = d.birth;
+  const a = attestationOf(d);
+  const sections = [];
+  sections.push(
+    el(
+      "section",
+      { class: "panel" },
+      el("h2", {}, "Readings"),
+      el(
+        "table",
+        { class: "readings long" },
+        el(
+          "thead",
+          {},
+          el(
+            "tr",
+            {},
+            ...["reading", "value", "last hour", "flags", "range (hour)", "score", "read"].map((t) => el("th", {}, t)),
+          ),
+        ),
+        el("tbody", {}, ...readingRows(d, 360, 48, true)),
+      ),
+    ),
+  );
+  sections.push(
+    el(
+      "section",
+      { class: "panel" },
+      el("h2", {}, "Gateway"),
+      kvTable([
+        ["device id", el("code", {}, d.id)],
+        ["status", `${status} (${ago(d.status_t)})`],
+        ["uplink", uplinkText(d)],
+        ["queue", queueText(d)],
+        ["chain", chainText(d)],
+        ["batches seen", `${d.chain.batches} verified, ${d.chain.rejected} rejected` + (d.chain.problem ? ` (last: ${d.chain.problem})` : "")],
+        ["version", h.version || (b && b.version) || "—"],
+        ["uptime", duration(h.uptime_s)],
+        ["readings", h.readings === undefined ? "—" : `${h.readings} (${h.flagged} flagged, rate ${h.anomaly_rate})`],
+        ["batches", h.batches_sealed === undefined ? "—" : `${h.batches_sealed} sealed, ${h.batches_acked} acknowledged`],
+        ["clock", h.clock ? `${h.clock.synced ? "synced" : "not synced"} (${h.clock.source || "?"})` : "—"],
+        ["last error", h.last_error || "—"],
+        ["health", d.health_t ? ago(d.health_t) : "none received"],
+      ]),
+      el("h3", {}, "Modules"),
+      modulesTable(h.modules || (b && b.modules)),
+    ),
+  );
+  sections.push(
+    el(
+      "section",
+      { class: "panel" },
+      el("h2", {}, "Attestation"),
+      a
+        ? kvTable([
+            ["score", attestationNode(d, false)],
+            ["epoch", `${isoTime(a.epoch_start)} – ${isoTime(a.epoch_end)}`],
+            ["readings", a.expected == null ? "—" : `${a.verified_readings} verified of ${a.expected} expected, ${a.flagged} flagged`],
+            ["attestor", a.attestor ? el("code", {}, a.attestor) : "—"],
+            ["signature", a.source === "signed" ? (a.verified ? "verified" : `unverified: ${a.problem}`) : "not seen (from the gateway's health)"],
+          ])
+        : el("p", { class: "muted" }, "No attestation seen yet."),
+    ),
+  );
+  sections.push(
+    el(
+      "section",
+      { class: "panel" },
+      el("h2", {}, "Birth"),
+      b
+        ? kvTable([
+            ["signature", b.verified ? "verified" : `unverified: ${b.problem}`],
+            ["version", b.version || "—"],
+            ["started", isoTime(b.started)],
+            ["boot", el("code", {}, b.boot || "—")],
+            ["config sha256", el("code", {}, b.config_sha256 || "—")],
+            ["next seq", b.next_seq === null ? "—" : `#${b.next_seq}`],
+            [
+              "sensors",
+              b.sensors.map((s) => `${s.id} (${s.driver}: ${s.quantities.join(", ")} every ${s.interval} s)`).join("; ") || "—",
+            ],
+          ])
+        : el("p", { class: "muted" }, "No birth message seen."),
+    ),
+  );
+  const anomalies = anomalyList(d, 50);
+  sections.push(
+    el(
+      "section",
+      { class: "panel" },
+      el("h2", {}, "Recent anomalies"),
+      anomalies || el("p", { class: "muted" }, "None in what this dashboard has seen."),
+    ),
+  );
+  const classes = ["detail", `status-${status}`];
+  if (status === "offline") classes.push("offline");
+  if (d.flagged.length) classes.push("has-flags");
+  view.replaceChildren(
+    el(
+      "article",
+      { class: classes.join(" "), "data-device": d.id },
+      el(
+        "header",
+        {},
+        el("a", { href: "#/", class: "back" }, "← fleet"),
+        el("h2", { class: "name" }, displayName(d)),
+        el("span", { class: `pill status ${status}` }, status),
+        d.flagged.length ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
+        anomalyPill(d),
+      ),
+      el("div", { class: "sections" }, ...sections),
+    ),
+  );
+}
+
+function renderHeader() {
+  const b = S.broker;
+  const broker = document.getElementById("broker");
+  broker.textContent = !b ? "broker: ?" : b.connected ? "broker: connected" : "broker: disconnected";
+  broker.className = `pill ${b && b.connected ? "good" : "bad"}`;
+  broker.title = b && b.error ? b.error : "the dashboard's connection to the MQTT broker";
+  const devices = [...S.devices.values()];
+  const online = devices.filter((d) => d.status === "online").length;
+  const flagged = devices.filter((d) => d.flagged.length).length;
+  const recent = devices.filter((d) => recentAnomalies(d) > 0).length;
+  document.getElementById("counts").textContent =
+    `${devices.length} gateway${devices.length === 1 ? "" : "s"} · ${online} online · ` +
+    `${flagged} flagged now · ${recent} with anomalies in the last hour`;
+}
+
+let timer = null;
+function schedule() {
+  if (timer === null) timer = setTimeout(render, 100);
+}
+
+function route() {
+  const m = /^#\/device\/([1-9A-HJ-NP-Za-km-z]{1,64})$/.exec(location.hash);
+  return m ? m[1] : null;
+}
+
+let lastRoute;
+function render() {
+  timer = null;
+  const view = document.getElementById("view");
+  const id = route();
+  const full = S.all || id !== lastRoute;
+  if (id) {
+    if (full || S.dirty.has(id)) renderDetail(view, id);
+  } else {
+    renderOverview(view);
+  }
+  lastRoute = id;
+  renderHeader();
+  S.dirty.clear();
+  S.all = false;
+}
+
+// --- wiring -------------------------------------------------------------------------------------
+
+function connect() {
+  const stream = document.getElementById("stream");
+  const es = new EventSource("/events");
+  es.addEventListener("open", () => {
+    stream.textContent = "page: live";
+    stream.className = "pill good";
+  });
+  es.addEventListener("error", () => {
+    stream.textContent = "page: reconnecting…";
+    stream.className = "pill bad";
+  });
+  es.addEventListener("snapshot", (e) => onSnapshot(JSON.parse(e.data)));
+  es.addEventListener("update", (e) => onUpdate(JSON.parse(e.data)));
+}
+
+window.addEventListener("hashchange", () => {
+  S.all = true;
+  schedule();
+  window.scrollTo(0, 0);
+});
+// times ("12 s ago") and sparkline windows move even when nothing arrives
+setInterval(() => {
+  S.all = true;
+  schedule();
+}, 5000);
+connect();

@@ -1,0 +1,108 @@
+"""The dashboard's MQTT side: one ordinary client that follows every gateway under the prefix.
+
+aiomqtt, in the server's event loop, MQTT 3.1.1 (every broker speaks it, the demo's embedded one
+only that). Retained messages (status, state, health, birth, attestation) fill the model as soon
+as the subscription is made; batches follow live. A lost connection is retried with backoff for
+as long as the dashboard runs, and the page shows the broker as disconnected meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from gateway.dashboard.model import Fleet
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway.dashboard")
+
+BACKOFF_MAX = 30.0
+QUEUE = 10_000  # messages received but not yet taken into the model; beyond, paho drops
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """Where, without credentials: for the log and the page."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def parse_broker(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: Path | None = None,
+) -> Broker:
+    """mqtt://host[:port] or mqtts://host[:port] (a bare host:port means mqtt://)."""
+    u = urlsplit(url if "://" in url else "mqtt://" + url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError([f"--broker {url!r}: scheme must be mqtt:// or mqtts://"])
+    if u.username or u.password:
+        raise ConfigError(["--broker: credentials go in --username and --password-file"])
+    tls = u.scheme in ("mqtts", "ssl") or ca_file is not None
+    try:
+        port = u.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError([f"--broker {url!r}: bad port"]) from None
+    if not u.hostname:
+        raise ConfigError([f"--broker {url!r}: no host"])
+    return Broker(u.hostname, port, tls, username, password, ca_file)
+
+
+async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_MAX) -> None:
+    """Keep the fleet model fed from the broker until cancelled."""
+    tls = aiomqtt.TLSParameters(ca_certs=str(broker.ca_file) if broker.ca_file else None)
+    identifier = f"depin-dashboard-{secrets.token_hex(4)}"
+    delay = 1.0
+    while True:
+        try:
+            async with aiomqtt.Client(
+                broker.host,
+                broker.port,
+                username=broker.username,
+                password=broker.password,
+                identifier=identifier,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                clean_session=True,
+                tls_params=tls if broker.tls else None,
+                timeout=10,
+                keepalive=30,
+                max_queued_incoming_messages=QUEUE,
+            ) as client:
+                for topic, qos in fleet.topics():
+                    await client.subscribe(topic, qos=qos)
+                fleet.set_broker(True)
+                log.info("subscribed to %s/+/… at %s", fleet.prefix, broker.label)
+                delay = 1.0
+                async for msg in client.messages:
+                    payload = msg.payload
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    elif not isinstance(payload, bytes | bytearray):
+                        payload = b""
+                    try:
+                        fleet.handle(str(msg.topic), bytes(payload))
+                    except Exception:  # a bug on one message must not stop the dashboard
+                        log.exception("cannot take the message on %s", msg.topic)
+        except aiomqtt.MqttError as e:
+            fleet.set_broker(False, str(e) or type(e).__name__)
+            log.warning("broker %s: %s; again in %.0f s", broker.label, e, delay)
+        await asyncio.sleep(delay)
+        delay = min(backoff_max, delay * 2)
