@@ -98,5 +98,10 @@ def add_parser(sub: Any) -> None:
         help="trust attestations by this attestor did only (repeatable; default: any attestor "
         "whose signature verifies, its did shown)",
     )
-    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe level logged (default info)",
+    )
     d.set_defaults(fn=cmd_dashboard)
