@@ -1,12 +1,13 @@
 """The module chain's cost: CPU per reading of every registered detection module together,
-and the gateway's peak RSS with the TFLite runtime and model loaded.
+and the peak RSS of a process holding the daemon's imports and that chain.
 
     python bench/modules.py [--readings N]
 
 Prints one JSON object (figures, targets, pass) on stdout. The chain judges the simulated
 sensor's readings exactly as the sampler hands them over: one call per sensor read. It runs in
-a fresh process so its RSS is the gateway's own (daemon, drivers and chain imported), not the
-harness's.
+a fresh process so its RSS is its own (daemon, drivers and chain imported), not the harness's.
+That RSS is a quick proxy, a few MB under the real gateway's (no event loop, broker
+connection, spool or its threads); bench/gateway_rss.py measures the gateway process itself.
 """
 
 from __future__ import annotations

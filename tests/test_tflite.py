@@ -104,7 +104,7 @@ def test_wrong_sha256_is_refused_before_loading(
     path = _copy_model(tmp_path)
     _edit(path, sha256="0" * 64)
     loaded: list[object] = []
-    monkeypatch.setattr(tflite, "interpreter_class", lambda: loaded.append(1))
+    monkeypatch.setattr(tflite, "new_interpreter", lambda *a, **kw: loaded.append(1))
     with pytest.raises(tflite.ModelError) as e:
         _module(model="temperature-ae", models_dir=tmp_path)
     assert isinstance(e.value, ConfigError)
@@ -162,6 +162,33 @@ def test_runtime_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(litert.importlib, "import_module", fail)
     with pytest.raises(GatewayError, match="pip install ai-edge-litert"):
         litert.interpreter_class()
+
+
+def test_interpreter_runs_without_default_delegates() -> None:
+    def ops(interp: object) -> list[str]:
+        return [op["op_name"] for op in interp._get_ops_details()]  # type: ignore[attr-defined]
+
+    data = (MODELS / "temperature-ae.tflite").read_bytes()
+    default = litert.interpreter_class()(model_content=data)
+    default.allocate_tensors()
+    assert "DELEGATE" in ops(default)  # the runtime's default: XNNPACK takes over the graph
+    mod = _module()
+    assert "DELEGATE" not in ops(mod._interp)  # built-in kernels only: ~0.7 MB less resident
+
+
+def test_runtime_without_resolver_choice_gets_its_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # old tflite-runtime wheels have no OpResolverType: the interpreter is built as before
+    calls: list[dict[str, object]] = []
+
+    class Interpreter:
+        def __init__(self, **kwargs: object) -> None:
+            calls.append(kwargs)
+
+    monkeypatch.setattr(litert, "interpreter_class", lambda: Interpreter)
+    litert.new_interpreter(b"model", num_threads=1)
+    assert calls == [{"model_content": b"model", "num_threads": 1}]
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -9,6 +9,7 @@ before it: the chain calls `judge` once per sensor read, in time order.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -26,15 +27,125 @@ from gateway.schema import Field
 # --------------------------------------------------------------------------- replay
 
 
-class _ReplayState:
-    __slots__ = ("count", "last", "order", "seen", "window")
+#: slots of a new series' table; it doubles as fingerprints arrive (a series whose windows
+#: rarely pass the variation gate never pays for the full table)
+_FIRST_SLOTS = 64
 
-    def __init__(self, k: int) -> None:
+
+class _ReplayState:
+    """One series' window and remembered fingerprints, in flat arrays of machine integers.
+
+    The history was a dict fingerprint -> count plus a deque of fingerprints in order: ~1.2 MB
+    per series at the default history of 8192 (an int object per key and per value, 24 bytes
+    per dict entry, and expiry churn resizing the dict to 2**15 slots), the gateway's largest
+    state by far. Here the order is a ring of (fingerprint, count) in two array('q'), and the
+    dict is an open-addressing table (linear probing, backward-shift deletion, load <= 2/3)
+    of ring positions in an array of 16-bit (or, for a history over 65534, 32-bit) integers:
+    a remembered fingerprint's slot holds the ring position of its latest occurrence, which
+    is in the ring for as long as the fingerprint is remembered. ~160 kB per full series.
+    Lookups, updates and expiry are the dict's, step for step, so the verdicts are the same.
+    """
+
+    __slots__ = (
+        "count",
+        "counts",
+        "empty",
+        "fps",
+        "head",
+        "last",
+        "mask",
+        "slots",
+        "typecode",
+        "used",
+        "window",
+    )
+
+    def __init__(self, k: int, history: int) -> None:
         self.last: float | None = None
         self.window: deque[int] = deque(maxlen=k)
-        self.seen: dict[int, int] = {}  # fingerprint hash -> reading count when last seen
-        self.order: deque[int] = deque()
         self.count = 0
+        self.fps = array("q")  # ring: fingerprints remembered; once full, oldest at `head`
+        self.counts = array("q")  # ring: the reading count at which each was seen
+        self.head = 0
+        self.typecode = "H" if history < 0xFFFF else "I"
+        self.empty = 0xFFFF if self.typecode == "H" else 0xFFFFFFFF  # above any ring position
+        self.slots = array(self.typecode, [self.empty]) * _FIRST_SLOTS
+        self.mask = _FIRST_SLOTS - 1
+        self.used = 0  # occupied slots
+
+    def _slot(self, fp: int) -> int:
+        """The slot of `fp`, or the empty slot where it belongs."""
+        slots, fps, mask, empty = self.slots, self.fps, self.mask, self.empty
+        i = fp & mask
+        while True:
+            pos = slots[i]
+            if pos == empty or fps[pos] == fp:
+                return i
+            i = (i + 1) & mask
+
+    def see(self, fp: int, count: int, history: int) -> int | None:
+        """Remember that `fp` was seen at `count`, forget what leaves the history, and return
+        the count at which `fp` was last seen before (None: not remembered). The same steps as
+        `earlier = seen.get(fp); seen[fp] = count; order.append(fp)`, then, past `history`,
+        `old = order.popleft()` and `del seen[old]` if it was last seen `history` ago."""
+        fps, counts, slots = self.fps, self.counts, self.slots
+        mask, empty = self.mask, self.empty
+        full = len(fps) == history
+        pos = self.head if full else len(fps)
+        if full and (old := fps[pos]) != fp:
+            # `old` leaves the ring; drop it before its position is reused. Its latest
+            # occurrence is always `history` or more ago when that is this very position.
+            i = old & mask
+            while (at := slots[i]) != empty:
+                if fps[at] == old:
+                    if at == pos or counts[at] <= count - history:
+                        self._delete(i)
+                    break
+                i = (i + 1) & mask
+        i = fp & mask  # the slot of fp, or the empty slot where it belongs (as in _slot)
+        while (at := slots[i]) != empty and fps[at] != fp:
+            i = (i + 1) & mask
+        earlier = None if at == empty else counts[at]
+        if full:
+            fps[pos] = fp
+            counts[pos] = count
+            self.head = (pos + 1) % history
+        else:
+            fps.append(fp)
+            counts.append(count)
+        if earlier is None:
+            if 3 * (self.used + 1) > 2 * len(slots):  # keep probes short
+                self._grow()
+                slots = self.slots
+                i = self._slot(fp)
+            self.used += 1
+        slots[i] = pos
+        return earlier
+
+    def _delete(self, i: int) -> None:
+        slots, fps, mask, empty = self.slots, self.fps, self.mask, self.empty
+        # Backward shift: move up every later entry of the cluster that may sit in the hole
+        # (its home slot is not cyclically in (i, j]), so no lookup ever stops short of it.
+        j = i
+        while True:
+            j = (j + 1) & mask
+            pos = slots[j]
+            if pos == empty:
+                break
+            home = fps[pos] & mask
+            if (home <= i or home > j) if i < j else (home <= i and home > j):
+                slots[i] = pos
+                i = j
+        slots[i] = empty
+        self.used -= 1
+
+    def _grow(self) -> None:
+        old = self.slots
+        self.slots = array(self.typecode, [self.empty]) * (2 * len(old))
+        self.mask = len(self.slots) - 1
+        for pos in old:
+            if pos != self.empty:
+                self.slots[self._slot(self.fps[pos])] = pos
 
 
 class ReplayModule(DetectionModule):
@@ -81,6 +192,11 @@ history = 8192
         self.resolution = resolutions(o["resolutions"])
         self.state: dict[str, _ReplayState] = {}
 
+    def remembered(self, key: str) -> int:
+        """Fingerprints remembered for series `key` (at most `history`)."""
+        st = self.state.get(key)
+        return 0 if st is None else len(st.fps)
+
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
         return [self._one(r) for r in readings]
 
@@ -91,7 +207,7 @@ history = 8192
         key = r.name
         st = self.state.get(key)
         if st is None:
-            st = self.state[key] = _ReplayState(self.k)
+            st = self.state[key] = _ReplayState(self.k, self.history)
         last = st.last
         st.last = v
         if last is None:
@@ -105,14 +221,8 @@ history = 8192
         if 2 * steps.count(0) > self.k or len(set(steps)) < self.min_distinct:
             return NO_OPINION
         fp = hash(steps)  # 8 bytes kept instead of the tuple: a long history stays small
-        seen = st.seen
-        earlier = seen.get(fp)
-        seen[fp] = st.count
-        st.order.append(fp)
-        if len(st.order) > self.history:
-            old = st.order.popleft()
-            if seen.get(old, st.count) <= st.count - self.history:
-                del seen[old]
-        if earlier is None or st.count - earlier < self.k:
+        count = st.count
+        earlier = st.see(fp, count, self.history)
+        if earlier is None or count - earlier < self.k:
             return NO_OPINION
         return (0.9, ("replay",))

@@ -33,7 +33,7 @@ import numpy as np
 
 from gateway.errors import ConfigError
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
-from gateway.modules.litert import interpreter_class
+from gateway.modules.litert import new_interpreter
 from gateway.modules.series import module_options
 from gateway.reading import Reading
 from gateway.schema import Field
@@ -228,7 +228,7 @@ model = "temperature-ae"
         o = module_options(type(self), options)
         self.manifest, data = read_manifest(manifest_path(str(o["model"]), _dir(o["models_dir"])))
         m = self.manifest
-        interp = interpreter_class()(model_content=data, num_threads=1)
+        interp = new_interpreter(data, num_threads=1)
         interp.allocate_tensors()
         ins, outs = interp.get_input_details(), interp.get_output_details()
         if len(ins) != 1 or list(ins[0]["shape"]) != [1, m.window]:
