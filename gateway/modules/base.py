@@ -23,8 +23,9 @@ class DetectionModule(ABC):
     version: ClassVar[str]
     #: typed options of the module's `[[module]]` table
     CONFIG: ClassVar[Mapping[str, Field]] = {}
-    #: quantities the module judges; None means every quantity
-    quantities: ClassVar[frozenset[str] | None] = None
+    #: quantities the module judges; None means every quantity. A class attribute for most
+    #: modules; a model module sets its own from its manifest.
+    quantities: frozenset[str] | None = None
 
     def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
         self.module_id = module_id

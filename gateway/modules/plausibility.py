@@ -72,7 +72,7 @@ pressure_band = 0.06
 max_age = "2 min"
 tolerances = { temperature = 2.0, humidity = 10.0 }
 """
-    quantities: ClassVar[frozenset[str] | None] = _PLAUSIBILITY_QUANTITIES
+    quantities = _PLAUSIBILITY_QUANTITIES
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "altitude": Field(
             "float",

@@ -15,8 +15,8 @@ value, or a gap longer than 2.5 x the manifest's interval, restarts the series' 
 Where models are found: `model` is a name looked up as `<models_dir>/<name>.json`, or a path to
 a manifest (`.json`) or a model (`.tflite`, its manifest beside it). Without `models_dir`, the
 `models/` folder of the source tree this package runs from (an editable / source install) is
-used; installed wheels do not carry model files, so set `models_dir` (relative paths are taken
-from the config file's directory).
+used, and in an installed wheel the copy under `<prefix>/share/depin-gateway/models`; relative
+`models_dir` paths are taken from the config file's directory.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,19 @@ from gateway.modules.series import module_options
 from gateway.reading import Reading
 from gateway.schema import Field
 
-#: `models/` of the source tree (repo checkout or editable install)
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "temperature-ae"
+
+
+def _default_models_dir() -> Path:
+    """`models/` of the source tree (a checkout or an editable install), else the copy an
+    installed wheel puts under `<prefix>/share/depin-gateway/models` (pyproject data-files)."""
+    source = Path(__file__).resolve().parents[2] / "models"
+    if (source / f"{DEFAULT_MODEL}.json").is_file():
+        return source
+    return Path(sys.prefix) / "share" / "depin-gateway" / "models"
+
+
+DEFAULT_MODELS_DIR = _default_models_dir()
 FLAG = "model"
 
 
@@ -249,6 +260,7 @@ model = "temperature-ae"
         self._in = int(ins[0]["index"])
         self._out = int(outs[0]["index"])
         self.quantity = m.quantities[0]
+        self.quantities = frozenset(m.quantities)  # the chain hands it only these readings
         self.window = m.window
         self.limit = m.threshold * float(o["threshold_scale"])
         self.max_gap = 2.5 * m.interval if m.interval else math.inf
