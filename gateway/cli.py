@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway import config, daemon
 
     cfg = config.load(Path(args.config))
+    if args.key is not None:
+        # systemd hands the key over as a credential (LoadCredential=): its path is only
+        # known at start, so it cannot be in the configuration file.
+        device = dataclasses.replace(cfg.device, key_file=Path(args.key))
+        cfg = dataclasses.replace(cfg, device=device)
     _setup_logging(args.log_level or cfg.log.level)
     return daemon.run(cfg, shutdown_timeout=args.shutdown_timeout)
 
@@ -268,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds to wait for the broker to acknowledge (default 10)",
     )
+    r.add_argument("--key", metavar="PATH", help="the device key, instead of [device] key_file")
     r.set_defaults(fn=cmd_run)
 
     st = sub.add_parser("status", help="the local gateway at a glance: sensors, queue, uplink")
@@ -332,9 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.attestor.cli import add_parser as add_attestor
     from gateway.dashboard.cli import add_parser as add_dashboard
+    from gateway.firstboot import add_parser as add_firstboot
 
     add_attestor(sub)
     add_dashboard(sub)
+    add_firstboot(sub)
 
     m = sub.add_parser("model", help="detection model bundles")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")

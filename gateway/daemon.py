@@ -303,6 +303,9 @@ class Gateway:
         def write() -> None:
             tmp = folder / f".{STATUS_FILE}.tmp"
             tmp.write_text(text, encoding="utf-8")
+            # Readable by the owner's `depin-gateway status` despite the unit's UMask=0077:
+            # values and counters, nothing secret.
+            tmp.chmod(0o644)
             os.replace(tmp, folder / STATUS_FILE)
 
         try:
