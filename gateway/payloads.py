@@ -6,10 +6,13 @@ Merkle leaf of a reading is those exact bytes, so a record never changes after i
 
 from __future__ import annotations
 
+import io
+import itertools
 import math
+import operator
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -191,14 +194,41 @@ class Batch:
     modules: list[Any]
     dropped: list[dict[str, Any]]
     boot: bytes
+    #: True when decoding proved the payload holds no CBOR tag (spec section 7), so a caller
+    #: need not walk the bytes again; False means "not known", never "has a tag".
+    tag_free: bool = field(default=False, compare=False)
 
 
-def decode_batch(payload: bytes) -> Batch:
-    """Decode and check a batch payload (spec sections 3, 4, 7 and 9 step 4)."""
-    try:
-        m = cbor2.loads(payload)
-    except Exception as e:
-        raise PayloadError("malformed", f"payload is not CBOR: {e}") from None
+_NOT_DECODED: Any = object()
+
+
+def decode_batch(payload: bytes, *, decoded: Any = _NOT_DECODED) -> Batch:
+    """Decode and check a batch payload (spec sections 3, 4, 7 and 9 step 4).
+
+    Same answers as `decode_batch_reference`, faster: a batch of ordinary records is checked
+    and re-encoded by cbor2's C code in bulk (`_fast`); anything else, and every batch that
+    is to be rejected, goes through the reference code, so findings and their details never
+    depend on which path ran. A caller that already ran `cbor2.loads(payload)` may pass the
+    result as `decoded` (unchanged) to save decoding it again."""
+    m = _batch_map(payload, decoded)
+    return _fast(payload, m) or _reference(payload, m)
+
+
+def decode_batch_reference(payload: bytes) -> Batch:
+    """The plain reading of the spec, kept as the definition `decode_batch` is tested against:
+    check every record, re-encode the whole payload deterministically, compare, re-encode
+    every record for its Merkle leaf."""
+    return _reference(payload, _batch_map(payload))
+
+
+def _batch_map(payload: bytes, decoded: Any = _NOT_DECODED) -> dict[Any, Any]:
+    """Decode the payload and check the batch fields' presence and types (not the records)."""
+    m = decoded
+    if m is _NOT_DECODED:
+        try:
+            m = cbor2.loads(payload)
+        except Exception as e:
+            raise PayloadError("malformed", f"payload is not CBOR: {e}") from None
     if not isinstance(m, dict):
         raise PayloadError("malformed", "payload is not a map")
     unknown = {k for k in m if k not in BATCH_KEYS or type(k) is not int}
@@ -230,6 +260,28 @@ def decode_batch(payload: bytes) -> Batch:
     dropped = m.get(9)
     if dropped is not None and (not isinstance(dropped, list) or not dropped):
         raise PayloadError("malformed", "dropped must be a non-empty array when present")
+    return m
+
+
+def _batch(m: dict[Any, Any], record_bytes: list[bytes], *, tag_free: bool) -> Batch:
+    return Batch(
+        did=m[1],
+        seq=m[2],
+        prev=m[3],
+        sealed=m[4],
+        records=m[5],
+        record_bytes=record_bytes,
+        root=m[6],
+        clock=m[7],
+        modules=m[8],
+        dropped=m.get(9) or [],
+        boot=m[10],
+        tag_free=tag_free,
+    )
+
+
+def _reference(payload: bytes, m: dict[Any, Any]) -> Batch:
+    records = m[5]
     for i, rec in enumerate(records):
         check_record(rec, i)
     try:
@@ -240,18 +292,141 @@ def decode_batch(payload: bytes) -> Batch:
         raise PayloadError("non-deterministic", "payload is not in deterministic encoding")
     # The payload re-encodes to itself, so each record re-encodes to its transported bytes.
     record_bytes = [dcbor.dumps(r) for r in records]
-    if merkle.root(record_bytes) != root:
+    if merkle.root(record_bytes) != m[6]:
         raise PayloadError("bad-root", "Merkle root does not match the records")
-    return Batch(
-        did=did,
-        seq=seq,
-        prev=prev,
-        sealed=sealed,
-        records=records,
-        record_bytes=record_bytes,
-        root=root,
-        clock=clock,
-        modules=modules,
-        dropped=dropped or [],
-        boot=boot,
+    return _batch(m, record_bytes, tag_free=False)
+
+
+# --- the fast path ----------------------------------------------------------------------------
+#
+# The reference spends its time in pure Python: `dcbor.normalise` walks every value, then cbor2
+# sorts the keys of every map it re-encodes, and every record is encoded a second time for its
+# leaf. The fast path accepts a batch only when it can show the reference would return the very
+# same Batch, doing the per-record work with C-level iteration (map, zip, set, compress):
+#
+# 1. Every record is a map whose labels, in the order they were decoded (the payload's order),
+#    are one of the canonical layouts of `_RECORD_LAYOUTS`, each label an int or a text, and
+#    whose values have the types check_record wants (name and unit non-empty text, time,
+#    value and score numbers, score within [0, 1], flags a non-empty array of text): so
+#    check_record would pass every record.
+# 2. No float in a record is NaN, infinite or integral, so `dcbor.normalise` would leave the
+#    records unchanged and the reference's re-encoding is plain canonical cbor2.
+# 3. Each record is re-encoded as the flat array [label, value, label, value, ...]: canonical
+#    cbor2 encodes items exactly as it does inside a map, and a map whose labels are already in
+#    canonical order (step 1) is its head followed by those items; only the one-byte head
+#    differs (0x80 | 2n for the array, 0xA0 | n for the map, n <= 6 here). Arrays are not
+#    sorted, so this costs a fraction of encoding the map.
+# 4. The other batch fields go through `dcbor.dumps` as in the reference (they are small).
+#    Their keys are the integers 1..10 (checked), so ascending order is canonical order and the
+#    whole canonical payload is the map head followed by key byte and encoding per key. It must
+#    equal the payload, byte for byte: that settles shortest heads, definite lengths, key order,
+#    duplicate keys, shortest floats and trailing bytes, exactly as the reference's comparison.
+# 5. The Merkle root over those record bytes matches.
+#
+# Whenever a condition fails the reference runs instead, from the already decoded map, and
+# produces the finding (or accepts an unusual but valid batch, e.g. one with a float >= 2**64).
+# The costs, for 1,000 records on this project's 2-core machine: about 5 ms instead of 13.
+
+
+def _record_layouts() -> frozenset[tuple[Any, ...]]:
+    """The labels of every record the fast path takes, in canonical order: name, unit and time
+    always; a value, flags or both; a score or not. Integer labels (one-byte heads,
+    ascending) sort before "af", which sorts before "as"."""
+    out = set()
+    for value, flags, score in itertools.product((True, False), repeat=3):
+        if value or flags:  # a reading without a value needs a flag (spec section 4)
+            labels = [N, U, *([V] if value else []), T]
+            out.add((*labels, *([FLAGS] if flags else []), *([SCORE] if score else [])))
+    return frozenset(out)
+
+
+_RECORD_LAYOUTS = _record_layouts()
+_MAP_HEADS = [bytes([0xA0 | n]) for n in range(7)]  # records have at most 6 labels
+_INT_RANGE = (-(2**64), 2**64 - 1)  # CBOR major types 0 and 1; beyond them cbor2 uses tags
+_flat = itertools.chain.from_iterable
+_get_name, _get_unit, _get_time = map(operator.itemgetter, (N, U, T))
+# Absent value or score: 0, a number, so only a present non-number fails the type check.
+_get_value, _get_score = (operator.methodcaller("get", k, 0) for k in (V, SCORE))
+_get_flags = operator.itemgetter(FLAGS)
+_drop_head = operator.itemgetter(slice(1, None))
+
+
+def _is_type(t: type, values: list[Any]) -> Iterator[bool]:
+    return map(operator.is_, map(type, values), itertools.repeat(t))
+
+
+def _fast(payload: bytes, m: dict[Any, Any]) -> Batch | None:
+    """The Batch `_reference` would return, or None when this path cannot vouch for it."""
+    records: list[Any] = m[5]
+    if not set(map(type, records)) <= {dict}:
+        return None
+    # Labels: a canonical layout, and each label an int or a text (true and 1.0 equal 1 in
+    # Python; their types keep them out).
+    if not (
+        set(map(tuple, records)) <= _RECORD_LAYOUTS and set(map(type, _flat(records))) <= {int, str}
+    ):
+        return None
+    names, units = list(map(_get_name, records)), list(map(_get_unit, records))
+    if not (set(map(type, names + units)) <= {str} and all(names) and all(units)):
+        return None
+    numbers = [*map(_get_time, records), *map(_get_value, records), *map(_get_score, records)]
+    if not set(map(type, numbers)) <= {int, float}:
+        return None
+    floats = list(itertools.compress(numbers, _is_type(float, numbers)))
+    if any(map(float.is_integer, floats)) or not all(map(math.isfinite, floats)):
+        return None  # NaN/infinity (a finding) or an integral float (normalise would change it)
+    scores = numbers[2 * len(records) :]
+    if scores and (min(scores) < 0 or max(scores) > 1):
+        return None
+    has_flags = map(dict.__contains__, records, itertools.repeat(FLAGS))
+    flag_lists = list(map(_get_flags, itertools.compress(records, has_flags)))
+    if not (
+        set(map(type, flag_lists)) <= {list}
+        and all(flag_lists)
+        and set(map(type, _flat(flag_lists))) <= {str}
+    ):
+        return None
+    # One encoder per call: an encoder must not be shared between threads.
+    encode = cbor2.CBOREncoder(io.BytesIO(), canonical=True).encode_to_bytes
+    items = map(list, map(_flat, map(dict.items, records)))
+    heads = map(_MAP_HEADS.__getitem__, map(len, records))
+    record_bytes = list(map(operator.add, heads, map(_drop_head, map(encode, items))))
+    keys = sorted(m)
+    try:
+        parts = [
+            _head(4, len(records)) + b"".join(record_bytes) if k == 5 else dcbor.dumps(m[k])
+            for k in keys
+        ]
+    except ValueError:
+        return None  # NaN or an infinity in clock, modules or dropped: the reference says so
+    canonical = _head(5, len(m)) + b"".join(
+        _flat(zip(map(_KEY_BYTES.__getitem__, keys), parts, strict=True))
     )
+    if canonical != payload:
+        return None
+    if merkle.root(record_bytes) != m[6]:
+        return None
+    # Tag-free needs every integer within CBOR's 64-bit range (beyond it cbor2 writes a bignum,
+    # tag 2 or 3); bounding all numbers, floats included, is simpler and only ever too strict.
+    tag_free = (
+        not numbers or (_INT_RANGE[0] <= min(numbers) and max(numbers) <= _INT_RANGE[1])
+    ) and all(_plain(m[k]) for k in keys if k != 5)
+    return _batch(m, record_bytes, tag_free=tag_free)
+
+
+_KEY_BYTES = {k: bytes([k]) for k in BATCH_KEYS}
+
+
+def _plain(obj: Any) -> bool:
+    """True when `obj` is built only of types canonical cbor2 encodes without a tag. Applied to
+    decoded values whose re-encoding equals the payload, it proves the payload has no tag."""
+    t = type(obj)
+    if t is int:
+        return bool(_INT_RANGE[0] <= obj <= _INT_RANGE[1])
+    if t in (str, bytes, float, bool) or obj is None:
+        return True
+    if t is list:
+        return all(map(_plain, obj))
+    if t is dict:
+        return all(map(_plain, obj)) and all(map(_plain, obj.values()))
+    return False

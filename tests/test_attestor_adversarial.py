@@ -2,8 +2,6 @@
 SQLite and PostgreSQL alike: each is rejected or recorded exactly as spec section 9 says, none
 makes the worker raise, and a rejected message changes nothing already stored (only the
 rejection counts the `attestor devices` table shows grow).
-
-Tests marked xfail(strict=True) show bugs found in gateway/attestor (see their reasons).
 """
 
 from __future__ import annotations
@@ -491,12 +489,6 @@ def test_birth_with_a_bad_sensor_list(w: Worker, sensors: Any) -> None:
     assert_chain_verifies(w, chain, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chains.process_birth json.dumps the sensor list after _sensors_ok checked only "
-    "quantities and interval: bytes or a non-text key elsewhere in an entry raise, so "
-    "Worker.handle raises RuntimeError and the message is never acknowledged",
-)
 @pytest.mark.parametrize(
     "entry",
     [{**SENSORS[0], "id": b"climate"}, {**SENSORS[0], 1: "x"}],
@@ -508,11 +500,6 @@ def test_birth_sensor_entry_json_cannot_hold(w: Worker, entry: dict[Any, Any]) -
     assert f.detail == "bad sensor list"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='_sensors_ok does not check that each entry is {"id", "driver", "quantities", '
-    '"interval"} as spec section 5 says: entries without id/driver or with other keys pass',
-)
 @pytest.mark.parametrize(
     "entry",
     [
@@ -527,12 +514,6 @@ def test_birth_sensor_entry_must_have_the_spec_keys(w: Worker, entry: dict[str, 
     rejected(w, birth(A, [entry]), "malformed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a birth with a tiny positive interval (1e-300) is kept; epochs.expected_readings "
-    "then gives an int beyond BIGINT (5e-324: int(inf) raises) and Worker.tick raises, so no "
-    "device gets its attestation",
-)
 @pytest.mark.parametrize("interval", [1e-300, 5e-324, 1e-17])
 def test_birth_with_an_absurd_interval_does_not_stop_the_attestations(
     w: Worker, interval: float

@@ -493,7 +493,7 @@ def test_decoder_bombs(bomb: bytes) -> None:
 
 
 def test_check_never_lets_an_exception_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(_: bytes) -> payloads.Batch:
+    def boom(_: bytes, **__: object) -> payloads.Batch:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(payloads, "decode_batch", boom)

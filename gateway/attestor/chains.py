@@ -1,15 +1,20 @@
 """Step 5 of spec section 9 against the store: one transaction per batch.
 
 The device's row is locked first, so two workers holding batches of one device take turns, and
-each sees the chain as the other left it. The decision itself is `gateway.verify.decide`, the
-same rule the stand-alone verifier applies. Everything is idempotent: a batch stored once is a
-`duplicate` every later time, whichever worker gets it.
+each sees the chain as the other left it: the chain is read by a second statement, which in
+PostgreSQL's read committed mode sees whatever committed before it started, the lock holder's
+batch included (one statement joining both would see the batches as of before the wait). The
+decision itself is `gateway.verify.decide`, the same rule the stand-alone verifier applies.
+Everything is idempotent: a batch stored once is a `duplicate` every later time, whichever
+worker gets it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
 import time
 from dataclasses import dataclass
 
@@ -40,13 +45,15 @@ def count(tx: Tx, did: str, kind: str) -> None:
 def tallies(batch: payloads.Batch) -> tuple[int, int, int]:
     """(readings with a value, of them read with a synced clock, of them flagged)."""
     synced = batch.clock.get("synced") is True
-    readings = flagged = 0
-    for r in batch.records:
-        if payloads.V in r:
-            readings += 1
-            if r.get(payloads.FLAGS):
-                flagged += 1
+    records = batch.records
+    # map/compress rather than a loop: this runs over every record of every batch
+    has_value = list(map(dict.__contains__, records, itertools.repeat(payloads.V)))
+    readings = sum(has_value)
+    flagged = sum(map(bool, map(_get_flags, itertools.compress(records, has_value))))
     return readings, readings if synced else 0, flagged
+
+
+_get_flags = operator.methodcaller("get", payloads.FLAGS)
 
 
 def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Finding:
@@ -54,16 +61,19 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
     now = time.time() if now is None else now
     b, did = x.batch, x.did
     with db.transaction() as tx:
-        row = tx.one("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        # Both statements go out together (one round trip in PostgreSQL's pipeline); the
+        # server runs the second after the first has the lock.
+        lock = tx.query("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        near = tx.query(
+            "SELECT seq, batch_id, prev FROM batches WHERE did = ? AND seq IN (?, ?, ?)",
+            (did, b.seq - 1, b.seq, b.seq + 1),
+        )
+        row = lock.fetchone()
         if row is None:  # registered checks happen before; this one is authoritative
             count(tx, "", "unknown-device")
             return x.finding("unknown-device", "not registered")
         last = row[0]
-        near = tx.all(
-            "SELECT seq, batch_id, prev FROM batches WHERE did = ? AND seq IN (?, ?, ?)",
-            (did, b.seq - 1, b.seq, b.seq + 1),
-        )
-        links = {int(s): _Link(bytes(i), bytes(p)) for s, i, p in near}
+        links = {int(s): _Link(bytes(i), bytes(p)) for s, i, p in near.fetchall()}
         kind, detail = decide(b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s))
         count(tx, did, kind)
         if kind in ACCEPTED_KINDS:
@@ -112,13 +122,22 @@ def _number(x: object) -> bool:
     return type(x) in (int, float) and math.isfinite(x)  # type: ignore[arg-type]
 
 
+#: the shortest sensor interval a birth may announce; anything below is not a sensor but an
+#: attempt to make the expected readings (and the store's integers) absurd
+MIN_INTERVAL = 0.001
+_SENSOR_KEYS = frozenset({"id", "driver", "quantities", "interval"})
+
+
 def _sensors_ok(sensors: object) -> bool:
-    """Spec section 5 key 6: [{"id", "driver", "quantities": [..], "interval": s}]."""
+    """Spec section 5 key 6: exactly [{"id", "driver", "quantities": [..], "interval": s}]."""
     return isinstance(sensors, list) and all(
         isinstance(s, dict)
-        and isinstance(s.get("quantities"), list)
+        and set(s) == _SENSOR_KEYS
+        and isinstance(s["id"], str)
+        and isinstance(s["driver"], str)
+        and isinstance(s["quantities"], list)
         and all(isinstance(q, str) for q in s["quantities"])
-        and _number(s.get("interval"))
-        and s["interval"] > 0
+        and _number(s["interval"])
+        and s["interval"] >= MIN_INTERVAL
         for s in sensors
     )
