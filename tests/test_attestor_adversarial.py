@@ -401,7 +401,7 @@ def test_reordered_batches_are_accepted(w: Worker, order: tuple[int, ...]) -> No
     assert a["root"] == merkle.root([x.id for x in b]).hex()
 
 
-def test_equivocation(w: Worker) -> None:
+def test_equivocation(w: Worker, caplog: pytest.LogCaptureFixture) -> None:
     register(w, A, C)
     for ident in (A, C):
         assert feed(w, birth(ident), topic(ident, "birth")).kind == "birth"
@@ -412,6 +412,8 @@ def test_equivocation(w: Worker) -> None:
     before = snapshot(w)
     f = feed(w, other.message)
     assert (f.kind, f.forged, f.batch_id) == ("equivocation", True, other.id)
+    alarms = [r for r in caplog.records if r.levelname == "ERROR" and "ALARM" in r.getMessage()]
+    assert len(alarms) == 1 and A.did in alarms[0].getMessage()
     assert snapshot(w)["batches"] == before["batches"]  # the first batch 1 stays the chain's
     assert evidence(w) == [(A.did, 1, "equivocation", other.id, other.message)]
     assert feed(w, b[2].message).kind == "valid"  # it links to the first batch 1

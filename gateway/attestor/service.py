@@ -139,7 +139,14 @@ class Worker:
             log.exception("message on %s not processed", topic)
             raise RuntimeError(f"not processed: {e}") from e
         self.counts[finding.kind] += 1
-        if finding.forged:
+        if finding.kind == "equivocation":
+            # The one finding that proves a device lied: both signed batches are kept.
+            log.error(
+                "ALARM: %s signed two different batches for seq %s; both kept as evidence",
+                finding.did,
+                finding.seq,
+            )
+        elif finding.forged:
             log.warning(
                 "%s %s seq %s on %s: %s", finding.kind, finding.did, finding.seq, topic,
                 finding.detail,
