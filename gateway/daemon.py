@@ -489,12 +489,20 @@ class Gateway:
                 mc = dataclasses.replace(mc, options=MappingProxyType(opts))
             resolved.append(mc)
         chain = ModuleChain.from_config(resolved, health=self.health)
-        for name, inst in self.models.installed["shadow"].items():
-            chain.shadows[name] = self._shadow_module(chain, inst)
+        for inst in self.models.installed["shadow"].values():
+            self._start_shadow(chain, inst, self._shadow_module(chain, inst))
         self._note_models(chain)
         return chain
 
+    def _start_shadow(self, chain: ModuleChain, inst: Installed, module: DetectionModule) -> None:
+        """Run `module` in shadow mode from the next reading, with fresh figures in health.
+        On the event loop's thread, where the chain updates those figures."""
+        chain.shadows[inst.name] = module
+        self.health.shadow.pop(inst.name, None)
+        self.health.shadow_stats(inst.name).update(version=inst.version, sha256=inst.sha256)
+
     def _shadow_module(self, chain: ModuleChain, inst: Installed) -> DetectionModule:
+        """Load a shadow model (no side effects: may run in a worker thread)."""
         from gateway.modules.tflite import TFLiteModule
 
         # Judged like the active model of that name would be: same threshold scale.
@@ -506,13 +514,10 @@ class Gateway:
             ),
             1.0,
         )
-        module = TFLiteModule(
+        return TFLiteModule(
             module_id=f"shadow:{inst.name}",
             options={"model": str(inst.manifest), "threshold_scale": scale},
         )
-        self.health.shadow.pop(inst.name, None)
-        self.health.shadow_stats(inst.name).update(version=inst.version, sha256=inst.sha256)
-        return module
 
     def _note_models(self, chain: ModuleChain) -> None:
         from gateway.modules.tflite import TFLiteModule
@@ -575,7 +580,7 @@ class Gateway:
                 # A copy of the active model's windows: the shadow judges from the next reading
                 # on, and the two never write into one ring.
                 _carry_windows(active[0], shadow, copy=True)
-            chain.shadows[inst.name] = shadow
+            self._start_shadow(chain, inst, shadow)
             return outcome
         targets = [
             (i, m)
