@@ -318,18 +318,27 @@ class Gateway:
         loop = asyncio.get_running_loop()
         next_state = next_health = loop.time()
         while True:
-            now = loop.time()
-            if now >= next_state:
-                next_state = now + mon.state_interval
-                await self._publish_state()
-            if now >= next_health:
-                next_health = now + mon.health_interval
-                await self._publish_health()
-                # What a chip measures is known once it answered (a BMP280 in a BME280's
-                # place has no humidity): announce again when the entities changed.
-                if mon.homeassistant and self._ha_sent and self._discovery() != self._ha_sent:
-                    self._announce_soon()
+            try:
+                next_state, next_health = await self._monitor_once(next_state, next_health)
+            except Exception:  # what owners watch must never stop what they watch
+                log.exception("state/health not published")
+                next_state = next_health = loop.time() + mon.health_interval
             await asyncio.sleep(max(0.05, min(next_state, next_health) - loop.time()))
+
+    async def _monitor_once(self, next_state: float, next_health: float) -> tuple[float, float]:
+        mon = self.cfg.monitor
+        now = asyncio.get_running_loop().time()
+        if now >= next_state:
+            next_state = now + mon.state_interval
+            await self._publish_state()
+        if now >= next_health:
+            next_health = now + mon.health_interval
+            await self._publish_health()
+            # What a chip measures is known once it answered (a BMP280 in a BME280's place has
+            # no humidity): announce again when the entities changed.
+            if mon.homeassistant and self._ha_sent and self._discovery() != self._ha_sent:
+                self._announce_soon()
+        return next_state, next_health
 
     # --- systemd: READY, WATCHDOG, STATUS -----------------------------------------------------
 

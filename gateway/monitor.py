@@ -129,19 +129,32 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
         return None
     if not isinstance(m, dict) or m.get(2) != did or m.get(1) != _did_of(s.public_key):
         return None
-    score = m.get(9)
-    if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
+    # Anyone can sign an attestation: take only fields of the documented types and ranges, so
+    # nothing odd (NaN, huge integers, maps) reaches the health message.
+    score: Any = m.get(9)
+    status = m.get(8)
+    ints = [m.get(k) for k in (3, 4, 5, 6, 7)]
+    if not _finite(score) or not 0 <= score <= 1:
         return None
+    if status not in ("ok", "gap", "equivocation", "replay"):
+        return None
+    if not all(type(v) is int and 0 <= v < 2**63 for v in ints):
+        return None
+    start, end, expected, verified, flagged = ints
     return {
         "score": float(score),
-        "status": m.get(8),
-        "epoch_start": m.get(3),
-        "epoch_end": m.get(4),
-        "expected": m.get(5),
-        "verified": m.get(6),
-        "flagged": m.get(7),
-        "attestor": m.get(1),
+        "status": status,
+        "epoch_start": start,
+        "epoch_end": end,
+        "expected": expected,
+        "verified": verified,
+        "flagged": flagged,
+        "attestor": m[1],
     }
+
+
+def _finite(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
 
 
 def _did_of(key: bytes) -> str:

@@ -151,3 +151,37 @@ def test_status_shows_sensors_queue_uplink_and_chain(
     # Stopped: the spool still tells what waits for the broker.
     after = status().stdout
     assert "waiting for the broker" in after
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{3: float("nan")}, {5: 10**5000}, {8: {1: "x", "a": 2}}, {9: float("inf")}, {9: 1.5}],
+    ids=["nan-epoch", "huge-int", "map-status", "inf-score", "score-above-1"],
+)
+def test_an_odd_attestation_never_reaches_health(changes: dict[int, Any]) -> None:
+    """Anyone can sign an attestation: only the documented fields and ranges are taken, so the
+    health message (strict JSON) can always be built."""
+    import sys as _sys
+
+    from gateway.health import Health
+    from gateway.monitor import HealthReport, read_attestation
+
+    limit = _sys.get_int_max_str_digits()
+    _sys.set_int_max_str_digits(0)  # let cbor2 encode the huge integer at all
+    a, dev = mb.identity(mb.SEED_B), mb.identity(mb.SEED_A)
+    fields = {1: a.did, 2: dev.did, 3: 0, 4: 1, 5: 1, 6: 1, 7: 0, 8: "ok", 9: 1.0,
+              10: merkle.root([])}  # fmt: skip
+    fields.update(changes)
+    import cbor2
+
+    try:
+        message = cose.sign1(a, cose.TYP_ATTESTATION, cbor2.dumps(fields))
+        found = read_attestation(message, dev.did)
+    finally:
+        _sys.set_int_max_str_digits(limit)
+    assert found is None
+    health = Health()
+    health.attestation = found
+    HealthReport.to_json(
+        HealthReport(device_id="d", name="n", version="v").build(health, modules=[])
+    )

@@ -12,6 +12,7 @@ name them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ class ModuleChain:
             return
         for r, (score, flags) in zip(subset, verdicts, strict=True):
             if r.value is None:
+                continue
+            if not math.isfinite(score):  # a model on trial may divide by zero
+                stats["errors"] += 1
                 continue
             stats["judged"] += 1
             stats["score_sum"] += float(score)

@@ -303,6 +303,8 @@ model = "temperature-ae"
         interp.set_tensor(self._in, st.buf[:, i : i + w])
         interp.invoke()
         score = float(interp.get_tensor(self._out).flat[0]) / self.limit
+        if not math.isfinite(score):
+            return NO_OPINION  # e.g. a model that normalises a flat window by its spread
         if score >= 1.0:
             return (1.0, (FLAG,))
         return (max(score, 0.0), ())
