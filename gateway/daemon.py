@@ -50,6 +50,9 @@ T = TypeVar("T")
 CLOCK_POLL = 5.0
 AMBIENT = frozenset({"pressure"})
 SEAL_AHEAD_PER_INFLIGHT = 2
+#: batches a module change may seal beyond `seal_ahead` (it seals every reading judged so far);
+#: past that the backlog is large, the broker far behind, and the change is refused
+SWITCH_SLACK_BATCHES = 4
 
 
 def config_digest(cfg: Config) -> bytes:
@@ -463,10 +466,15 @@ class Gateway:
             if new_cfg.modules == self.cfg.modules:
                 log.info("reload: modules unchanged")
                 return False
-            self.chain = chain
-            for sensor in self.sensors:
-                sensor.chain = chain
-            await self._switch_entries()
+            previous = self.chain
+
+            def use(c: ModuleChain) -> None:
+                self.chain = c
+                for sensor in self.sensors:
+                    sensor.chain = c
+
+            if not await self._switch(lambda: use(chain), lambda: use(previous)):
+                return False
             self.cfg = dataclasses.replace(self.cfg, modules=new_cfg.modules)
             self.health.reloads += 1
             log.info(
@@ -476,12 +484,37 @@ class Gateway:
             self.uplink.announce()
             return True
 
-    async def _switch_entries(self) -> None:
-        """Call right after the chain changed, before any await: the readings the previous
-        modules judged are sealed now, under the previous module list; later batches name
-        the new one."""
+    async def _switch(self, apply: Callable[[], None], undo: Callable[[], None]) -> bool:
+        """Change the modules (`apply`, synchronous) so that every batch names the modules that
+        judged its records: the readings judged so far are sealed under the old list in the
+        same step, on the spool's thread, and later batches name the new one.
+
+        Refused (False, nothing changed) when the spool cannot seal all of them now: with the
+        broker behind, sealing is held back (`seal_ahead`), and readings left pending would be
+        sealed later under the wrong list. If the sealing commit fails, `undo` puts the old
+        modules back."""
+        st = await self._in_spool(self.spool.stats)
+        bmr = self.cfg.uplink.batch_max_readings
+        room = max(0, self.spool.seal_ahead - st.sealed) + SWITCH_SLACK_BATCHES
+        waiting = st.pending + self.pipeline.buffered
+        if waiting > room * bmr:
+            log.warning(
+                "module change refused: %d readings wait for sealing, %d sealed batches for "
+                "the broker; try again once it has caught up",
+                waiting,
+                st.sealed,
+            )
+            return False
+        old = self.chain.batch_entries()
+        apply()  # no await from here to the commit taking the buffer: nothing judged between
         new = self.chain.batch_entries()
-        await self.pipeline.commit(force_seal=True, then=lambda: setattr(self, "_entries", new))
+        try:
+            await self.pipeline.commit(seal_all=True, then=lambda: setattr(self, "_entries", new))
+        except Exception:
+            undo()
+            self._entries = old
+            raise
+        return True
 
     # --- models: configured and updated over MQTT ---------------------------------------------
 
@@ -606,18 +639,28 @@ class Gateway:
             return out
 
         modules = await asyncio.to_thread(build)
-        for (i, old), module in zip(targets, modules, strict=True):
-            _carry_windows(old, module, copy=False)  # no warm-up for the new model
-            chain.swap(i, module)
-        chain.shadows.pop(inst.name, None)
-        self._note_models(chain)
         if not targets:
             return dataclasses.replace(
                 outcome,
                 reason=f"{outcome.reason}; no [[module]] of kind tflite runs a model named "
                 f"{inst.name!r} yet",
             )
-        await self._switch_entries()
+
+        def swap(new: Sequence[DetectionModule]) -> None:
+            for (i, _), module in zip(targets, new, strict=True):
+                chain.swap(i, module)
+
+        for (_, old), module in zip(targets, modules, strict=True):
+            _carry_windows(old, module, copy=False)  # no warm-up for the new model
+        if not await self._switch(lambda: swap(modules), lambda: swap([m for _, m in targets])):
+            return dataclasses.replace(
+                outcome,
+                reason=f"{outcome.reason}, installed; it runs from the next start, or resend the "
+                "bundle once the broker has caught up (the readings judged so far could not be "
+                "sealed now)",
+            )
+        chain.shadows.pop(inst.name, None)
+        self._note_models(chain)
         self.uplink.announce()
         return outcome
 

@@ -70,8 +70,17 @@ class Pipeline:
     def unacked_pending_delete(self) -> set[int]:
         return set(self._acked)
 
+    @property
+    def buffered(self) -> int:
+        """Readings accepted but not yet handed to the spool."""
+        return len(self._buffer)
+
     async def commit(
-        self, *, force_seal: bool = False, then: Callable[[], None] | None = None
+        self,
+        *,
+        force_seal: bool = False,
+        seal_all: bool = False,
+        then: Callable[[], None] | None = None,
     ) -> CommitResult:
         """Make the buffer durable. `then` runs on the spool's thread right after this commit
         and before any later one: what it changes (the module list batches name) applies to
@@ -82,13 +91,17 @@ class Pipeline:
         horizon = self.commit_interval
 
         def job() -> CommitResult:
-            try:
-                return self.spool.commit(
-                    batch, acked, now=time.time(), force_seal=force_seal, horizon=horizon
-                )
-            finally:
-                if then is not None:
-                    then()
+            result = self.spool.commit(
+                batch,
+                acked,
+                now=time.time(),
+                force_seal=force_seal,
+                horizon=horizon,
+                seal_all=seal_all,
+            )
+            if then is not None:  # only after a commit that happened: nothing switches otherwise
+                then()
+            return result
 
         fut = asyncio.get_running_loop().run_in_executor(self.executor, job)
         try:

@@ -240,6 +240,7 @@ class Spool:
         now: float | None = None,
         force_seal: bool = False,
         horizon: float = 0.0,
+        seal_all: bool = False,
     ) -> CommitResult:
         """Make `new` durable, forget acknowledged batches, seal what is due — one transaction.
 
@@ -254,7 +255,7 @@ class Spool:
             if acked:
                 n = db.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in acked])
                 self._sealed -= n.rowcount
-            rest = self._seal_due(db, new, now, horizon, force_seal, result)
+            rest = self._seal_due(db, new, now, horizon, force_seal or seal_all, result, seal_all)
             if rest:
                 db.executemany(
                     "INSERT INTO readings(t, synced, source, record) VALUES (?, ?, ?, ?)",
@@ -290,6 +291,7 @@ class Spool:
         horizon: float,
         force: bool,
         result: CommitResult,
+        seal_all: bool = False,
     ) -> Sequence[PendingRecord]:
         """Seal every batch that is due; return the new records left to store as pending."""
         bmr = self.batch_max_readings
@@ -305,6 +307,10 @@ class Spool:
         # Even a forced seal (at shutdown) respects the room: with the broker away, sealing a
         # large backlog would only delay the exit; pending rows keep just as well.
         room = self.seal_ahead - self._sealed
+        if seal_all:
+            # A change of modules: every reading judged so far is sealed now, under the module
+            # list that judged it (the caller checked that this is not a large backlog).
+            room = max(room, -(-total // bmr))
         if room <= 0:
             return new
         limit = room * bmr
