@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gateway.model_bundle import Bundle, Mode, ModelBundleError, install, open_bundle
+from gateway.modules.tflite import ModelError, read_manifest
 
 log = logging.getLogger("gateway.models")
 T = TypeVar("T")
@@ -110,10 +111,12 @@ class ModelStore:
                 try:
                     b = open_bundle(path.read_bytes(), trusted=self.trusted)
                     inst = self._installed(b, mode)
-                    on_disk = json.loads(inst.manifest.read_text(encoding="utf-8"))
-                    if str(on_disk.get("sha256", "")).lower() != inst.sha256:
+                    # The model file itself, not just the manifest: a power cut between the
+                    # two renames of an install leaves a new model under the old manifest.
+                    manifest, _ = read_manifest(inst.manifest)
+                    if manifest.sha256 != inst.sha256:
                         raise ModelBundleError("sha-mismatch", "the files are not the bundle's")
-                except (ModelBundleError, OSError, ValueError) as e:
+                except (ModelBundleError, ModelError, OSError, ValueError) as e:
                     log.warning("model update %s not used: %s", path, e)
                     continue
                 found[b.name] = inst

@@ -353,3 +353,20 @@ def test_shadow_model_scores_go_to_health_not_batches(tmp_path: Path, mosquitto:
     assert not any(f for _, _, b in batches[:switch] for f in _temperature_flags(b))
     assert all(len(b.modules) == 1 for _, _, b in batches)  # shadows are not named
     assert any(f for _, _, b in batches[switch:] for f in _temperature_flags(b))
+
+
+def test_a_half_installed_update_is_not_run_after_a_power_cut(tmp_path: Path) -> None:
+    """A cut between the install's two renames leaves the new model under the old manifest:
+    at the next start that pair is not used (the configured model runs), and sending the bundle
+    again completes the install."""
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    assert store.receive(make_bundle(OPERATOR, SHIPPED, now=1_000), _trial)[0].result == "applied"
+    newer = make_bundle(OPERATOR, STRICT, now=2_000)
+    # What the first rename of installing `newer` leaves: its model beside the old manifest.
+    active = tmp_path / "models" / "active"
+    (active / "temperature-ae.tflite").write_bytes(STRICT.with_suffix(".tflite").read_bytes())
+    after = ModelStore(tmp_path / "models", [OPERATOR.did])
+    after.load()
+    assert after.installed["active"] == {}
+    assert after.receive(newer, _trial)[0].result == "applied"
+    assert read_manifest(active / "temperature-ae.json")[0].sha256 == NEW_SHA
