@@ -14,7 +14,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -50,6 +50,9 @@ T = TypeVar("T")
 CLOCK_POLL = 5.0
 AMBIENT = frozenset({"pressure"})
 SEAL_AHEAD_PER_INFLIGHT = 2
+#: a spool job (a commit: SQLite, fsync) running longer than this means a failing card or a
+#: hung filesystem: the watchdog stops pinging and systemd restarts the gateway
+WRITER_STALL = 20.0
 #: batches a module change may seal beyond `seal_ahead` (it seals every reading judged so far);
 #: past that the backlog is large, the broker far behind, and the change is refused
 SWITCH_SLACK_BATCHES = 4
@@ -76,6 +79,24 @@ def read_password(cfg: Config) -> str | None:
     return None
 
 
+class SpoolThread(ThreadPoolExecutor):
+    """The spool's one thread; it tells since when its current job has been running."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="spool")
+        self.busy_since: float | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def timed() -> T:
+            self.busy_since = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.busy_since = None
+
+        return super().submit(timed)
+
+
 class Gateway:
     def __init__(
         self, cfg: Config, *, ident: identity.Identity, shutdown_timeout: float = 10.0
@@ -95,7 +116,7 @@ class Gateway:
         # right after the commit that sealed the readings the previous modules judged.
         self._entries = self.chain.batch_entries()
         self.clock = detect(cfg.clock.mode)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self.executor = SpoolThread()
         u = cfg.uplink
         self.spool = Spool(
             cfg.spool.path,
@@ -351,14 +372,14 @@ class Gateway:
         seq = "-" if h.last_seq is None else h.last_seq
         return f"{h.readings} readings, {h.queue_depth} queued, {broker}, last seq {seq}"
 
-    async def healthy(self, timeout: float) -> list[str]:
+    def healthy(self) -> list[str]:
         """What is stuck right now (empty: healthy): a sensor task that did not come round in
-        time (a hung driver), or the spool's thread not answering (a stuck writer)."""
+        time (a hung driver), or one spool job running for longer than WRITER_STALL (a stuck
+        writer; jobs merely queued behind a slow one do not count)."""
         now = asyncio.get_running_loop().time()
         stuck = [f"sensor {s.cfg.id}" for s in self.sensors if now > s.due_by]
-        try:
-            await asyncio.wait_for(self._in_spool(lambda: None), timeout)
-        except TimeoutError:
+        busy = self.executor.busy_since
+        if busy is not None and time.monotonic() - busy > WRITER_STALL:
             stuck.append("spool writer")
         return stuck
 
@@ -374,9 +395,13 @@ class Gateway:
         watchdog = sdnotify.watchdog_interval()
         period = watchdog / 2 if watchdog else 10.0
         was_stuck: list[str] = []
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(period)
-            stuck = await self.healthy(timeout=period)
+            # A fixed cadence: a ping every `period`, however long the checks take.
+            due += period
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            stuck = self.healthy()
             if stuck != was_stuck:
                 if stuck:
                     log.error("stalled: %s; no watchdog ping until it recovers", ", ".join(stuck))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config, identity, sampler, sdnotify
+from gateway import config, daemon, identity, sampler, sdnotify
 from gateway.daemon import Gateway
 from tests.brokers import Mosquitto
 from tests.gatewayproc import write_config
@@ -132,6 +132,8 @@ def _run_stalled(
     monkeypatch.setenv("WATCHDOG_USEC", "600000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     monkeypatch.setattr(sampler, "READ_STALL", 0.5)
+    if stall != "slow-spool":  # a slow but working writer is judged at the real threshold
+        monkeypatch.setattr(daemon, "WRITER_STALL", 0.5)
     cfg = config.load(write_config(tmp_path / "gw", port, interval="0.1 s"))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file))
     hang = threading.Event()
@@ -140,11 +142,14 @@ def _run_stalled(
         while hang.is_set():
             time.sleep(0.01)
 
-    if stall == "spool":
+    if stall in ("spool", "slow-spool"):
         commit = gw.spool.commit
 
         def stuck_commit(*a: object, **k: object) -> object:
-            wait_while_hung()
+            if stall == "slow-spool" and hang.is_set():
+                time.sleep(0.4)  # a worn card: every commit slow, none stuck
+            else:
+                wait_while_hung()
             return commit(*a, **k)  # type: ignore[arg-type]
 
         monkeypatch.setattr(gw.spool, "commit", stuck_commit)
@@ -200,3 +205,14 @@ def test_no_watchdog_ping_while_stalled(
     assert after, "pings did not resume after recovery"
     what = "spool writer" if stall == "spool" else "sensor env"
     assert any(f"STALLED: {what}" in s for s in statuses)
+
+
+def test_a_slow_spool_that_keeps_working_keeps_the_pings(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, listener: Listener
+) -> None:
+    pings, _, statuses, t0, t1 = _run_stalled(
+        tmp_path, mosquitto.port, monkeypatch, listener, "slow-spool"
+    )
+    during = [t for t in pings if t0 < t < t1]
+    assert len(during) >= 8  # every 0.3 s for 3 s, commits of 0.4 s queued behind each other
+    assert not any("STALLED" in s for s in statuses)
