@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from gateway.clock import ClockState, detect
 from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.health import Health
+from gateway.model_bundle import MAX_BUNDLE_BYTES
 from gateway.model_updates import Installed, ModelStore, Outcome
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
@@ -238,7 +240,15 @@ class Gateway:
     async def _message(self, topic: str, payload: bytes) -> None:
         topics = self.uplink.topics
         if topic == topics["model"] and self.models.enabled:
-            if payload:  # an empty retained message clears the topic; it is not a bundle
+            if len(payload) > MAX_BUNDLE_BYTES:  # refused before it waits for anything
+                too_big = Outcome(
+                    "rejected", f"over the {MAX_BUNDLE_BYTES} byte limit", "malformed",
+                    at=time.time(),
+                )  # fmt: skip
+                self.health.model_updates[too_big.result] += 1
+                self.health.last_model_update = too_big.to_dict()
+                await self.uplink.publish(topics["model/result"], too_big.to_json(), qos=1)
+            elif payload:  # an empty retained message clears the topic; it is not a bundle
                 result = await self._model_update(payload)
                 await self.uplink.publish(topics["model/result"], result, qos=1, retain=True)
         elif topic == topics["attestation"]:
@@ -325,8 +335,11 @@ class Gateway:
         text = "{" + ", ".join(parts) + "}\n"
 
         def write() -> None:
-            tmp = folder / f".{STATUS_FILE}.tmp"
-            tmp.write_text(text, encoding="utf-8")
+            # A temporary file of its own: two writers at once must not tear the file.
+            fd, name = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=folder)
+            tmp = Path(name)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
             # Readable by the owner's `depin-gateway status` despite the unit's UMask=0077:
             # values and counters, nothing secret.
             tmp.chmod(0o644)
@@ -565,7 +578,9 @@ class Gateway:
         """Run `module` in shadow mode from the next reading, with fresh figures in health.
         On the event loop's thread, where the chain updates those figures."""
         chain.shadows[inst.name] = module
-        self.health.shadow.pop(inst.name, None)
+        if self.health.shadow.get(inst.name, {}).get("sha256") != inst.sha256:
+            # A new trial starts its figures afresh; the same one (a SIGHUP) keeps counting.
+            self.health.shadow.pop(inst.name, None)
         self.health.shadow_stats(inst.name).update(version=inst.version, sha256=inst.sha256)
 
     def _shadow_module(self, chain: ModuleChain, inst: Installed) -> DetectionModule:
