@@ -634,6 +634,12 @@ class Gateway:
         async with self._reload_lock:
             try:
                 outcome, inst = await asyncio.to_thread(self.models.receive, data, self._trial)
+                if inst is None and outcome.result == "unchanged" and outcome.mode == "active":
+                    # Installed before but not switched in (the broker was behind then).
+                    inst = self.models.installed["active"].get(outcome.name)
+                    running = self.health.models.get(outcome.name, {}).get("sha256")
+                    if inst is None or running in (None, inst.sha256):
+                        inst = None
                 if inst is not None:
                     outcome = await self._run_installed(inst, outcome)
             except Exception as e:  # whatever happens, the running chain stays as it was
