@@ -63,7 +63,9 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
     with db.transaction() as tx:
         # Both statements go out together (one round trip in PostgreSQL's pipeline); the
         # server runs the second after the first has the lock.
-        lock = tx.query("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        lock = tx.query(
+            "SELECT last_seq, first_sealed FROM devices WHERE did = ? FOR UPDATE", (did,)
+        )
         near = tx.query(
             "SELECT seq, batch_id, prev FROM batches WHERE did = ? AND seq IN (?, ?, ?)",
             (did, b.seq - 1, b.seq, b.seq + 1),
@@ -72,7 +74,7 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
         if row is None:  # registered checks happen before; this one is authoritative
             count(tx, "", "unknown-device")
             return x.finding("unknown-device", "not registered")
-        last = row[0]
+        last, first = row[0], row[1]
         links = {int(s): _Link(bytes(i), bytes(p)) for s, i, p in near.fetchall()}
         kind, detail = decide(b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s))
         count(tx, did, kind)
@@ -90,8 +92,15 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
                     "ON CONFLICT (did, first_seq) DO NOTHING",
                     (did, last + 1, b.seq - 1, now),
                 )
-            if last is None or b.seq > last:
-                tx.execute("UPDATE devices SET last_seq = ? WHERE did = ?", (b.seq, did))
+            # The device row keeps what the epoch loop needs (its first batch's time), so the
+            # loop reads one row per device rather than grouping all batches every tick.
+            sealed = float(b.sealed)
+            if last is None or b.seq > last or first is None or sealed < first:
+                tx.execute(
+                    "UPDATE devices SET last_seq = ?, first_sealed = ? WHERE did = ?",
+                    (b.seq if last is None else max(last, b.seq),
+                     sealed if first is None else min(float(first), sealed), did),
+                )  # fmt: skip
         elif kind in EVIDENCE_KINDS:
             # Signed by the device, so attributable: kept whole, as evidence.
             tx.execute(

@@ -20,17 +20,21 @@ import functools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    import psycopg
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     did TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     registered DOUBLE PRECISION NOT NULL,
-    last_seq BIGINT
+    last_seq BIGINT,
+    first_sealed DOUBLE PRECISION
 );
 CREATE TABLE IF NOT EXISTS batches (
     did TEXT NOT NULL,
@@ -97,6 +101,9 @@ CREATE TABLE IF NOT EXISTS attestations (
 """
 
 
+_FLOAT = "DOUBLE PRECISION"
+
+
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
     def fetchone(self) -> Any: ...
@@ -125,19 +132,18 @@ class Database:
             except ImportError:
                 need = "pip install 'depin-gateway[postgres]'"
                 raise ConfigError([f"store {url!r}: PostgreSQL needs psycopg: {need}"]) from None
-            self._pg = psycopg.connect(url, autocommit=True)
+            self._psycopg = psycopg
             self._lite: sqlite3.Connection | None = None
-            # Batches are stored whole (evidence), 5-100 kB each: pglz, the default, spent
-            # more server CPU compressing them than the rest of the transaction; lz4 is several
-            # times faster and still compresses. A session setting, so existing tables need no
-            # ALTER; a server built without lz4 keeps pglz.
-            with contextlib.suppress(psycopg.Error):
-                self._pg.execute("SET default_toast_compression = 'lz4'")
+            self._pg = self._connect_pg()
         elif u.scheme in ("", "sqlite"):
             self.dialect = "sqlite"
             path = Path(u.path if u.scheme else url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lite = sqlite3.connect(path, isolation_level=None, timeout=60)
+            # A worker may open its store in one thread and use it in another (never two at
+            # once: the Database is not shared).
+            self._lite = sqlite3.connect(
+                path, isolation_level=None, timeout=60, check_same_thread=False
+            )
             self._lite.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before it returns. The worker acknowledges a batch to
             # the broker after its transaction committed, and the broker then forgets it, so a
@@ -150,6 +156,28 @@ class Database:
             raise ConfigError([f"store {url!r}: use a file path, sqlite:///PATH or postgresql://…"])
         self.create()
 
+    def _connect_pg(self) -> psycopg.Connection[Any]:
+        pg = self._psycopg
+        conn: psycopg.Connection[Any] = pg.connect(self.url, autocommit=True, connect_timeout=10)
+        # Batches are stored whole (evidence), 5-100 kB each: pglz, the default, spent more
+        # server CPU compressing them than the rest of the transaction; lz4 is several times
+        # faster and still compresses. A session setting, so existing tables need no ALTER; a
+        # server built without lz4 keeps pglz.
+        with contextlib.suppress(pg.Error):
+            conn.execute("SET default_toast_compression = 'lz4'")
+        return conn
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The PostgreSQL connection, opened again when the server dropped the last one (a
+        restart, a failover, an administrator): psycopg never reconnects by itself. Raises
+        (psycopg.OperationalError) while the server is unreachable; the caller retries."""
+        pg = self._pg
+        if pg.closed or pg.broken:
+            with contextlib.suppress(Exception):
+                pg.close()
+            pg = self._pg = self._connect_pg()
+        return pg
+
     def _sql(self, sql: str) -> str:
         return _dialect_sql(self.dialect, sql)
 
@@ -157,12 +185,49 @@ class Database:
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 self.execute(stmt)
+        self._upgrade()
+
+    def _columns(self, table: str) -> set[str]:
+        if self._lite is not None:
+            return {str(r[1]) for r in self._lite.execute(f"PRAGMA table_info({table})")}
+        rows = self.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def _upgrade(self) -> None:
+        """Columns added after the first release, added to a store made before them
+        (`devices.first_sealed`: the sealed time of the device's first accepted batch)."""
+        if "first_sealed" not in self._columns("devices"):
+            # IF NOT EXISTS (PostgreSQL): several workers may start at once.
+            exists = " IF NOT EXISTS" if self.dialect == "postgresql" else ""
+            try:
+                self.execute(f"ALTER TABLE devices ADD COLUMN{exists} first_sealed {_FLOAT}")
+            except sqlite3.OperationalError:  # another SQLite process added it meanwhile
+                if "first_sealed" not in self._columns("devices"):
+                    raise
+        # Devices whose batches were stored before the column was there (cheap: it is NULL
+        # only for devices without batches once this has run).
+        self.execute(
+            "UPDATE devices SET first_sealed = "
+            "(SELECT min(b.sealed) FROM batches b WHERE b.did = devices.did) "
+            "WHERE first_sealed IS NULL"
+        )
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Outside a transaction: one statement, committed."""
+        """Outside a transaction: one statement, committed. Every such statement is a read or
+        idempotent, so one that failed because the server dropped the connection is sent once
+        more on a new connection."""
         if self._lite is not None:
             return self._lite.execute(self._sql(sql), params)
-        return self._pg.execute(self._sql(sql), params)
+        try:
+            return self._live().execute(self._sql(sql), params)
+        except self._psycopg.OperationalError:
+            if not (self._pg.closed or self._pg.broken):
+                raise
+        return self._live().execute(self._sql(sql), params)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -177,7 +242,9 @@ class Database:
         else:
             # BEGIN and COMMIT are plain statements in the pipeline, so they travel with the
             # statements next to them (psycopg's own transaction() syncs around each).
-            pg = self._pg
+            # A transaction that failed with the connection is not retried here: the caller
+            # runs it again as a whole (the worker retries the message).
+            pg = self._live()
             try:
                 with pg.pipeline(), pg.cursor() as cur:
                     cur.execute("BEGIN")
@@ -218,7 +285,7 @@ class Tx:
         db = self.db
         if db._lite is not None:
             return db._lite.execute(db._sql(sql), params)
-        cur = db._pg.cursor()
+        cur = db._pg.cursor()  # the connection `transaction` checked
         cur.execute(db._sql(sql), params)
         return cur
 

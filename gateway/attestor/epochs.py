@@ -4,10 +4,13 @@ An epoch is the half-open interval [start, start + length), aligned to multiples
 in Unix time; a batch belongs to the epoch that contains its `sealed` time. Per device and
 epoch, from the store:
 
-- expected: from the device's birth messages, for each sensor its quantities x the seconds of
-  the epoch since the device (re)started / the sensor's interval, rounded down. The birth that
-  applies is the latest one started before the epoch ends. No birth: nothing is expected and
-  the score is 0 (a device must announce what it measures).
+- expected: from the device's birth messages. Each birth applies from its start until the next
+  birth's start; for every birth segment overlapping the epoch, each sensor's quantities x the
+  segment's seconds inside the epoch / the sensor's interval, rounded down, summed. A birth
+  starts at its claimed `started`, but no later than the attestor received it (a device cannot
+  push its start towards the epoch end). A birth received once the epoch had ended cannot lower
+  that epoch's expectation (the larger figure, with or without such births, counts). No birth:
+  nothing is expected and the score is 0 (a device must announce what it measures).
 - verified: readings with a value in the batches accepted into the chain (valid, gap, reordered).
 - flagged: of those, readings with at least one flag (`"af"`).
 - synced: of those, readings in batches sealed with a synchronised clock.
@@ -70,16 +73,31 @@ def score(expected: int, verified: int, synced: int, flagged: int, status: str) 
     return round(availability * quality * clock * CHAIN_FACTOR[status], 6)
 
 
-def expected_readings(births: list[tuple[float, str]], start: int, end: int) -> int:
-    """`births`: (started, sensors JSON) of the device, any order."""
-    before = [b for b in births if b[0] < end]
-    if not before:
-        return 0
-    started, sensors = max(before)
-    since = max(float(start), started)
+def expected_readings(births: list[tuple[float, float, str]], start: int, end: int) -> int:
+    """`births`: (started, received, sensors JSON) of the device, any order.
+
+    Rebooting (a new birth) does not restart the count: a device publishing a fresh birth near
+    the end of every epoch is still expected to have measured all along, by its earlier birth.
+    """
+    on_time = [b for b in births if b[1] < end]
+    if len(on_time) == len(births):
+        return _segments(births, start, end)
+    # Births received after the epoch ended may add to it (an attestor that was away got the
+    # retained birth late), never take from it (a device rewriting a scored past).
+    return max(_segments(on_time, start, end), _segments(births, start, end))
+
+
+def _segments(births: list[tuple[float, float, str]], start: int, end: int) -> int:
+    # A birth starts when it says, but no later than it was received.
+    ordered = sorted((min(started, received), sensors) for started, received, sensors in births)
     total = 0
-    for s in json.loads(sensors):
-        total += len(s["quantities"]) * int((end - since) // float(s["interval"]))
+    for i, (since, sensors) in enumerate(ordered):
+        until = ordered[i + 1][0] if i + 1 < len(ordered) else float(end)
+        since, until = max(since, float(start)), min(until, float(end))
+        if until <= since:
+            continue
+        for s in json.loads(sensors):
+            total += len(s["quantities"]) * int((until - since) // float(s["interval"]))
     return max(0, total)
 
 
@@ -108,8 +126,8 @@ def compute(tx: Tx, did: str, start: int, end: int) -> EpochScore:
     else:
         status = "ok"
     births = [
-        (float(s), str(j))
-        for s, j in tx.all("SELECT started, sensors FROM births WHERE did = ?", (did,))
+        (float(s), float(r), str(j))
+        for s, r, j in tx.all("SELECT started, received, sensors FROM births WHERE did = ?", (did,))
     ]
     expected = expected_readings(births, start, end)
     return EpochScore(

@@ -69,14 +69,16 @@ def counts(db: Database) -> dict[str, dict[str, int]]:
     return out
 
 
-def attestable(db: Database) -> list[tuple[str, float, float]]:
-    """(did, time of its first accepted batch, registration time) of every registered device
-    that sent one."""
+def attestable(db: Database) -> list[tuple[str, float, float, int | None]]:
+    """(did, time of its first accepted batch, registration time, start of its last attested
+    epoch or None) of every registered device that sent one: one row per device, from the
+    device table (`first_sealed` is kept by `chains.process_batch`)."""
     rows = db.execute(
-        "SELECT d.did, min(b.sealed), d.registered FROM devices d JOIN batches b ON b.did = d.did "
-        "GROUP BY d.did, d.registered"
+        "SELECT d.did, d.first_sealed, d.registered, "
+        "(SELECT max(a.epoch_start) FROM attestations a WHERE a.did = d.did) "
+        "FROM devices d WHERE d.first_sealed IS NOT NULL"
     ).fetchall()
-    return [(str(d), float(t), float(r)) for d, t, r in rows]
+    return [(str(d), float(t), float(r), None if a is None else int(a)) for d, t, r, a in rows]
 
 
 def last_attested(db: Database, did: str) -> int | None:

@@ -34,6 +34,11 @@ log = logging.getLogger("gateway.attestor")
 #: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)
 MAX_SEQ = 2**63 - 1
 QUEUE = 2000  # messages taken from the broker before they are stored (flow control beyond it)
+#: a message the store could not take is tried again after this long, doubling up to RETRY_MAX
+RETRY_MIN, RETRY_MAX = 0.05, 5.0
+#: a worker process that died is started again after this long, doubling up to RESTART_MAX;
+#: one that ran for RESTART_RESET seconds starts from RESTART_MIN again
+RESTART_MIN, RESTART_MAX, RESTART_RESET = 1.0, 30.0, 60.0
 
 
 def _password(cfg: AttestorConfig) -> str | None:
@@ -54,8 +59,15 @@ class Worker:
         self.index = index
         self.db = Database(cfg.store)
         self.counts: Counter[str] = Counter()
-        self.inbox: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(QUEUE)
+        # (topic, payload, mid, qos, connection): a mid means something only on the connection
+        # (counted by `_on_connect`) the message arrived on.
+        self.inbox: queue.Queue[tuple[str, bytes, int, int, int]] = queue.Queue(QUEUE)
         self.connected = threading.Event()
+        # Bumped at every connect and disconnect (paho's thread); under the lock with an ack,
+        # so an ack never goes out on a connection other than its message's.
+        self._connection = 0
+        self._fresh_session = 0  # the last connection the broker had no session for
+        self._conn_lock = threading.Lock()
         self._known: set[str] = set()
         self._last_tick = 0.0
         self.client = mqtt.Client(
@@ -93,19 +105,31 @@ class Worker:
         return [batches, f"{p}/+/birth"]
 
     def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, rc: object, _p: object = None
+        self, client: mqtt.Client, _u: object, flags: object, rc: object, _p: object = None
     ) -> None:
         if getattr(rc, "is_failure", False):
             log.warning("broker refused the attestor: %s", rc)
             return
+        # From now on the messages still queued from an earlier connection are stale: their
+        # mids were that connection's (acking one here could ack another message), and with a
+        # persistent session (clean_session=False) the broker delivers every unacked QoS 1
+        # message again on this one. `_take` drops them.
+        with self._conn_lock:
+            self._connection += 1
+            if not getattr(flags, "session_present", False):
+                # The broker has no session (a first start, or a broker that lost its state):
+                # it will not deliver again what an earlier connection got and did not ack.
+                self._fresh_session = self._connection
         client.subscribe([(t, 1) for t in self.topics()])
         self.connected.set()
 
     def _on_disconnect(self, *_args: object) -> None:
         self.connected.clear()
+        with self._conn_lock:
+            self._connection += 1
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        self.inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._connection))
 
     # --- the work (the worker's own thread) ---------------------------------------------------
 
@@ -168,11 +192,15 @@ class Worker:
         length = self.cfg.epoch_seconds
         closed = epochs.epoch_of(now - self.cfg.grace, length)  # epochs ending by then
         signed = 0
-        for did, first, registered in registry.attestable(self.db):
+        try:
+            devices = registry.attestable(self.db)
+        except Exception:  # the store is away: the next tick tries again
+            log.exception("closed epochs not looked for")
+            return 0
+        for did, first, registered, done in devices:
             # Epochs start at the device's registration at the earliest: a device's clock (a
             # Pi without a real-time clock starts in 1970) cannot send the attestor back in time.
             start = epochs.epoch_of(max(first, registered), length)
-            done = registry.last_attested(self.db, did)
             if done is not None:
                 start = max(start, done + length)
             try:
@@ -190,25 +218,54 @@ class Worker:
         try:
             while not stop.is_set():
                 try:
-                    topic, payload, mid, qos = self.inbox.get(timeout=0.2)
+                    item = self.inbox.get(timeout=0.2)
                 except queue.Empty:
                     pass
                 else:
-                    try:
-                        self.handle(topic, payload)
-                    except RuntimeError:
-                        time.sleep(1.0)  # the store is away: no ack, the broker keeps it
-                        continue
-                    if qos > 0:
-                        self.client.ack(mid, qos)
+                    self._take(item, stop)
                 if time.monotonic() - self._last_tick >= self.cfg.tick:
                     self._last_tick = time.monotonic()
-                    self.tick()
-                    self.publish_pending()
+                    self._periodic()
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             self.db.close()
+
+    def _stale(self, connection: int) -> bool:
+        """Whether a message of that connection is the broker's again (it will come back):
+        the client has reconnected since, and the broker kept the session."""
+        return connection != self._connection and self._fresh_session <= connection
+
+    def _take(self, item: tuple[str, bytes, int, int, int], stop: threading.Event) -> None:
+        """Store one message, then ack it. While the store is away the SAME message is tried
+        again (backing off up to RETRY_MAX): a message dropped unacked would hold one of the
+        broker's in-flight slots for good, and once they are all held nothing arrives."""
+        topic, payload, mid, qos, connection = item
+        delay = RETRY_MIN
+        while True:
+            if self._stale(connection):
+                return  # delivered again on the current connection; not stored twice for it
+            try:
+                self.handle(topic, payload)
+                break
+            except RuntimeError:  # the store is away (logged): no ack, the broker keeps it
+                if stop.wait(delay):
+                    return  # stopping: unacked, the broker delivers it again
+                delay = min(delay * 2, RETRY_MAX)
+        if qos > 0:
+            with self._conn_lock:
+                # A message of an earlier connection the broker forgot (no session) is stored
+                # but not acked: its mid means nothing on this connection.
+                if connection == self._connection:
+                    self.client.ack(mid, qos)
+
+    def _periodic(self) -> None:
+        """Closed epochs and unpublished attestations; a failure waits for the next tick."""
+        try:
+            self.tick()
+            self.publish_pending()
+        except Exception:
+            log.exception("attestations not signed or published this tick")
 
     def publish_pending(self) -> None:
         """Publish (retained) the attestations not published yet, whoever signed them."""
@@ -251,18 +308,51 @@ def _safe(url: str) -> str:
 
 
 def _supervise(cfg: AttestorConfig) -> int:
+    """Run `workers` worker processes; one that dies (a crash, the OOM killer) is started
+    again, after a back-off that doubles while it keeps dying. SIGTERM/SIGINT stop them all."""
     assert cfg.source is not None, "workers > 1 needs the configuration in a file"
     cmd = [sys.executable, "-m", "gateway.attestor", "run", "-c", str(cfg.source)]
-    procs = [subprocess.Popen([*cmd, "--worker", str(i)]) for i in range(cfg.workers)]
     stopping = threading.Event()
+    lock = threading.Lock()
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
+    delay = dict.fromkeys(range(cfg.workers), RESTART_MIN)
+
+    def start(i: int) -> None:
+        with lock:
+            if not stopping.is_set():
+                procs[i] = subprocess.Popen([*cmd, "--worker", str(i)])
+                started[i] = time.monotonic()
 
     def stop(*_: object) -> None:
         stopping.set()
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
+        with lock:
+            for p in procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    codes = [p.wait() for p in procs]
+    for i in range(cfg.workers):
+        start(i)
+    due: dict[int, float] = {}  # workers waiting to be started again, and when
+    while not stopping.is_set():
+        now = time.monotonic()
+        for i, p in list(procs.items()):
+            if i in due or p.poll() is None:
+                continue
+            if now - started[i] >= RESTART_RESET:
+                delay[i] = RESTART_MIN
+            log.error(
+                "attestor worker %d exited with %s; starting it again in %.0f s",
+                i, p.returncode, delay[i],
+            )  # fmt: skip
+            due[i] = now + delay[i]
+            delay[i] = min(delay[i] * 2, RESTART_MAX)
+        for i, when in list(due.items()):
+            if now >= when:
+                del due[i]
+                start(i)
+        stopping.wait(0.2)
+    codes = [p.wait() for p in procs.values()]
     return 0 if stopping.is_set() else max(codes)
