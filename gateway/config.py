@@ -14,6 +14,7 @@ re-exports of the rest, which is split by what it holds:
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -401,6 +402,24 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
         modules=tuple(modules),
         source=file,
     )
+
+
+def read_password(section: str, password_file: Path | None, password_env: str | None) -> str | None:
+    """The MQTT password a section names (`password_file` or `password_env`); ConfigError
+    naming the section's key when it cannot be had."""
+    if password_file is not None:
+        try:
+            return password_file.read_text().rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(
+                [f"{section}.password_file: cannot read {password_file}: {e}"]
+            ) from None
+    if password_env is not None:
+        value = os.environ.get(password_env)
+        if value is None:
+            raise ConfigError([f"{section}.password_env: variable {password_env} is not set"])
+        return value
+    return None
 
 
 def sample_text() -> str:

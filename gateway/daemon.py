@@ -64,23 +64,6 @@ def config_digest(cfg: Config) -> bytes:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).digest()
 
 
-def read_password(cfg: Config) -> str | None:
-    u = cfg.uplink
-    if u.password_file is not None:
-        try:
-            return u.password_file.read_text().rstrip("\r\n")
-        except OSError as e:
-            raise ConfigError(
-                [f"uplink.password_file: cannot read {u.password_file}: {e}"]
-            ) from None
-    if u.password_env is not None:
-        value = os.environ.get(u.password_env)
-        if value is None:
-            raise ConfigError([f"uplink.password_env: variable {u.password_env} is not set"])
-        return value
-    return None
-
-
 class SpoolThread(ThreadPoolExecutor):
     """The spool's one thread; it tells since when its current job has been running."""
 
@@ -143,7 +126,7 @@ class Gateway:
             u,
             device_id=ident.device_id,
             client_id=u.client_id or f"dg-{ident.device_id[-20:]}",
-            password=read_password(cfg),
+            password=config.read_password("uplink", u.password_file, u.password_env),
             health=self.health,
             backlog=self._backlog,
             birth=self._birth,

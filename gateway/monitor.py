@@ -16,6 +16,7 @@ from typing import Any
 from gateway import cose
 from gateway.health import Health
 from gateway.reading import Reading
+from gateway.verify import is_finite_number
 
 
 class StateMirror:
@@ -134,7 +135,7 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
     score: Any = m.get(9)
     status = m.get(8)
     ints = [m.get(k) for k in (3, 4, 5, 6, 7)]
-    if not _finite(score) or not 0 <= score <= 1:
+    if not is_finite_number(score) or not 0 <= score <= 1:
         return None
     if status not in ("ok", "gap", "equivocation", "replay"):
         return None
@@ -151,10 +152,6 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
         "flagged": flagged,
         "attestor": m[1],
     }
-
-
-def _finite(x: Any) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
 
 
 def _did_of(key: bytes) -> str:

@@ -82,7 +82,8 @@ class _Chain:
     problems: Counter[str] = field(default_factory=Counter)
 
 
-def _normalise_did(entry: str) -> str:
+def normalise_did(entry: str) -> str:
+    """A did:key or a bare device id (`z6Mk…`) as a did:key; ValueError when it is neither."""
     did = entry if entry.startswith("did:") else "did:key:" + entry
     public_key_of_did(did)  # ValueError when it is not an Ed25519 did:key
     return did
@@ -102,7 +103,7 @@ class Verifier:
             bad: list[str] = []
             for entry in allowed_dids:
                 try:
-                    good.add(_normalise_did(entry.strip()))
+                    good.add(normalise_did(entry.strip()))
                 except ValueError:
                     bad.append(f"{entry!r} is not an Ed25519 did:key or device id")
             if bad:
@@ -338,7 +339,8 @@ def _other_payload(
     return finding("attestation", f"about {m.get(2)!r}, chain {m.get(8)!r}")
 
 
-def _is_number(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
+    """An int or float (not a bool) that is finite."""
     return type(x) in (int, float) and math.isfinite(x)
 
 
@@ -362,8 +364,8 @@ def _batch_shape(b: payloads.Batch) -> str | None:
             and set(d) == {"n", "from", "to", "why"}
             and type(d["n"]) is int
             and d["n"] > 0
-            and _is_number(d["from"])
-            and _is_number(d["to"])
+            and is_finite_number(d["from"])
+            and is_finite_number(d["to"])
             and isinstance(d["why"], str)
         ):
             return 'dropped entries must be {"n", "from", "to", "why"}'

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import operator
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import cbor2
 
 from gateway import cose, payloads
 from gateway.attestor.db import Database, Tx
-from gateway.verify import Examined, Finding, decide
+from gateway.verify import Examined, Finding, decide, is_finite_number
 
 ACCEPTED_KINDS = ("valid", "gap", "reordered")
 EVIDENCE_KINDS = ("equivocation", "replay", "prev-mismatch")
@@ -117,7 +116,11 @@ def process_birth(db: Database, message: bytes, *, now: float | None = None) -> 
     now = time.time() if now is None else now
     m = cbor2.loads(cose.verify1(message).payload)  # `examine` checked it; this unpacks it
     sensors = m.get(6)
-    if not isinstance(m.get(3), bytes) or not _number(m.get(4)) or not _sensors_ok(sensors):
+    if (
+        not isinstance(m.get(3), bytes)
+        or not is_finite_number(m.get(4))
+        or not _sensors_ok(sensors)
+    ):
         return False
     db.execute(
         "INSERT INTO births(did, boot, started, sensors, received, message) "
@@ -125,10 +128,6 @@ def process_birth(db: Database, message: bytes, *, now: float | None = None) -> 
         (m[1], m[3], float(m[4]), json.dumps(sensors, sort_keys=True), now, message),
     )
     return True
-
-
-def _number(x: object) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)  # type: ignore[arg-type]
 
 
 #: the shortest sensor interval a birth may announce; anything below is not a sensor but an
@@ -146,7 +145,7 @@ def _sensors_ok(sensors: object) -> bool:
         and isinstance(s["driver"], str)
         and isinstance(s["quantities"], list)
         and all(isinstance(q, str) for q in s["quantities"])
-        and _number(s["interval"])
+        and is_finite_number(s["interval"])
         and s["interval"] >= MIN_INTERVAL
         for s in sensors
     )

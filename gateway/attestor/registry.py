@@ -5,19 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway import verify
 from gateway.attestor.db import Database
 from gateway.errors import ConfigError
-from gateway.identity import public_key_of_did
 
 
 def normalise_did(entry: str) -> str:
     """A did:key or a bare device id (`z6Mk…`) as a did:key; ConfigError when it is neither."""
-    did = entry if entry.startswith("did:") else "did:key:" + entry
     try:
-        public_key_of_did(did)
-    except (ValueError, TypeError):
+        return verify.normalise_did(entry)
+    except ValueError:
         raise ConfigError([f"{entry!r} is not an Ed25519 did:key or device id"]) from None
-    return did
 
 
 def register(db: Database, entry: str, name: str, *, now: float | None = None) -> tuple[str, bool]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from gateway import identity
 from gateway.attestor import chains, epochs, registry
 from gateway.attestor.config import AttestorConfig
 from gateway.attestor.db import Database
-from gateway.errors import ConfigError
+from gateway.config import read_password
 from gateway.identity import Identity, device_id_of
 from gateway.verify import Examined, Finding, examine
 
@@ -39,17 +38,6 @@ RETRY_MIN, RETRY_MAX = 0.05, 5.0
 #: a worker process that died is started again after this long, doubling up to RESTART_MAX;
 #: one that ran for RESTART_RESET seconds starts from RESTART_MIN again
 RESTART_MIN, RESTART_MAX, RESTART_RESET = 1.0, 30.0, 60.0
-
-
-def _password(cfg: AttestorConfig) -> str | None:
-    if cfg.password_file is not None:
-        return cfg.password_file.read_text().rstrip("\r\n")
-    if cfg.password_env is not None:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise ConfigError([f"broker.password_env: variable {cfg.password_env} is not set"])
-        return value
-    return None
 
 
 class Worker:
@@ -80,7 +68,8 @@ class Worker:
             manual_ack=True,
         )
         if cfg.username is not None:
-            self.client.username_pw_set(cfg.username, _password(cfg))
+            password = read_password("broker", cfg.password_file, cfg.password_env)
+            self.client.username_pw_set(cfg.username, password)
         if cfg.tls:
             self.client.tls_set(
                 ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
