@@ -6,6 +6,17 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import Mosquitto
+from tests.pg import database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An attestor store of each kind: the same tests run against both."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "attestor.db")
+    else:
+        with database() as url:
+            yield url
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from gateway.attestor.service import Worker
 from gateway.identity import Identity
 from gateway.verify import ACCEPTED, MAX_MESSAGE, Finding, Verifier, format_finding
 from tests import make_batches as mb
-from tests.pg import database
 
 EPOCH = 3600
 START = mb.SEALED - mb.SEALED % EPOCH  # the epoch the test batches are sealed in
@@ -46,15 +45,6 @@ def topic(ident: Identity, kind: str = "batch") -> str:
 
 
 # --- the worker and its store -------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "attestor.db")
-    else:
-        with database() as url:
-            yield url
 
 
 @pytest.fixture

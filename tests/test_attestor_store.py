@@ -6,7 +6,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
@@ -18,19 +17,9 @@ from gateway.attestor.config import loads
 from gateway.attestor.epochs import score
 from gateway.attestor.service import Worker
 from tests import make_batches as mb
-from tests.pg import database
 
 EPOCH = 3600
 START = mb.SEALED - mb.SEALED % EPOCH  # the epoch the test batches are sealed in
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "attestor.db")
-    else:
-        with database() as url:
-            yield url
 
 
 def _worker(store: str, tmp_path: Path) -> Worker:
