@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ from gateway import (
 from gateway.clock import ClockState, detect
 from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
+from gateway.files import write_atomic
 from gateway.health import Health
 from gateway.model_bundle import MAX_BUNDLE_BYTES
 from gateway.model_updates import Installed, ModelStore, Outcome
@@ -318,15 +318,9 @@ class Gateway:
         text = "{" + ", ".join(parts) + "}\n"
 
         def write() -> None:
-            # A temporary file of its own: two writers at once must not tear the file.
-            fd, name = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=folder)
-            tmp = Path(name)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
             # Readable by the owner's `depin-gateway status` despite the unit's UMask=0077:
-            # values and counters, nothing secret.
-            tmp.chmod(0o644)
-            os.replace(tmp, folder / STATUS_FILE)
+            # values and counters, nothing secret. On tmpfs: no fsync.
+            write_atomic(folder / STATUS_FILE, text.encode(), mode=0o644, durable=False)
 
         try:
             await asyncio.to_thread(write)

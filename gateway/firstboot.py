@@ -19,7 +19,6 @@ found and the same errors file is already there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import grp
 import os
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import ConfigError
+from gateway.files import fsync_dir, write_atomic
 
 BOOT_DIR = Path("/boot/firmware")
 ETC_DIR = Path("/etc/depin-gateway")
@@ -52,36 +52,6 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         return 2 if self.action == "rejected" else 0
-
-
-def _fsync_dir(path: Path) -> None:
-    # FAT and some other file systems refuse fsync on a directory; the rename is done anyway.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int, gid: int | None) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            if gid is not None:
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), -1, gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 def _config_gid(target: Path) -> int | None:
@@ -142,7 +112,7 @@ def _reject(boot: Path, problems: list[str]) -> Outcome:
     text = _errors_text(problems)
     try:
         if not errors.exists() or errors.read_bytes() != text:
-            _write_atomic(errors, text, mode=0o644, gid=None)
+            write_atomic(errors, text, mode=0o644, gid=None)
     except OSError as e:
         problems = [*problems, f"{errors}: cannot write the errors file: {e.strerror or e}"]
     return Outcome("rejected", problems)
@@ -170,8 +140,8 @@ def take_over(boot: Path = BOOT_DIR, etc: Path = ETC_DIR) -> Outcome:
             etc.mkdir(parents=True, exist_ok=True)
             gid = _config_gid(target)
             if current is not None:
-                _write_atomic(etc / PREVIOUS_NAME, current, mode=CONFIG_MODE, gid=gid)
-            _write_atomic(target, data, mode=CONFIG_MODE, gid=gid)
+                write_atomic(etc / PREVIOUS_NAME, current, mode=CONFIG_MODE, gid=gid)
+            write_atomic(target, data, mode=CONFIG_MODE, gid=gid)
             action = "applied"
     except OSError as e:
         where = e.filename or etc
@@ -180,7 +150,7 @@ def take_over(boot: Path = BOOT_DIR, etc: Path = ETC_DIR) -> Outcome:
     # Only now, with the new configuration durable, does the boot copy go.
     os.replace(boot_file, boot / APPLIED_NAME)
     (boot / ERRORS_NAME).unlink(missing_ok=True)
-    _fsync_dir(boot)
+    fsync_dir(boot)
     return Outcome(action)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gateway.files import write_atomic
 from gateway.model_bundle import Bundle, Mode, ModelBundleError, install, open_bundle
 from gateway.modules.tflite import ModelError, read_manifest
 
@@ -75,19 +75,6 @@ class Outcome:
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True).encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelStore:
@@ -199,7 +186,7 @@ class ModelStore:
         install(b, folder)
         # The bundle last: a crash before this line leaves the previous bundle, which no longer
         # names the pair on disk, so `load` runs the configured model rather than a half-install.
-        _write_atomic(folder / f"{b.name}.bundle", message)
+        write_atomic(folder / f"{b.name}.bundle", message)
         inst = self._installed(b, b.mode)
         self.installed[b.mode][b.name] = inst
         if b.mode == "active":
