@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+from benchlib import say, target
 
 HERE = Path(__file__).resolve().parent
 if str(benchlib.REPO) not in sys.path:
@@ -75,10 +76,6 @@ MODULES = [
     ("ranges", "1.0", hashlib.sha256(b"ranges").digest()),
     ("spikes", "1.2", hashlib.sha256(b"spikes").digest()),
 ]
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def ident(n: int) -> Identity:
@@ -384,14 +381,6 @@ def run_pair(cmds: list[list[str]]) -> list[dict[str, Any]]:
                 p.kill()
 
 
-def target(value: float | None, limit: float, unit: str) -> dict[str, Any]:
-    return {
-        "value": value,
-        "target": f">= {limit:g} {unit}",
-        "pass": value is not None and value >= limit,
-    }
-
-
 def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
@@ -534,22 +523,21 @@ def harness(ns: argparse.Namespace) -> int:
     if big is not None:
         unit = "readings/s per worker"
         targets["sqlite_1_worker"] = target(
-            big["sqlite_1_worker"]["readings_per_s"], TARGET_PER_WORKER, unit
+            big["sqlite_1_worker"]["readings_per_s"], TARGET_PER_WORKER, True, unit
         )
         targets["postgresql_1_worker"] = target(
-            big["postgresql_1_worker"]["readings_per_s"], TARGET_PER_WORKER, unit
+            big["postgresql_1_worker"]["readings_per_s"], TARGET_PER_WORKER, True, unit
         )
         targets["postgresql_2_workers_shared"] = target(
-            big["postgresql_2_workers_shared"]["per_worker_readings_per_s"], TARGET_PER_WORKER, unit
+            big["postgresql_2_workers_shared"]["per_worker_readings_per_s"],
+            TARGET_PER_WORKER,
+            True,
+            unit,
         )
     result["targets"] = targets
     verdicts = {f"target.{k}": t["pass"] for k, t in targets.items()}
     verdicts.update({f"stored_exactly_once.{k}": v for k, v in checks.items()})
-    result["pass"] = all(verdicts.values())
-    result["failed"] = [k for k, ok in verdicts.items() if not ok]
-    say("PASS" if result["pass"] else f"FAIL: {', '.join(result['failed'])}")
-    print(json.dumps(result, indent=2))
-    return 0 if result["pass"] else 1
+    return benchlib.finish(result, verdicts)
 
 
 def main() -> int:

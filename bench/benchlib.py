@@ -4,6 +4,7 @@ broker on the other core. Nothing here is timed; it only measures."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -18,6 +19,29 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def say(msg: str) -> None:
+    """Progress for the person running a bench; stdout carries only the JSON."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def target(value: float | None, limit: float, at_least: bool, unit: str) -> dict[str, Any]:
+    """One figure against its target, as every bench prints it."""
+    ok = value is not None and (value >= limit if at_least else value <= limit)
+    op = ">=" if at_least else "<="
+    return {"value": value, "target": f"{op} {limit:g} {unit}".strip(), "pass": ok}
+
+
+def finish(result: dict[str, Any], verdicts: dict[str, bool]) -> int:
+    """Record the verdicts in `result`, print it as JSON; the exit code says whether all passed."""
+    result["pass"] = all(verdicts.values())
+    result["failed"] = [k for k, ok in verdicts.items() if not ok]
+    say("PASS" if result["pass"] else f"FAIL: {', '.join(result['failed'])}")
+    print(json.dumps(result, indent=2))
+    return 0 if result["pass"] else 1
+
+
 #: file systems whose writes never reach a disk: a spool there would make write_bytes lie
 MEMORY_FS = frozenset({"tmpfs", "ramfs", "devtmpfs", "overlay-tmpfs"})
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+from benchlib import say
 
 TARGET_RSS = 80e6  # bytes, decimal: the "under 80 MB"
 #: the sensors: (id, simulated kind); the same pair as bench/pipeline.py's realistic mode
@@ -36,10 +37,6 @@ SENSORS = (("env", "all"), ("climate", "climate"))
 SETTLE_S = 5.0  # start-up (imports, spool, connect) before the first read, generously
 STOPPED = re.compile(r"stopped: (\d+) readings, (\d+) batches acknowledged")
 MODULE_FAILED = re.compile(r"module \S+ failed")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def status(pid: int) -> dict[str, int]:

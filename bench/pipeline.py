@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import Counters, LatencyHistogram
+from benchlib import Counters, LatencyHistogram, say, target
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,10 +42,6 @@ REALISTIC_QUANTITIES = 8  # read every 10 s: 2880 readings per hour
 #: first connection stay out of it and the periodic commits (every 60 s by default) never sit
 #: on its edges
 REALISTIC_SETTLE_S = 15.0
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def gateway_config(workdir: Path, port: int, sensors: str) -> Path:
@@ -363,12 +359,6 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def target(value: float | None, limit: float, at_least: bool, unit: str) -> dict[str, Any]:
-    ok = value is not None and (value >= limit if at_least else value <= limit)
-    op = ">=" if at_least else "<="
-    return {"value": value, "target": f"{op} {limit:g} {unit}".strip(), "pass": ok}
-
-
 def mode_full(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
     with benchlib.workdir("bench-gw-") as wd:
         fs = benchlib.check_disk(wd)
@@ -535,11 +525,7 @@ def harness(ns: argparse.Namespace) -> int:
         if part in result
         for name, t in result[part]["targets"].items()
     }
-    result["pass"] = all(verdicts.values())
-    result["failed"] = [k for k, ok in verdicts.items() if not ok]
-    say("PASS" if result["pass"] else f"FAIL: {', '.join(result['failed'])}")
-    print(json.dumps(result, indent=2))
-    return 0 if result["pass"] else 1
+    return benchlib.finish(result, verdicts)
 
 
 def main() -> int:
