@@ -126,7 +126,7 @@ def _epoch_arg(text: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from gateway.attestor import registry
-    from gateway.attestor.epochs import epoch_of
+    from gateway.attestor.epochs import attested_synced, epoch_of, explain
 
     cfg = _config(args)
     from gateway.attestor.db import Database
@@ -136,12 +136,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         epoch = None if args.epoch is None else epoch_of(args.epoch, cfg.epoch_seconds)
         did = None if args.device is None else registry.normalise_did(args.device)
         rows = registry.attestations(db, epoch=epoch, did=did)
+        for r in rows:
+            # Not kept with the attestation (nor signed in it): found again in the store.
+            r["synced"] = attested_synced(
+                db, r["did"], r["epoch_start"], r["epoch_end"], r["verified"],
+                bytes.fromhex(r["root"]),
+            )  # fmt: skip
     finally:
         db.close()
     for r in rows:
         r["epoch"] = _iso(r["epoch_start"])
-    cols = ("epoch", "name", "did", "expected", "verified", "flagged", "status", "score",
-            "published", "root")  # fmt: skip
+        # The factors beside the score say what it is made of; `why` says which of them cost,
+        # so that a 0.0 explains itself ("clock not synced: 0 of 108 readings synced").
+        why = explain(r["expected"], r["verified"], r["flagged"], r["status"], r["score"],
+                      r["synced"])  # fmt: skip
+        if args.format == "json":
+            r["why"] = why
+        else:
+            r["why"] = "; ".join(why) or ("" if args.format == "csv" else "-")
+        if args.format == "table" and r["synced"] is None:
+            r["synced"] = "?"
+    cols = ("epoch", "name", "did", "expected", "verified", "flagged", "synced", "status",
+            "score", "why", "published", "root")  # fmt: skip
     _emit(rows, cols, args.format)
     return 0
 
