@@ -1,4 +1,4 @@
-"""The real series of ../shared/data, loaded as channels the module chain can judge.
+"""The real series of models/data, loaded as channels the module chain can judge.
 
 A *group* is a set of channels sampled at the same timestamps (one index space); the evaluation
 feeds each group to the chain one timestamp at a time, as the gateway does with one sensor read.
@@ -9,7 +9,7 @@ feeds each group to the chain one timestamp at a time, as the gateway does with 
 - `co2`: Mauna Loa weekly CO2 (ppm). Its 59 missing weeks are filled by linear interpolation
   (they are not faults we inject, and the protocol wants clean series); its 1958-2001 dates are
   shifted by a whole number of weeks to start in 2014, so Unix times stay positive.
-- `pm`: there is no particulate data in ../shared/data, so a PM2.5/PM10 pair is *synthesised*
+- `pm`: there is no particulate data in models/data, so a PM2.5/PM10 pair is *synthesised*
   (log-normal AR(1) with a daily cycle, PM2.5/PM10 ratio 0.35-0.85); it is used only for the
   "PM2.5 above PM10" implausible-combination fault, never for the single-channel faults.
 - NAB realKnownCause: every file with its labelled windows as index ranges; the first 15 % (NAB's
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+#: in the repository, so a checkout alone runs the evaluation and the tests (licences: its README)
+DATA = Path(__file__).resolve().parent / "data"
 
 #: quantity names and SenML units as the gateway's drivers emit them
 UNITS = {

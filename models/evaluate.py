@@ -1,4 +1,4 @@
-"""Evaluate the module chain against the baselines, by the protocol of ../shared/data/README.md.
+"""Evaluate the module chain against the baselines, by the protocol of models/data/README.md.
 
     python models/evaluate.py [--config FILE] [--seed N] [--json] [--limit N] [--no-nab]
 
@@ -9,7 +9,9 @@ The chain is built from the `[[module]]` tables of FILE (a gateway config, or a 
 
 Alarm of the chain: any flag (except `--ignore-flag`s), or a score above a threshold calibrated,
 like the baselines' thresholds, on the clean calibration part only (see `calibrate`).
-Requires numpy and river (`pip install -e '.[eval]'`); neither is used at runtime.
+Requires numpy and river (the `eval` or `dev` extra) and the gateway's own dependencies; neither
+numpy nor river is used at runtime. Run by an interpreter that lacks them, it re-runs itself
+with the checkout's `.venv/bin/python` if there is one, or says in one line what to install.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import tomllib
@@ -26,21 +29,44 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import numpy as np
+ROOT = Path(__file__).resolve().parent.parent
+# The harness beside this file, and this checkout's gateway ahead of any installed copy: the
+# figures are of the code in this checkout.
+sys.path[:0] = [str(ROOT / "models"), str(ROOT)]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import baselines
-import datasets
-import faults
+def _missing(name: str | None) -> NoReturn:
+    """`python3 models/evaluate.py` in a fresh checkout: use the checkout's venv (scripts/test
+    fills it with the dev extra) rather than fail, or say in one line what is needed."""
+    venv = ROOT / ".venv"
+    python = venv / "bin" / "python"
+    if python.exists() and Path(sys.prefix).resolve() != venv.resolve():
+        print(f"models/evaluate.py: {name} is missing here; running with {python}", file=sys.stderr)
+        os.execv(python, [str(python), *sys.argv])
+    sys.exit(
+        f"models/evaluate.py needs {name} (the eval extra): scripts/test creates .venv with it, "
+        "after which this command works; or pip install -e '.[eval]' into a venv of your own"
+    )
 
-from gateway import config as gconfig
-from gateway import plugins
-from gateway.health import Health
-from gateway.modules.chain import ModuleChain
-from gateway.reading import Reading
+
+try:
+    import baselines
+    import datasets
+    import faults
+    import numpy as np
+    import river  # noqa: F401  (the hst baseline imports it later; fail here, at once)
+
+    from gateway import config as gconfig
+    from gateway import plugins
+    from gateway.health import Health
+    from gateway.modules.chain import ModuleChain
+    from gateway.reading import Reading
+except ModuleNotFoundError as e:
+    if __name__ != "__main__":
+        raise
+    _missing(e.name)
 
 TOLERANCE = 5  # an alarm up to this many samples after an event still catches it
 FA_TARGET = 0.5  # false alarms per 1,000 clean readings the thresholds are calibrated to

@@ -1,4 +1,4 @@
-"""Fault injection at known positions, one fault type at a time (../shared/data/README.md).
+"""Fault injection at known positions, one fault type at a time (models/data/README.md).
 
 Every fault is placed only after the calibration part, with at least `GUARD` clean samples
 between two events, and its size is drawn from the protocol's ranges:

@@ -1,7 +1,7 @@
 """Train the shipped TFLite model(s) and write each `.tflite` with its manifest beside it.
 
     pip install -e '.[train,eval]'           # TensorFlow (training only, never at runtime)
-    python models/train.py                   # the shipped model from ../shared/data (TMY)
+    python models/train.py                   # the shipped model from models/data (TMY)
     python models/train.py --seed 3 --out /tmp/models
     python models/train.py --csv export.csv --quantity temperature --name my-temp-ae
 
@@ -14,7 +14,7 @@ when it arrives). The graph's one output is that error; the gateway's `tflite` m
 by the manifest's `threshold` (score, clipped to [0, 1]; flag `model` at >= 1).
 
 Data:
-- default: the NREL TMY3 Greensboro hourly dry-bulb temperature of ../shared/data, clean part
+- default: the NREL TMY3 Greensboro hourly dry-bulb temperature of models/data, clean part
   only: the first 40 % of the year (the evaluation injects faults only after it). The first 30 %
   trains, the next 10 % (held out) calibrates the threshold.
 - `--csv FILE`: a user's own spool export, a CSV with a header line `t,value` and one reading per

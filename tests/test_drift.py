@@ -1,6 +1,6 @@
 """The drift module (and the dew-point consistency check that catches drift in a weather
 station's triple) on crafted series and on real hourly weather with drifts injected where the
-protocol puts them (../shared/data/README.md): a drift counts as caught when an alarm falls
+protocol puts them (models/data/README.md): a drift counts as caught when an alarm falls
 inside it or at most five samples after it; clean series must stay nearly silent."""
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from tests.test_rules import (
     _positions,
     _sigma,
 )
-
-pytestmark = pytest.mark.skipif(not SERIES, reason="../shared/data is not beside the checkout")
 
 
 def _drift(mod: DetectionModule, quantity: str, values: Sequence[float]) -> list[int]:

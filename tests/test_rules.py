@@ -1,5 +1,5 @@
 """The rule modules on real hourly weather with faults injected where the protocol puts them
-(../shared/data/README.md): an event is caught when an alarm falls inside it or at most five
+(models/data/README.md): an event is caught when an alarm falls inside it or at most five
 samples after it; clean series must stay nearly silent."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
 from gateway.reading import Reading
 
-# The project's shared data sits beside the checkout (../shared/data), as in CI.
-TMY = Path(__file__).resolve().parent.parent.parent / "shared/data/weather/723170TYA.CSV"
+# Real hourly weather, in the repository (models/data, with its licence)
+TMY = Path(__file__).resolve().parent.parent / "models/data/weather/723170TYA.CSV"
 HOUR = 3600.0
 # TMY3 columns by header name, with the factor to our SenML units and the data's resolution
 COLUMNS = {
@@ -49,7 +49,7 @@ def _load() -> dict[str, list[float]]:
     }
 
 
-SERIES = _load() if TMY.exists() else {}
+SERIES = _load()
 
 
 def _sigma(values: Sequence[float]) -> float:
