@@ -12,28 +12,57 @@ measurements, `health` for the gateway entities, `status` (`online` / `offline`,
 Last Will) for availability. Nothing here is random: topics, unique ids and entity ids derive
 from the device id, the sensor id and the quantity name only, so a restart or a different sensor
 order announces exactly the same bytes.
+
+The Last Will only comes when the broker notices the connection is gone. A gateway that hangs
+with its connection open, or whose Will the broker lost (a restart without persistence), would
+leave its last values standing for good: measurements therefore also carry `expire_after`, a
+few times the longest a live gateway leaves them without a fresh `state`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
+    "EXPIRE_FACTOR",
     "MANUFACTURER",
+    "Sensor",
     "birth_topic",
     "discovery",
     "entity_id",
+    "expire_after",
+    "model",
     "node_id",
     "stale",
     "subscriptions",
 ]
 
 MANUFACTURER = "depin-gateway"
+#: The device's model: what it is. Its sensors' drivers follow in brackets.
+MODEL = "Sensor gateway"
+
+#: A measurement goes unavailable when no `state` came for this many times the longer of its
+#: sensor's interval and the state publish interval: a live gateway publishes a changed state
+#: at most that long after each reading, so three of them missed means it is gone, while a late
+#: or lost message (state goes out at QoS 0) does not blank the value.
+EXPIRE_FACTOR = 3
+
+
+class Sensor(NamedTuple):
+    """A configured sensor: its id, quantity -> SenML unit, and optionally its driver (named in
+    the device's model) and its interval in seconds (for `expire_after`)."""
+
+    id: str
+    quantities: Mapping[str, str]
+    driver: str | None = None
+    interval: float | None = None
+
 
 #: Home Assistant's spelling of µg/m³, with the MICRO SIGN U+00B5: the spelling of its constant
 #: CONCENTRATION_MICROGRAMS_PER_CUBIC_METER until 2025.8, and still accepted afterwards (the MQTT
@@ -96,6 +125,26 @@ _SENML_UNITS: Mapping[str, str | None] = {
 
 
 # --- topics and ids -----------------------------------------------------------------------------
+
+
+def expire_after(interval: float, state_interval: float) -> int:
+    """Seconds after which Home Assistant shows a measurement unavailable when no `state` came:
+    a whole number (what Home Assistant accepts), at least 1."""
+    return max(1, math.ceil(EXPIRE_FACTOR * max(interval, state_interval)))
+
+
+def _chip(driver: str) -> str:
+    """A driver's name as its chip is written: "bme280" -> "BME280", "scd4x" -> "SCD4x" (the x
+    stands for any of the family); names that are not a part number stay as they are."""
+    m = re.fullmatch(r"([a-z]+[0-9]+[a-z]*?)(x?)", driver)
+    return m[1].upper() + m[2] if m else driver
+
+
+def model(drivers: Iterable[str | None]) -> str:
+    """The device's model, e.g. "Sensor gateway (BME280, SCD4x, SDS011)": what the device is
+    and what it measures with, in an order that does not depend on the configuration's."""
+    chips = sorted({_chip(d) for d in drivers if d}, key=str.lower)
+    return f"{MODEL} ({', '.join(chips)})" if chips else MODEL
 
 
 def _digest(*parts: str) -> str:
@@ -233,12 +282,14 @@ def _encode(payload: Mapping[str, Any]) -> bytes:
     ).encode("utf-8")
 
 
-def _measured(sensor_id: str, quantity: str, senml_unit: str) -> dict[str, Any]:
+def _measured(sensor_id: str, quantity: str, senml_unit: str, expire: int | None) -> dict[str, Any]:
     """The entity-specific part of a measured quantity's config."""
     path = ("sensors", sensor_id, quantity)
     known = _KNOWN.get(quantity)
     conversion = known.units.get(senml_unit) if known is not None else None
     out: dict[str, Any] = {"state_class": "measurement"}
+    if expire is not None:
+        out["expire_after"] = expire
     if known is not None and conversion is not None:
         unit, factor = conversion
         out["name"] = f"{known.label} ({sensor_id})"
@@ -311,23 +362,28 @@ def discovery(
     version: str,
     prefix: str,
     discovery_prefix: str = "homeassistant",
-    sensors: Sequence[tuple[str, Mapping[str, str]]],
+    sensors: Sequence[Sensor | tuple[str, Mapping[str, str]]],
+    state_interval: float | None = None,
 ) -> dict[str, bytes]:
     """Topic -> retained JSON config of every entity of this gateway, sorted by topic.
 
     `prefix` is the gateway's topic prefix (uplink topic_prefix), `sensors` the configured
-    sensors as (sensor id, quantity -> SenML unit) pairs, e.g. `(cfg.id, driver.quantities)`.
+    sensors, each a `Sensor` or a (sensor id, quantity -> SenML unit) pair, e.g.
+    `(cfg.id, driver.quantities)`. `state_interval` is `[monitor] state_interval`: with it, the
+    measurements of sensors whose interval is given get `expire_after`; the drivers given name
+    the device's model.
     """
     _check_prefix("prefix", prefix)
     _check_prefix("discovery_prefix", discovery_prefix)
     node = node_id(device_id)
     base = f"{prefix}/{device_id}"
     status, state, health = f"{base}/status", f"{base}/state", f"{base}/health"
+    described = [s if isinstance(s, Sensor) else Sensor(s[0], s[1]) for s in sensors]
     device = {
         "identifiers": [device_id],
         "name": name,
         "manufacturer": MANUFACTURER,
-        "model": MANUFACTURER,
+        "model": model(s.driver for s in described),
         "sw_version": version,
     }
     common = {"device": device, "origin": {"name": MANUFACTURER, "sw_version": version}}
@@ -339,12 +395,15 @@ def discovery(
 
     entities: dict[tuple[str, str], dict[str, Any]] = {}
     seen: set[str] = set()
-    for sensor_id, quantities in sensors:
+    for sensor_id, quantities, _, interval in described:
         if sensor_id in seen:
             raise ValueError(f"sensor id {sensor_id!r} appears twice")
         seen.add(sensor_id)
+        expire = None
+        if interval is not None and state_interval is not None:
+            expire = expire_after(interval, state_interval)
         for quantity, unit in quantities.items():
-            entity = _measured(sensor_id, quantity, unit)
+            entity = _measured(sensor_id, quantity, unit, expire)
             entity["state_topic"] = state
             entity["json_attributes_topic"] = state
             entities["sensor", _object_id(sensor_id, quantity)] = {**entity, **availability}

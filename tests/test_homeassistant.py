@@ -146,7 +146,9 @@ KNOWN_KEYS: Mapping[str, frozenset[str]] = {
             "value_template",
         }
     ),
-    "sensor": frozenset({"state_class", "suggested_display_precision", "unit_of_measurement"}),
+    "sensor": frozenset(
+        {"expire_after", "state_class", "suggested_display_precision", "unit_of_measurement"}
+    ),
     "binary_sensor": frozenset({"payload_on", "payload_off"}),
 }
 DEVICE_KEYS = frozenset({"identifiers", "name", "manufacturer", "model", "sw_version"})
@@ -199,6 +201,9 @@ def check_config(topic: str, payload: bytes) -> dict[str, Any]:
         assert cfg["device_class"] in BINARY_SENSOR_DEVICE_CLASSES
         return cfg
 
+    # mqtt/sensor.py: CONF_EXPIRE_AFTER is cv.positive_int (0 switches it off)
+    expire = cfg.get("expire_after")
+    assert expire is None or (type(expire) is int and expire > 0), expire
     unit = cfg.get("unit_of_measurement")
     assert unit is None or unit.strip()  # a blank unit is dropped (mqtt/sensor.py)
     state_class = cfg.get("state_class")
@@ -381,6 +386,39 @@ def attributes(cfg: Mapping[str, Any], value_json: Any) -> dict[str, Any]:
     return attrs
 
 
+class Entity:
+    """How Home Assistant's MQTT sensor shows one measurement entity over time
+    (mqtt/sensor.py `_update_state` and `available`, mqtt/entity.py MqttAvailabilityMixin):
+    with an availability topic it is unavailable until `payload_available` arrives and again
+    after `payload_not_available`; every message on the state topic restarts the
+    `expire_after` timer (whatever it holds), and once the timer runs out the entity is
+    unavailable (also before its first state) until the next message."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.online = "availability_topic" not in cfg
+        self.last_state: float | None = None
+        self.value: float | None = None
+
+    def receive(self, t: float, topic: str, payload: bytes) -> None:
+        if topic == self.cfg.get("availability_topic"):
+            text = payload.decode()
+            if text in (self.cfg["payload_available"], self.cfg["payload_not_available"]):
+                self.online = text == self.cfg["payload_available"]
+        if topic == self.cfg["state_topic"]:
+            self.last_state = t
+            self.value = state_reading(self.cfg, json.loads(payload))
+
+    def shown(self, t: float) -> float | str | None:
+        """The state at time t: the value, None (unknown) or "unavailable"."""
+        if not self.online:
+            return "unavailable"
+        expire = self.cfg.get("expire_after")
+        if expire and (self.last_state is None or t >= self.last_state + expire):
+            return "unavailable"
+        return self.value
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 DRIVERS: Mapping[str, Callable[[], Mapping[str, str]]] = {
@@ -404,7 +442,9 @@ EXPECTED: Mapping[str, tuple[str, str, float, float]] = {
 }
 
 
-def announce(sensors: Sequence[tuple[str, Mapping[str, str]]], **kw: Any) -> dict[str, bytes]:
+def announce(
+    sensors: Sequence[ha.Sensor | tuple[str, Mapping[str, str]]], **kw: Any
+) -> dict[str, bytes]:
     args: dict[str, Any] = {
         "device_id": DEVICE,
         "name": "Balcony gateway",
@@ -733,3 +773,74 @@ def test_templates_render_the_same_in_jinja() -> None:
                     assert template.render(value_json=doc) == render(cfg[key], doc), cfg[key]
                     checked += 1
     assert checked > 100
+
+
+def test_the_model_says_what_the_device_is() -> None:
+    sensors = [
+        ha.Sensor("climate", DRIVERS["bme280"](), "bme280", 30.0),
+        ha.Sensor("pm", DRIVERS["sds011"](), "sds011", 60.0),
+        ha.Sensor("co2", DRIVERS["scd4x"](), "scd4x", 5.0),
+        ha.Sensor("outdoor", DRIVERS["bme280"](), "bme280", 30.0),
+    ]
+    msgs = announce(sensors, state_interval=10.0)
+    devices = {json.dumps(json.loads(p)["device"], sort_keys=True) for p in msgs.values()}
+    assert len(devices) == 1  # every entity describes the one device alike
+    device = json.loads(devices.pop())
+    assert device["model"] == "Sensor gateway (BME280, SCD4x, SDS011)"
+    assert device["manufacturer"] == "depin-gateway"
+    assert announce(list(reversed(sensors)), state_interval=10.0) == msgs
+    # a caller that names no drivers still gets a model that says what the device is
+    plain = json.loads(next(iter(announce([("env", QUANTITY_UNITS)]).values())))
+    assert plain["device"]["model"] == "Sensor gateway"
+    assert (
+        ha.model(["simulated", "pms5003", "sht4x"]) == "Sensor gateway (PMS5003, SHT4x, simulated)"
+    )
+
+
+def test_a_silent_gateways_measurements_expire() -> None:
+    """A gateway that hangs with its connection open sends no Last Will: its values must not
+    stand for good. `expire_after` is three times the longer of the sensor's interval and the
+    state interval, so a live gateway never lets it run out."""
+    climate, pm = DRIVERS["bme280"](), DRIVERS["sds011"]()
+    sensors = [ha.Sensor("climate", climate, "bme280", 30.0), ha.Sensor("pm", pm, "sds011", 2.5)]
+    msgs = announce(sensors, state_interval=10.0)
+    assert {config_of(msgs, "sensor", f"climate-{q}")["expire_after"] for q in climate} == {90}
+    assert {config_of(msgs, "sensor", f"pm-{q}")["expire_after"] for q in pm} == {30}
+    for object_id in ("queue_depth", "oldest_unsent_age", "anomaly_rate", "attestation_score"):
+        assert "expire_after" not in config_of(msgs, "sensor", object_id)  # health: the Will
+    assert "expire_after" not in config_of(msgs, "binary_sensor", "online")
+    # Without the intervals (an older caller) nothing expires, as before.
+    assert "expire_after" not in config_of(
+        announce([("climate", climate)]), "sensor", "climate-temperature"
+    )
+    assert "expire_after" not in config_of(
+        announce([ha.Sensor("climate", climate, "bme280", 30.0)]), "sensor", "climate-temperature"
+    )
+    assert ha.expire_after(0.05, 1.0) == 3 and ha.expire_after(7.3, 1.0) == 22
+
+    status, state = f"{PREFIX}/{DEVICE}/status", f"{PREFIX}/{DEVICE}/state"
+    temperature = Entity(config_of(msgs, "sensor", "climate-temperature"))
+    pm25 = Entity(config_of(msgs, "sensor", "pm-pm2_5"))
+    online = config_of(msgs, "binary_sensor", "online")
+    entities = (temperature, pm25)
+    doc = json.dumps(state_doc({"climate": {"temperature": 21.3}, "pm": {"pm2_5": 12.4}}))
+    for e in entities:
+        e.receive(0, status, b"online")
+    # The gateway lives: a state every 10 s, for ten minutes; then it hangs (no Will).
+    for t in range(0, 600, 10):
+        for e in entities:
+            e.receive(t, state, doc.encode())
+        assert (temperature.shown(t + 9.9), pm25.shown(t + 9.9)) == (21.3, 12.4)
+    last = 590
+    assert temperature.shown(last + 89) == 21.3 and pm25.shown(last + 29) == 12.4
+    assert pm25.shown(last + 30) == "unavailable" and temperature.shown(last + 89) == 21.3
+    assert temperature.shown(last + 90) == "unavailable"
+    assert online["state_topic"] == status  # still "on": the broker did not notice
+    # It comes back: the next state makes the values available again.
+    for e in entities:
+        e.receive(last + 300, state, doc.encode())
+    assert (temperature.shown(last + 301), pm25.shown(last + 301)) == (21.3, 12.4)
+    # The Last Will makes everything unavailable at once.
+    for e in entities:
+        e.receive(last + 302, status, b"offline")
+    assert (temperature.shown(last + 303), pm25.shown(last + 303)) == ("unavailable",) * 2
