@@ -12,12 +12,18 @@ Decisions (docs/spool.md has the full story):
 - Only a few batches are sealed ahead of the uplink (`seal_ahead`); while the broker is away,
   readings wait as pending rows, so the size cap can drop the oldest readings individually and
   the chain itself never has a hole. Drops are recorded and signed into the next batch.
+- One process per spool and per key (`lockfile`), and a seq is never signed twice even when
+  the spool goes back in time or is replaced: the chain's position is also kept outside the
+  spool (`highwater`), written after each commit that sealed a batch and before the uplink
+  gets any of its batches; a spool found behind it takes the chain up after it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -26,12 +32,22 @@ from pathlib import Path
 
 import sqlite_utils
 
-from gateway import cose, payloads
+from gateway import cose, highwater, lockfile, payloads
 from gateway.errors import SpoolError
+from gateway.highwater import Entry, HighWater, Record, Stated
 from gateway.identity import Identity
+
+log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
 DROP_WHY_FULL = "spool-full"
+# What to do with a spool that cannot be used. Safe: the chain record keeps the chain going
+# after the last seq signed, and states what the old spool held that never reached the broker.
+_ASIDE = (
+    "move it aside with its -wal and -shm files (`mv {spool} {spool}-wal {spool}-shm "
+    "<somewhere>`; keep {chain}) to start a new spool, which takes the chain up after the last "
+    "batch signed"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +88,12 @@ class Spool:
         batch_max_age: float,
         seal_ahead: int,
         modules: Callable[[], list[tuple[str, str, bytes]]],
+        key_file: Path | None = None,
     ) -> None:
         self.path = path
+        self.key_file = key_file  # locked too: one key, one running gateway
+        self.lock_path = highwater.beside(path, ".lock")
+        self.chain = HighWater(highwater.beside(path, ".chain"))
         self.identity = identity
         self.boot = boot
         self.max_size = max_size
@@ -89,24 +109,56 @@ class Spool:
         self._next_seq = 0
         self._prev = payloads.ZERO_PREV
         self._page_size = 4096
+        self._spool_id = ""
+        self._taken = 0  # readings that left the queue (sealed or dropped), chain-wide
+        self._stated: list[Stated] = []  # loss receipts not yet known to be delivered
+        self._covered = -1  # the highest seq the chain record holds: batches up to it may go
+        self._carrier: int | None = None  # the batch that took the drops table in this commit
+        self._locks: list[lockfile.Held] = []
 
     # --- opening ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        existed = self.path.exists() and self.path.stat().st_size > 0
+        """Lock, check and open the spool, and take the chain up where it really stands.
+        Raises SpoolError, before anything is written, when another process has the spool or
+        the key, or the spool or its chain record is unusable."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpoolError(f"spool {self.path} cannot be opened: {e}") from None
+        self._locks = [lockfile.lock(self.path, what="spool", lock_file=self.lock_path)]
+        try:
+            if self.key_file is not None:
+                self._locks.append(lockfile.lock(self.key_file, what="device key"))
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        wal = Path(f"{self.path}-wal")
+        if not existed and wal.exists() and wal.stat().st_size > 0:
+            # SQLite would delete it, and with it the last commits of the spool it belongs to.
+            raise SpoolError(
+                f"{wal} is there without its spool {self.path}: it holds the last commits of a "
+                f"spool moved away. Move it (and {self.path.name}-shm) to where that spool is, "
+                f"or aside; the gateway then starts a new spool."
+            )
+        record = self.chain.read(self.identity.did)  # before SQLite: a bad record stops us here
+        try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as e:
             raise SpoolError(f"spool {self.path} cannot be opened: {e}") from None
         try:
             self._prepare(conn, existed)
+            self._take_up(conn, record)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise SpoolError(
                 f"spool {self.path} is corrupt or not an SQLite database ({e}); it was left "
-                f"untouched: move it aside to start a new spool, or inspect it with "
-                f"`sqlite3 {self.path} .recover`"
+                f"untouched: {_ASIDE.format(spool=self.path, chain=self.chain.path)}, or "
+                f"inspect it with `sqlite3 {self.path} .recover`"
             ) from None
         except SpoolError:
             conn.close()
@@ -119,7 +171,7 @@ class Spool:
             if row is None or row[0] != "ok":
                 raise SpoolError(
                     f"spool {self.path} failed SQLite's integrity check ({row and row[0]}); it "
-                    f"was left untouched: move it aside to start a new spool"
+                    f"was left untouched: {_ASIDE.format(spool=self.path, chain=self.chain.path)}"
                 )
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: in WAL mode this fsyncs the log at every commit, which is what makes a commit
@@ -163,6 +215,15 @@ class Spool:
             )
             conn.execute("COMMIT")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if "spool_id" not in meta:  # a new spool, or one made before spools had an id
+            meta |= {"spool_id": secrets.token_hex(8), "taken": "0"}
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [("spool_id", meta["spool_id"]), ("taken", meta["taken"])],
+            )
+            # Into the file itself: a spool whose -wal is deleted keeps its identity, and
+            # counts as rolled back, not replaced.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if meta.get("format") != str(FORMAT):
             raise SpoolError(f"spool {self.path} has format {meta.get('format')}, not {FORMAT}")
         if meta.get("did") != self.identity.did:
@@ -170,17 +231,131 @@ class Spool:
                 f"spool {self.path} belongs to {meta.get('did')}, not to this device's key "
                 f"{self.identity.did}; a spool never changes hands (its chain is signed)"
             )
-        self._next_seq = int(meta["next_seq"])
-        self._prev = bytes.fromhex(meta["prev"])
-        self._pending, self._oldest_pending = conn.execute(
-            "SELECT count(*), min(t) FROM readings"
-        ).fetchone()
-        self._sealed = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
+        self._spool_id = meta["spool_id"]
+        self._resync(conn)
+
+    def _take_up(self, conn: sqlite3.Connection, record: Record | None) -> None:
+        """Continue the chain after the chain record when the spool is behind it, then bring
+        the record up to the spool (a crash between a commit and its record leaves the spool
+        ahead; those batches were never handed to the uplink)."""
+        if record is not None and self._next_seq <= record.seq:
+            self._recover(conn, record)
+        elif record is not None:
+            if self._next_seq == record.seq + 1 and self._prev != record.batch:
+                log.error(
+                    "spool %s and chain record %s disagree on batch %d: the spool's chain "
+                    "goes on (was an old gateway version run on a restored spool?)",
+                    self.path,
+                    self.chain.path,
+                    record.seq,
+                )
+            self._stated = list(record.stated)
+        self._covered = -1 if record is None else min(record.seq, self._next_seq - 1)
+        if self._next_seq > 0:
+            self._cover(conn)
+
+    def _recover(self, conn: sqlite3.Connection, record: Record) -> None:
+        p = highwater.plan(
+            record,
+            spool_id=self._spool_id,
+            next_seq=self._next_seq,
+            taken=self._taken,
+            pending=self._pending,
+        )
+        was = self._next_seq
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "UPDATE meta SET value = ? WHERE key = ?",
+                [(str(p.next_seq), "next_seq"), (p.prev.hex(), "prev"), (str(p.taken), "taken")],
+            )
+            conn.execute("DELETE FROM batches WHERE seq < ?", (p.forget_below,))
+            if p.drop_pending:
+                conn.execute(
+                    "DELETE FROM readings WHERE id IN "
+                    "(SELECT id FROM readings ORDER BY id LIMIT ?)",
+                    (p.drop_pending,),
+                )
+            there = {
+                payloads.DropReceipt(n, a, b, why)
+                for n, a, b, why in conn.execute("SELECT n, t_from, t_to, why FROM drops")
+            }
+            conn.executemany(
+                "INSERT INTO drops(n, t_from, t_to, why) VALUES (?, ?, ?, ?)",
+                [(r.n, r.t_from, r.t_to, r.why) for r in p.receipts if r not in there],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        # Into the file itself, so that losing the -wal again cannot undo the statement.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._resync(conn)
+        # Statements whose batch the spool still holds stay as they are; the others go again.
+        kept = [s for s in record.stated if s.carrier is not None and s.carrier < was]
+        self._stated = kept + [Stated(r, None) for r in p.receipts]
+        lost = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in p.lost) or "none"
+        log.warning(
+            "spool %s is behind its chain record %s (spool at seq %d, record at seq %d): %s. "
+            "The chain goes on at seq %d after batch %s; sealed seqs lost and maybe never "
+            "delivered: %s%s%s",
+            self.path,
+            self.chain.path,
+            was,
+            record.seq,
+            p.reason,
+            p.next_seq,
+            p.prev.hex()[:16],
+            lost,
+            "; stated in the next batch" if p.receipts else "",
+            f"; {p.drop_pending} pending readings were already in lost batches and are not "
+            "signed again"
+            if p.drop_pending
+            else "",
+        )
+
+    def _cover(self, db: sqlite3.Connection) -> bool:
+        """Write the chain record for the spool as it is now; True when it then holds every
+        sealed batch. A failure is logged, and the batches it does not hold are kept from the
+        uplink until a later write succeeds."""
+        rows = db.execute("SELECT seq, n, first_t, sealed FROM batches ORDER BY seq").fetchall()
+        first_unacked = rows[0][0] if rows else self._next_seq
+        self._stated = [s for s in self._stated if s.carrier is None or s.carrier >= first_unacked]
+        record = Record(
+            did=self.identity.did,
+            spool=self._spool_id,
+            seq=self._next_seq - 1,
+            batch=self._prev,
+            sealed=rows[-1][3] if rows and rows[-1][0] == self._next_seq - 1 else None,
+            taken=self._taken,
+            unacked=tuple(Entry(*r) for r in rows),
+            stated=tuple(self._stated),
+        )
+        try:
+            self.chain.write(record)
+        except OSError as e:
+            if self._covered < self._next_seq - 1:
+                log.error(
+                    "chain record %s cannot be written (%s): batches from seq %d on are held "
+                    "back from the broker until it can",
+                    self.chain.path,
+                    e,
+                    self._covered + 1,
+                )
+            else:
+                log.warning("chain record %s cannot be written: %s", self.chain.path, e)
+            return False
+        self._covered = self._next_seq - 1
+        return True
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        self.chain.close()
+        for held in reversed(self._locks):
+            held.release()
+        self._locks = []
 
     def _db(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -190,8 +365,15 @@ class Spool:
     # --- reading ------------------------------------------------------------------------------
 
     def unacked(self) -> list[tuple[int, bytes, int]]:
-        """Sealed batches not yet acknowledged, oldest first, exactly as stored."""
-        return self._db().execute("SELECT seq, message, n FROM batches ORDER BY seq").fetchall()
+        """Sealed batches not yet acknowledged, oldest first, exactly as stored (those the
+        chain record holds: normally all)."""
+        return (
+            self._db()
+            .execute(
+                "SELECT seq, message, n FROM batches WHERE seq <= ? ORDER BY seq", (self._covered,)
+            )
+            .fetchall()
+        )
 
     def stats(self) -> SpoolStats:
         db = self._db()
@@ -252,9 +434,11 @@ class Spool:
         result = CommitResult(durable=len(new))
         db.execute("BEGIN IMMEDIATE")
         try:
+            forgot = 0
             if acked:
                 n = db.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in acked])
-                self._sealed -= n.rowcount
+                forgot = n.rowcount
+                self._sealed -= forgot
             rest = self._seal_due(db, new, now, horizon, force_seal or seal_all, result, seal_all)
             if rest:
                 db.executemany(
@@ -272,12 +456,40 @@ class Spool:
             # Caches may have moved inside the failed transaction; re-read them.
             self._resync(db)
             raise
+        if self._carrier is not None:  # the statements of earlier losses are in that batch
+            self._stated = [
+                Stated(s.receipt, self._carrier if s.carrier is None else s.carrier)
+                for s in self._stated
+            ]
+            self._carrier = None
+        if self._covered < self._next_seq - 1:
+            result.sealed = self._record_and_release(db, result.sealed)
+        elif forgot:
+            # Not for safety: so that a loss states exactly the batches not acknowledged.
+            self._cover(db)
         return result
+
+    def _record_and_release(
+        self, db: sqlite3.Connection, sealed: list[tuple[int, bytes, int]]
+    ) -> list[tuple[int, bytes, int]]:
+        """The batches the uplink may have now: the chain record first holds them all, so no
+        later loss of the spool can make their seqs be signed again."""
+        covered = self._covered
+        if not self._cover(db):
+            return []
+        if sealed and sealed[0][0] == covered + 1:
+            return sealed
+        # An earlier record could not be written: hand over what it kept back as well.
+        return db.execute(
+            "SELECT seq, message, n FROM batches WHERE seq > ? ORDER BY seq", (covered,)
+        ).fetchall()
 
     def _resync(self, db: sqlite3.Connection) -> None:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self._next_seq = int(meta["next_seq"])
         self._prev = bytes.fromhex(meta["prev"])
+        self._taken = int(meta.get("taken", 0))
+        self._carrier = None
         self._pending, self._oldest_pending = db.execute(
             "SELECT count(*), min(t) FROM readings"
         ).fetchone()
@@ -341,6 +553,7 @@ class Spool:
             result.sealed.append(self._seal(db, recs, receipts, now))
         if drops:
             db.execute("DELETE FROM drops")
+            self._carrier = result.sealed[0][0]
         used_db = min(consumed, from_db)
         if used_db:
             db.execute("DELETE FROM readings WHERE id <= ?", (rows[used_db - 1][0],))
@@ -378,9 +591,10 @@ class Spool:
             "INSERT INTO batches(seq, batch_id, sealed, n, first_t, message) VALUES (?,?,?,?,?,?)",
             (seq, batch_id, now, len(recs), recs[0].t, message),
         )
+        self._taken += len(recs)
         db.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
-            [(str(seq + 1), "next_seq"), (batch_id.hex(), "prev")],
+            [(str(seq + 1), "next_seq"), (batch_id.hex(), "prev"), (str(self._taken), "taken")],
         )
         self._next_seq = seq + 1
         self._prev = batch_id
@@ -410,6 +624,8 @@ class Spool:
             "INSERT INTO drops(n, t_from, t_to, why) VALUES (?, ?, ?, ?)",
             (n_real, t_from, t_to, DROP_WHY_FULL),
         )
+        self._taken += n_real
+        db.execute("UPDATE meta SET value = ? WHERE key = 'taken'", (str(self._taken),))
         self._pending -= n_real
         self._oldest_pending = db.execute("SELECT min(t) FROM readings").fetchone()[0]
         return int(n_real)

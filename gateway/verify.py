@@ -13,6 +13,9 @@ Chain decisions the spec leaves open, written down here (and in the project's do
   honest batches delivered in any order are never called forgeries.
 - Birth and attestation messages are signature- and did-checked; they do not touch the chain.
   Attestors are not devices, so the allow-list does not apply to attestations.
+- A gap is never more than a gap. When the batch after it carries v1.1 loss receipts (drop
+  receipts whose `why` is "<reason> seq <first>[-<last>]") covering missing seqs, the gap's
+  detail gives the device's stated reason; such a statement changes no verdict.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,6 +116,8 @@ class Verifier:
         self.counts: Counter[str] = Counter()
         self.evidence: list[tuple[str, int, bytes, bytes]] = []
         self.gaps: list[tuple[str, int, int]] = []  # (did, first missing seq, last missing seq)
+        # Missing seqs the device itself stated lost: (did, first seq, last seq, reason).
+        self.stated_losses: list[tuple[str, int, int, str]] = []
         self._chains: dict[str, _Chain] = {}
 
     # --- queries -----------------------------------------------------------------------------
@@ -170,6 +176,7 @@ class Verifier:
             bid,
             last=None if chain is None else chain.last,
             link=lambda s: None if chain is None else chain.links.get(s),
+            stated=b.dropped,
         )
         out = x.finding(kind, detail)
         if kind in ("prev-mismatch", "replay", "duplicate"):
@@ -184,6 +191,8 @@ class Verifier:
             return out
         if kind == "gap":
             self.gaps.append((did, chain.last + 1, b.seq - 1))
+            for first, last, reason in stated_losses(b.dropped, chain.last + 1, b.seq - 1):
+                self.stated_losses.append((did, first, last, reason))
         chain.links[b.seq] = link
         chain.last = max(chain.last, b.seq)
         return out
@@ -270,10 +279,13 @@ def decide(
     *,
     last: int | None,
     link: Callable[[int], LinkView | None],
+    stated: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[str, str]:
     """Step 5 of spec section 9 for one checked batch: (kind, detail), given the device's chain
     as the verifier has it: `last`, the highest accepted seq (None: no chain yet), and
-    `link(seq)`, the accepted batch at a seq. Pure: the caller stores what it accepts."""
+    `link(seq)`, the accepted batch at a seq. `stated`: the batch's drop receipts (key 9);
+    loss receipts among them name the reason of a gap in its detail, nothing else. Pure: the
+    caller stores what it accepts."""
     if seq == 0 and prev != payloads.ZERO_PREV:
         return "prev-mismatch", "seq 0 must have the all-zero prev"
     if seq > 0 and prev == payloads.ZERO_PREV:
@@ -292,8 +304,7 @@ def decide(
             return "prev-mismatch", f"prev {_short(prev)} is not batch {last} ({got})"
         return "valid", "extends the chain"
     if seq > last:
-        missing = f"{last + 1}" if seq == last + 2 else f"{last + 1}-{seq - 1}"
-        return "gap", f"seq {missing} missing"
+        return "gap", f"seq {_span(last + 1, seq - 1)} missing" + _loss_note(stated, last, seq)
     before, after = link(seq - 1), link(seq + 1)
     if before is not None and before.batch_id != prev:
         return "replay", f"prev does not link to batch {seq - 1}"
@@ -301,6 +312,71 @@ def decide(
         return "replay", f"batch {seq + 1} does not link to this batch"
     linked = [f"{x}" for x, y in ((seq - 1, before), (seq + 1, after)) if y is not None]
     return "reordered", ("links to " + " and ".join(linked)) if linked else "no neighbour yet"
+
+
+# --- loss receipts (spec v1.1) ----------------------------------------------------------------
+
+#: The reasons a gateway states: its spool went back in time (a rolled-back or deleted WAL, a
+#: restored backup), or it is another file (moved aside, deleted). Verifiers show any reason.
+LOSS_ROLLED_BACK = "spool-rolled-back"
+LOSS_REPLACED = "spool-replaced"
+_LOSS_WHY = re.compile(r"([a-z][a-z0-9]*(?:-[a-z0-9]+)*) seq (0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
+
+
+def loss_why(reason: str, first: int, last: int) -> str:
+    """The `why` of a loss receipt: "<reason> seq <first>[-<last>]" (one seq: no "-last")."""
+    return f"{reason} seq {_span(first, last)}"
+
+
+def parse_loss(why: str) -> tuple[str, int, int] | None:
+    """(reason, first seq, last seq) of a loss receipt's `why`; None for any other drop
+    receipt, including a malformed range (first above last, leading zeros, over 2^64)."""
+    m = _LOSS_WHY.fullmatch(why) if len(why) <= 200 else None
+    if m is None:
+        return None
+    first = int(m[2])
+    last = first if m[3] is None else int(m[3])
+    if (m[3] is not None and last <= first) or last >= 2**64:
+        return None
+    return m[1], first, last
+
+
+def stated_losses(
+    receipts: Sequence[Mapping[str, Any]], first: int, last: int
+) -> list[tuple[int, int, str]]:
+    """The parts of seqs `first`..`last` that loss receipts among `receipts` cover, as
+    (first, last, reason), in seq order (adjoining statements of one reason joined)."""
+    parts = []
+    for r in receipts:
+        why = r.get("why")
+        loss = parse_loss(why) if isinstance(why, str) else None
+        if loss is not None:
+            reason, a, b = loss
+            lo, hi = max(a, first), min(b, last)
+            if lo <= hi:
+                parts.append((lo, hi, reason))
+    out: list[tuple[int, int, str]] = []
+    for lo, hi, reason in sorted(parts):  # one range per reason where statements adjoin
+        if out and out[-1][2] == reason and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]), reason)
+        else:
+            out.append((lo, hi, reason))
+    return out
+
+
+def _loss_note(stated: Sequence[Mapping[str, Any]], last: int, seq: int) -> str:
+    parts = stated_losses(stated, last + 1, seq - 1)
+    if not parts:
+        return ""
+    if len(parts) == 1 and parts[0][:2] == (last + 1, seq - 1):
+        said = parts[0][2]
+    else:
+        said = ", ".join(f"{_span(a, b)} {reason}" for a, b, reason in parts)
+    return f": {said} (stated by the device)"
+
+
+def _span(first: int, last: int) -> str:
+    return f"{first}" if first == last else f"{first}-{last}"
 
 
 def _claims(message: bytes) -> tuple[str | None, int | None, int]:
