@@ -41,13 +41,6 @@ log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
 DROP_WHY_FULL = "spool-full"
-# What to do with a spool that cannot be used. Safe: the chain record keeps the chain going
-# after the last seq signed, and states what the old spool held that never reached the broker.
-_ASIDE = (
-    "move it aside with its -wal and -shm files (`mv {spool} {spool}-wal {spool}-shm "
-    "<somewhere>`; keep {chain}) to start a new spool, which takes the chain up after the last "
-    "batch signed"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +150,7 @@ class Spool:
             conn.close()
             raise SpoolError(
                 f"spool {self.path} is corrupt or not an SQLite database ({e}); it was left "
-                f"untouched: {_ASIDE.format(spool=self.path, chain=self.chain.path)}, or "
+                f"untouched: {self._aside()}, or "
                 f"inspect it with `sqlite3 {self.path} .recover`"
             ) from None
         except SpoolError:
@@ -165,13 +158,25 @@ class Spool:
             raise
         self.conn = conn
 
+    def _aside(self) -> str:
+        """What to do with a spool that cannot be used. Safe: the chain record keeps the chain
+        going after the last seq signed, and states what never reached the broker."""
+        files = [
+            f for f in (f"{self.path}", f"{self.path}-wal", f"{self.path}-shm") if Path(f).exists()
+        ]
+        return (
+            f"move it aside with its -wal and -shm files (`mv {' '.join(files)} <somewhere>`; "
+            f"keep {self.chain.path}) to start a new spool, which takes the chain up after the "
+            f"last batch signed"
+        )
+
     def _prepare(self, conn: sqlite3.Connection, existed: bool) -> None:
         if existed:
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise SpoolError(
                     f"spool {self.path} failed SQLite's integrity check ({row and row[0]}); it "
-                    f"was left untouched: {_ASIDE.format(spool=self.path, chain=self.chain.path)}"
+                    f"was left untouched: {self._aside()}"
                 )
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: in WAL mode this fsyncs the log at every commit, which is what makes a commit
