@@ -1,22 +1,32 @@
-"""The `depin-gateway` command. Library code raises; this edge prints one line and exits."""
+"""The `depin-gateway` command. Library code raises; this edge prints one line and exits.
+
+Every subcommand imports what it needs when it runs, and nothing else is imported at the top:
+`depin-gateway --help` and `status` stay quick on a Pi (bench/startup.py), and a command never
+loads the daemon's, the attestor's or the dashboard's modules it does not use. The subcommands
+that live in other modules (attestor, dashboard, firstboot) get their full parser only when
+they are the command being run; otherwise a stub with the same help line stands in for them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import logging
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError
 
-DEFAULT_KEY = Path("/var/lib/depin-gateway/device.key")
+# typing.TYPE_CHECKING without importing typing (~4 ms); mypy treats the name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+DEFAULT_KEY = "/var/lib/depin-gateway/device.key"
 
 
 def _setup_logging(level: str) -> None:
+    import logging
+
     # Our own loggers follow the chosen level; libraries stay at INFO so "debug" shows the
     # gateway's decisions (down to each durable reading), not every MQTT packet.
     logging.basicConfig(
@@ -28,19 +38,24 @@ def _setup_logging(level: str) -> None:
 
 
 def _key_path(args: argparse.Namespace) -> Path:
+    from pathlib import Path
+
     if args.key is not None:
         return Path(args.key)
     if args.config is not None:
         from gateway import config
 
         return config.load(Path(args.config)).device.key_file
-    return DEFAULT_KEY
+    return Path(DEFAULT_KEY)
 
 
 # --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
     from gateway import config, daemon
 
     cfg = config.load(Path(args.config))
@@ -54,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from gateway import config, status
 
     sys.stdout.write(status.main(config.load(Path(args.config)), as_json=args.json))
@@ -61,9 +78,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from gateway import config
+    from gateway.modules import litert
 
     cfg = config.load(Path(args.file))
+    # A configuration this installation cannot run is refused here as `run` refuses it.
+    litert.require_for(cfg.modules)
     sys.stdout.write(config.render(cfg))
     return 0
 
@@ -98,6 +120,9 @@ def cmd_identity_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
     from gateway import verify
 
     verifier = verify.Verifier(allowed_dids=args.allow or None)
@@ -141,6 +166,7 @@ def _read_input(name: str, what: str, limit: int) -> bytes:
 
 def cmd_prove(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from gateway import proof, verify
 
@@ -229,6 +255,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_model_sign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from gateway import identity
     from gateway.model_bundle import make_bundle
 
@@ -254,7 +282,34 @@ def _key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="take the key file from this configuration")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: subcommands whose parsers live in other modules: their `add_parser` and the help line
+#: `depin-gateway --help` shows for them without importing them (tests/test_cli.py checks that
+#: it is the one the module itself gives)
+_ELSEWHERE = {
+    "attestor": (
+        "gateway.attestor.cli",
+        "verify batches, keep chains, sign epoch attestations",
+    ),
+    "dashboard": (
+        "gateway.dashboard.cli",
+        "serve a live web page of every gateway on a broker",
+    ),
+    "firstboot": (
+        "gateway.firstboot",
+        "take over a configuration left on the boot partition (run at boot by systemd)",
+    ),
+}
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand in `argv` (the first word that is not an option): the top level has no
+    option that takes a value."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; with `lazy`, the subcommands of `_ELSEWHERE` other than `command` are
+    stubs with their help line, so their modules are not imported."""
     p = argparse.ArgumentParser(
         prog="depin-gateway",
         description="Read sensors, judge and sign every reading, deliver signed batches over MQTT.",
@@ -337,13 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("proof", help="the proof (JSON), or - for stdin")
     vp.set_defaults(fn=cmd_verify_proof)
 
-    from gateway.attestor.cli import add_parser as add_attestor
-    from gateway.dashboard.cli import add_parser as add_dashboard
-    from gateway.firstboot import add_parser as add_firstboot
+    import importlib
 
-    add_attestor(sub)
-    add_dashboard(sub)
-    add_firstboot(sub)
+    for name, (module, help_line) in _ELSEWHERE.items():
+        if lazy and command != name:
+            sub.add_parser(name, help=help_line)
+        else:
+            importlib.import_module(module).add_parser(sub)
 
     m = sub.add_parser("model", help="detection model bundles")
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
@@ -403,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(_command(argv), lazy=True).parse_args(argv)
     try:
         return int(args.fn(args))
     except ConfigError as e:

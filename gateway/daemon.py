@@ -28,6 +28,7 @@ from gateway import (
     payloads,
     plugins,
     sdnotify,
+    status,
 )
 from gateway.clock import ClockState, detect
 from gateway.config import Config, ModuleConfig
@@ -36,6 +37,7 @@ from gateway.files import write_atomic
 from gateway.health import Health
 from gateway.model_bundle import MAX_BUNDLE_BYTES
 from gateway.model_updates import Installed, ModelStore, Outcome
+from gateway.modules import litert
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
 from gateway.monitor import HealthReport, StateMirror, read_attestation
@@ -43,7 +45,6 @@ from gateway.pipeline import Pipeline
 from gateway.reading import Reading
 from gateway.sampler import SensorTask
 from gateway.spool import Spool
-from gateway.status import STATUS_FILE, runtime_dir
 from gateway.uplink import Uplink
 
 log = logging.getLogger("gateway")
@@ -58,6 +59,9 @@ WRITER_STALL = 20.0
 #: batches a module change may seal beyond `seal_ahead` (it seals every reading judged so far);
 #: past that the backlog is large, the broker far behind, and the change is refused
 SWITCH_SLACK_BATCHES = 4
+#: seconds between the INFO lines saying what the gateway does, when it runs by hand (under
+#: systemd the STATUS= line says it, and the journal gets only the changes)
+PROGRESS_INTERVAL = 60.0
 
 
 def config_digest(cfg: Config) -> bytes:
@@ -139,6 +143,12 @@ class Gateway:
             device_id=ident.device_id, name=cfg.device.name, version=__version__
         )
         self._status: dict[str, bytes] = {}
+        self._status_path = status.status_file(cfg.spool.path)
+        # Written into the file: `status` takes it only for its own spool, while we run.
+        self._status_head = json.dumps(
+            {"pid": os.getpid(), "spool": status.spool_key(cfg.spool.path)}
+        )[1:-1]
+        self._status_ok: bool | None = None  # None: the directory is not prepared yet
         topics = self.uplink.topics
         self.uplink.subscriptions = [topics["attestation"]]
         if self.models.enabled:
@@ -153,6 +163,7 @@ class Gateway:
                 *homeassistant.subscriptions(mon.discovery_prefix, ident.device_id),
             ]
         self._reload_lock = asyncio.Lock()
+        self.taken = 0  # readings taken and judged since start (committed or not yet)
         self.sensors: list[SensorTask] = []
         for sc in cfg.sensors:
             driver = plugins.driver_class(sc.driver)(sensor_id=sc.id, options=sc.options)
@@ -174,6 +185,7 @@ class Gateway:
         return self.clock.synced, self.clock.source
 
     def _accept(self, readings: list[Reading]) -> None:
+        self.taken += len(readings)
         self.pipeline.accept(readings)
         self.state.update(readings)
         # Share ambient conditions between sensors: an SCD4x compensates its CO2 reading for
@@ -309,23 +321,39 @@ class Gateway:
         await self._write_status()
 
     async def _write_status(self) -> None:
-        """`depin-gateway status` reads this; only in a runtime directory (tmpfs under
-        systemd), never on the SD card."""
-        folder = runtime_dir()
-        if folder is None:
-            return
+        """`depin-gateway status` reads this, whether the gateway runs under systemd or was
+        started by hand: in a runtime directory, on tmpfs wherever there is one
+        (`gateway.status.status_file`)."""
+        path = self._status_path
         parts = [f'"{k}": {v.decode()}' for k, v in sorted(self._status.items())]
-        text = "{" + ", ".join(parts) + "}\n"
+        text = "{" + ", ".join([self._status_head, *parts]) + "}\n"
 
         def write() -> None:
-            # Readable by the owner's `depin-gateway status` despite the unit's UMask=0077:
-            # values and counters, nothing secret. On tmpfs: no fsync.
-            write_atomic(folder / STATUS_FILE, text.encode(), mode=0o644, durable=False)
+            if self._status_ok is None:
+                self._status_ok = status.prepare_dir(path.parent)
+                if not self._status_ok:
+                    log.warning(
+                        "no status file for `depin-gateway status`: %s is not this user's "
+                        "directory",
+                        path.parent,
+                    )
+            if self._status_ok:
+                # Readable by the owner's `depin-gateway status` despite the unit's
+                # UMask=0077: values and counters, nothing secret. No fsync: it is rewritten
+                # every few seconds, and meaningless after a restart.
+                write_atomic(path, text.encode(), mode=0o644, durable=False)
 
         try:
             await asyncio.to_thread(write)
         except OSError as e:
             log.debug("status file not written: %s", e)
+
+    def _remove_status(self) -> None:
+        """At the end: a stopped gateway has no status (systemd removes its runtime directory
+        too; a gateway run by hand leaves nothing in /tmp)."""
+        if self._status_ok:
+            with contextlib.suppress(OSError):
+                self._status_path.unlink()
 
     async def _monitor(self) -> None:
         mon = self.cfg.monitor
@@ -362,6 +390,36 @@ class Gateway:
         seq = "-" if h.last_seq is None else h.last_seq
         return f"{h.readings} readings, {h.queue_depth} queued, {broker}, last seq {seq}"
 
+    def progress_line(self, new_readings: int, seconds: float) -> str:
+        h = self.health
+        broker = f"broker connected (MQTT {h.protocol})" if h.connected else "broker away"
+        return (
+            f"{broker}; {self.taken} readings since start, {new_readings} in the last "
+            f"{seconds:.0f} s; {h.batches_acked} batches acknowledged; {h.queue_depth} "
+            "readings queued"
+        )
+
+    async def _progress(self, interval: float | None) -> None:
+        """One INFO line of what the gateway does, every `interval` seconds (None: never) and
+        whenever the broker connection comes or goes, so that someone who started it by hand
+        sees it work (or wait for the broker) rather than silence."""
+        loop = asyncio.get_running_loop()
+        h = self.health
+        # The first connect is not news (the uplink says "connected to"); a broker that is not
+        # there after a second is.
+        connected = True
+        since, readings = loop.time(), self.taken
+        while True:
+            # Once a second: the uplink has no hook for a lost connection, and a flag is cheap
+            # to look at.
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            changed = h.connected != connected
+            if changed or (interval is not None and now - since >= interval):
+                log.info("%s", self.progress_line(self.taken - readings, now - since))
+                connected = h.connected
+                since, readings = now, self.taken
+
     def healthy(self) -> list[str]:
         """What is stuck right now (empty: healthy): a sensor task that did not come round in
         time (a hung driver), or one spool job running for longer than WRITER_STALL (a stuck
@@ -375,12 +433,9 @@ class Gateway:
 
     async def _systemd(self) -> None:
         # READY once the spool is open (run() did that), the uplink runs, and every sensor has
-        # had its first read, good or failed: the unit is then really doing its job.
-        while not all(
-            self.health.sensor_reads[s.cfg.id] + self.health.sensor_errors[s.cfg.id]
-            for s in self.sensors
-        ):
-            await asyncio.sleep(0.1)
+        # had its first read, good or failed: the unit is then really doing its job. Told the
+        # moment the last of them is read, not at the next tick of a polling loop.
+        await asyncio.gather(*(s.first_read.wait() for s in self.sensors))
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
         watchdog = sdnotify.watchdog_interval()
         period = watchdog / 2 if watchdog else 10.0
@@ -698,14 +753,19 @@ class Gateway:
                     tg.create_task(self._update_depth(), name="health"),
                     tg.create_task(self._monitor(), name="monitor"),
                 ]
-                if os.environ.get("NOTIFY_SOCKET"):
+                systemd = bool(os.environ.get("NOTIFY_SOCKET"))
+                if systemd:
                     workers.append(tg.create_task(self._systemd(), name="systemd"))
+                # Under systemd, STATUS= says it all the time; the journal gets the changes.
+                interval = None if systemd else PROGRESS_INTERVAL
+                workers.append(tg.create_task(self._progress(interval), name="progress"))
                 workers += [
                     tg.create_task(s.run(), name=f"sensor-{s.cfg.id}") for s in self.sensors
                 ]
                 await stop.wait()
                 await self._shutdown(workers, uplink)
         finally:
+            self._remove_status()
             await self._in_spool(self.spool.close)
             self.executor.shutdown(wait=True)
 
@@ -757,6 +817,9 @@ def _model_name(mc: ModuleConfig) -> str:
 
 def run(cfg: Config, *, shutdown_timeout: float = 10.0) -> int:
     """Run until SIGTERM or SIGINT. Raises GatewayError for problems found at start."""
+    # First: an installation without the TFLite runtime for a configured model is told which
+    # extra to install, before anything is opened.
+    litert.require_for(cfg.modules)
     ident = identity.load(cfg.device.key_file)
     gw = Gateway(cfg, ident=ident, shutdown_timeout=shutdown_timeout)
 

@@ -47,6 +47,8 @@ class SensorTask:
         self._failures = 0
         #: loop time by which this task must have come round again; the watchdog compares
         self.due_by = float("inf")
+        #: set once the sensor was read (or failed) for the first time: READY waits for it
+        self.first_read = asyncio.Event()
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.driver.blocking:
@@ -80,6 +82,7 @@ class SensorTask:
                 # Repeated failures: close and re-open, as after an unplugged adapter.
                 await self._close()
             measurements = [Measurement(q, None, ("sensor-error",)) for q in self.units]
+        self.first_read.set()
         readings = [
             Reading(
                 self.cfg.id,

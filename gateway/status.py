@@ -1,13 +1,25 @@
 """`depin-gateway status`: the local gateway at a glance, for an owner on SSH.
 
 Two sources, both local: the spool (read-only: chain position, what waits for the broker, drops,
-the newest readings not yet sealed) and the status file the daemon keeps in its runtime
-directory (`$RUNTIME_DIRECTORY/status.json`, on tmpfs under systemd, so it costs the SD card
-nothing): the latest values and flags, the uplink, errors, the latest attestation.
+the newest readings not yet sealed) and the status file the daemon keeps in a runtime directory
+(on tmpfs where there is one, so it costs the SD card nothing): the latest values and flags, the
+uplink, errors, the latest attestation.
+
+Where the status file is, for a daemon and its `status` alike (`status_file`):
+
+- under systemd, `$RUNTIME_DIRECTORY/status.json` (`/run/depin-gateway`): a unit runs one
+  gateway, and `status`, which does not have that variable, looks there by default;
+- started by hand, `status-<key>.json` in `$XDG_RUNTIME_DIR/depin-gateway` (the login session's
+  tmpfs), else in `/tmp/depin-gateway-<uid>`, the key a hash of the spool's path: two gateways
+  started by hand never share a file, and `status -c` finds the one of its configuration's spool.
+
+Each file names its spool and its daemon's pid: `status` takes a file only if it is this
+configuration's spool and that process still runs, whichever directory it was found in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -22,12 +34,111 @@ from gateway.config import Config
 
 STATUS_FILE = "status.json"
 DEFAULT_RUNTIME = Path("/run/depin-gateway")
+#: the last resort for a gateway started by hand without a session runtime directory
+TMP = Path("/tmp")
 
 
 def runtime_dir() -> Path | None:
-    """Where the daemon writes its status file: systemd's RuntimeDirectory, when it has one."""
+    """systemd's RuntimeDirectory, when the process has one."""
     env = os.environ.get("RUNTIME_DIRECTORY")
     return Path(env.split(":")[0]) if env else None
+
+
+def spool_key(spool: Path) -> str:
+    """The spool's real path (symlinks resolved where they can be read), as status files name
+    it; the same for the daemon and for `status` of the same configuration."""
+    return os.path.realpath(spool)
+
+
+def _name(spool: Path) -> str:
+    return f"status-{hashlib.sha256(spool_key(spool).encode()).hexdigest()[:16]}.json"
+
+
+def _session_dir() -> Path | None:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "depin-gateway" if xdg else None
+
+
+def status_file(spool: Path) -> Path:
+    """Where the daemon of `spool` writes its status file (see the module's docstring)."""
+    unit = runtime_dir()
+    if unit is not None:
+        return unit / STATUS_FILE
+    session = _session_dir()
+    # A session directory of our own (after `su` the variable may name another user's).
+    if session is not None and _owned_dir(session.parent):
+        return session / _name(spool)
+    return TMP / f"depin-gateway-{os.getuid()}" / _name(spool)
+
+
+def _owned_dir(path: Path) -> bool:
+    """A real directory (not a symlink) owned by this user: in a shared /tmp anyone could have
+    made `/tmp/depin-gateway-<uid>` first."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == os.getuid()
+
+
+def prepare_dir(path: Path) -> bool:
+    """Create the status file's directory if needed; False when it is not safely ours to write
+    in. Readable by all (0755), as systemd's RuntimeDirectoryMode: values and counters, nothing
+    secret, and a `status` run by another user (root's gateway, the owner's SSH) can read it."""
+    try:
+        path.mkdir(mode=0o755, exist_ok=True)
+    except OSError:
+        return False
+    if path == runtime_dir():
+        return True
+    if not _owned_dir(path):
+        return False
+    _sweep(path)
+    return True
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the files of gateways that did not stop cleanly (killed, crashed): `status`
+    ignores them anyway, and in /tmp nothing else would until the next boot."""
+    for old in folder.glob("status-*.json"):
+        try:
+            pid = json.loads(old.read_text(encoding="utf-8")).get("pid")
+        except (OSError, ValueError, AttributeError):
+            continue  # being written, or not ours to judge
+        if not _running(pid):
+            old.unlink(missing_ok=True)
+
+
+def _candidates(spool: Path) -> list[Path]:
+    """Every place the status file of `spool` can be, most likely first."""
+    found = [d / STATUS_FILE for d in (runtime_dir(), DEFAULT_RUNTIME) if d is not None]
+    name = _name(spool)
+    session = _session_dir()
+    if session is not None:
+        found.append(session / name)
+    uids = [os.getuid()]
+    try:  # the daemon made the spool: its owner is the daemon's user, maybe not ours
+        owner = spool.stat().st_uid
+    except OSError:
+        owner = None
+    if owner is not None and owner not in uids:
+        uids.append(owner)
+    for uid in uids:
+        found.append(Path(f"/run/user/{uid}/depin-gateway/{name}"))
+        found.append(TMP / f"depin-gateway-{uid}" / name)
+    return list(dict.fromkeys(found))
+
+
+def _running(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process (root's gateway): it runs
+    return True
 
 
 def spool_facts(path: Path, *, newest: int = 200) -> dict[str, Any]:
@@ -75,13 +186,16 @@ def spool_facts(path: Path, *, newest: int = 200) -> dict[str, Any]:
 
 
 def read_status(cfg: Config) -> dict[str, Any] | None:
-    candidates = [d / STATUS_FILE for d in (runtime_dir(), DEFAULT_RUNTIME) if d is not None]
-    for path in candidates:
+    """The status file of this configuration's running daemon, or None."""
+    key = spool_key(cfg.spool.path)
+    for path in _candidates(cfg.spool.path):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(doc, dict):
+        # Another gateway's file (systemd's, while this config is one run by hand), or one
+        # left behind by a daemon that was killed: not this gateway's state.
+        if isinstance(doc, dict) and doc.get("spool") == key and _running(doc.get("pid")):
             doc["_path"] = str(path)
             return doc
     return None
@@ -108,7 +222,7 @@ def render(cfg: Config, spool: dict[str, Any], status: dict[str, Any] | None, no
     health = (status or {}).get("health") or {}
     state = (status or {}).get("state") or {}
     if status is None:
-        out.append("  daemon: no status file (not running, or not under systemd); spool only")
+        out.append("  daemon: not running (no status file for this spool); spool only")
     else:
         age = _age(health.get("t"), now)
         up = health.get("uptime_s")

@@ -160,7 +160,7 @@ def test_runtime_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
         raise ImportError(f"no module named {name}")
 
     monkeypatch.setattr(litert.importlib, "import_module", fail)
-    with pytest.raises(GatewayError, match="pip install ai-edge-litert"):
+    with pytest.raises(GatewayError, match=r"pip install 'depin-gateway\[litert\]'"):
         litert.interpreter_class()
 
 

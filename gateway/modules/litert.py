@@ -1,7 +1,10 @@
 """The one import shim for the TFLite interpreter.
 
 `ai-edge-litert` (Google's LiteRT, the successor of tflite-runtime) first; `tflite-runtime`
-where only it installs (32-bit Raspberry Pi OS, armv7l). Nothing else imports either package.
+where only it installs (32-bit Raspberry Pi OS, armv7l). Nothing else imports either package,
+and nothing imports this one's runtime (nor numpy, which comes with it) before a model is
+actually loaded: both are the `litert` extra, not dependencies, and a gateway without models
+must start, and stay lean, without them (numpy alone is ~11 MB resident).
 
 `new_interpreter` builds every interpreter the gateway runs. It asks for the built-in kernels
 without the default delegates: for a model this small (one window of 24 floats, a few dense
@@ -16,19 +19,60 @@ and with faults injected, gets the same flags).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import importlib.util
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.config import ModuleConfig
 
 #: (module, what to `pip install`) in the order tried
 _CANDIDATES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
 )
+#: what a user installs: the extra brings ai-edge-litert, and numpy with it
+INSTALL = "pip install 'depin-gateway[litert]'"
+FIX = (
+    f"install the litert extra ({INSTALL}), or tflite-runtime where ai-edge-litert has no "
+    "wheel (32-bit ARM)"
+)
 
 
 class RuntimeMissing(GatewayError):
-    """No TFLite interpreter is installed."""
+    """No TFLite interpreter (or no numpy) is installed: the installation lacks an extra, which
+    is the configuration's business (it names a `tflite` module), hence exit code 2."""
+
+    exit_code = 2
+
+
+def _installed(name: str) -> bool:
+    """Whether top-level package `name` is installed, without importing it (a `find_spec` of a
+    top-level name only looks at sys.path: no code of the package runs)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing() -> str | None:
+    """None when a runtime and numpy are installed; else what is missing and the fix, in one
+    line. Cheap: nothing is imported, so `config check` and the daemon's start can ask."""
+    if not any(_installed(module.partition(".")[0]) for module, _ in _CANDIDATES):
+        return f"no TFLite runtime is installed: {FIX}"
+    if not _installed("numpy"):
+        return f"numpy is not installed (the TFLite runtime needs it): {FIX}"
+    return None
+
+
+def numpy() -> Any:
+    """The numpy module, imported now (a model is being loaded); RuntimeMissing without it."""
+    try:
+        return importlib.import_module("numpy")
+    except ImportError as e:
+        raise RuntimeMissing(f"numpy does not import ({e}): {FIX}") from None
 
 
 def interpreter_class() -> Any:
@@ -39,10 +83,7 @@ def interpreter_class() -> Any:
             return importlib.import_module(module).Interpreter
         except ImportError as e:
             tried.append(f"{package} ({e})")
-    raise RuntimeMissing(
-        "no TFLite runtime: install ai-edge-litert (`pip install ai-edge-litert`), or "
-        "tflite-runtime where ai-edge-litert has no wheel (32-bit ARM); tried " + "; ".join(tried)
-    )
+    raise RuntimeMissing(f"no TFLite runtime: {FIX}; tried " + "; ".join(tried))
 
 
 def new_interpreter(model_content: bytes, *, num_threads: int = 1) -> Any:
@@ -56,3 +97,15 @@ def new_interpreter(model_content: bytes, *, num_threads: int = 1) -> Any:
     if plain is not None:
         kwargs["experimental_op_resolver_type"] = plain
     return cls(model_content=model_content, num_threads=num_threads, **kwargs)
+
+
+def require_for(modules: Iterable[ModuleConfig]) -> None:
+    """RuntimeMissing, naming the module and the extra to install, when one of `modules` is of
+    kind `tflite` and no runtime (or no numpy) is installed; checked without importing either,
+    before anything starts."""
+    for mc in modules:
+        if mc.kind == "tflite":
+            problem = missing()
+            if problem is not None:
+                raise RuntimeMissing(f"module {mc.id!r} (kind tflite): {problem}")
+            return

@@ -17,6 +17,10 @@ a manifest (`.json`) or a model (`.tflite`, its manifest beside it). Without `mo
 `models/` folder of the source tree this package runs from (an editable / source install) is
 used, and in an installed wheel the copy under `<prefix>/share/depin-gateway/models`; relative
 `models_dir` paths are taken from the config file's directory.
+
+numpy and the TFLite runtime (the `litert` extra) are imported when a model is loaded, never
+when this module is: the manifest checks, `config check` and the model updates' bookkeeping run
+without them, and a gateway without models never loads them.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway.errors import ConfigError
+from gateway.modules import litert
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.litert import new_interpreter
 from gateway.modules.series import module_options
 from gateway.reading import Reading
 from gateway.schema import Field
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MODEL = "temperature-ae"
 
@@ -187,8 +193,8 @@ class _Ring:
 
     __slots__ = ("buf", "count", "last_t", "pos")
 
-    def __init__(self, window: int) -> None:
-        self.buf = np.zeros((1, 2 * window), dtype=np.float32)
+    def __init__(self, buf: np.ndarray) -> None:
+        self.buf = buf  # zeros, shape (1, 2 * window), float32
         self.pos = 0
         self.count = 0
         self.last_t = -math.inf
@@ -239,6 +245,7 @@ model = "temperature-ae"
         o = module_options(type(self), options)
         self.manifest, data = read_manifest(manifest_path(str(o["model"]), _dir(o["models_dir"])))
         m = self.manifest
+        self._np = np = litert.numpy()
         interp = new_interpreter(data, num_threads=1)
         interp.allocate_tensors()
         ins, outs = interp.get_input_details(), interp.get_output_details()
@@ -271,6 +278,7 @@ model = "temperature-ae"
 
     def error(self, window: np.ndarray) -> float:
         """The model's raw output for one window (shape (window,) or (1, window))."""
+        np = self._np
         self._interp.set_tensor(self._in, np.asarray(window, dtype=np.float32).reshape(1, -1))
         self._interp.invoke()
         return float(self._interp.get_tensor(self._out).reshape(-1)[0])
@@ -285,7 +293,7 @@ model = "temperature-ae"
         key = r.name
         st = self.state.get(key)
         if st is None:
-            st = self.state[key] = _Ring(self.window)
+            st = self.state[key] = _Ring(self._np.zeros((1, 2 * self.window), self._np.float32))
         if not math.isfinite(v) or r.t - st.last_t > self.max_gap:
             st.count = 0  # a hole in the series: start the window afresh
         st.last_t = r.t
