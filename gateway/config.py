@@ -9,6 +9,10 @@ re-exports of the rest, which is split by what it holds:
 - `config_locate`: tomllib gives no positions, so a small locator maps key paths such as
   `sensor[1].interval` to line numbers; every problem reads `{source}:{line}: {keypath}: {message}`;
 - `config_render`: the resolved configuration as TOML, and the Markdown reference of every key.
+
+A `[[sensor]]`'s `placement` is passed on to every module that declares a `placements` table
+option (`gateway.schema.PLACEMENTS`): the loader fills it in, sensor id -> placement, so a
+module learns which sensors share the same air without a path of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import plugins
 from gateway.config_check import (
@@ -48,7 +52,7 @@ from gateway.config_schema import (
     check_uplink,
 )
 from gateway.errors import ConfigError
-from gateway.schema import Field
+from gateway.schema import PLACEMENTS, Field, placement_key
 
 __all__ = [
     "CLOCK",
@@ -145,6 +149,7 @@ class SensorConfig:
     driver: str
     interval: float
     options: Mapping[str, Any]
+    placement: str | None = None  # None: where the other sensors without one are
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +212,15 @@ def _items(problems: Problems, doc: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
+class _Table(NamedTuple):
+    """One complete `[[sensor]]` or `[[module]]` table, checked."""
+
+    path: str  # its key path, `module[2]`, for problems found later
+    cls: Any  # the plug-in class it names
+    values: dict[str, Any]  # every key, the plug-in's options included
+    options: dict[str, Any]  # the plug-in's options only
+
+
 def _plugin_tables(
     problems: Problems,
     doc: Mapping[str, Any],
@@ -216,16 +230,16 @@ def _plugin_tables(
     head_fields: Mapping[str, Field],
     plugin_key: str,
     what: str,
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+) -> list[_Table]:
     """Check each `[[array]]` table: its own keys (`head_fields`), then the options of the
-    plug-in it names (`plugin_key`), with duplicate ids reported. Returns (values, options)
-    of every table that is complete."""
+    plug-in it names (`plugin_key`), with duplicate ids reported. Returns every table that is
+    complete."""
     names, load_class = (
         (plugins.drivers, plugins.driver_class)
         if what == "driver"
         else (plugins.modules, plugins.module_class)
     )
-    out: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    out: list[_Table] = []
     seen: dict[str, str] = {}
     for n, table in enumerate(_items(problems, doc, array)):
         path = f"{array}[{n}]"
@@ -260,7 +274,7 @@ def _plugin_tables(
         if cls is not None and all(k in values for k in fields):
             options = {k: values[k] for k in fields if k not in head_fields}
             plugin_rules(problems, path, cls, options)
-            out.append((values, options))
+            out.append(_Table(path, cls, values, options))
     return out
 
 
@@ -278,16 +292,19 @@ def _sensors(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list
     )
     return [
         SensorConfig(
-            id=v["id"],
-            driver=v["driver"],
-            interval=v["interval"],
-            options=MappingProxyType(o),
+            id=t.values["id"],
+            driver=t.values["driver"],
+            interval=t.values["interval"],
+            options=MappingProxyType(t.options),
+            placement=t.values["placement"],
         )
-        for v, o in tables
+        for t in tables
     ]
 
 
-def _modules(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list[ModuleConfig]:
+def _modules(
+    problems: Problems, doc: Mapping[str, Any], base_dir: Path, sensors: list[SensorConfig]
+) -> list[ModuleConfig]:
     tables = _plugin_tables(
         problems,
         doc,
@@ -297,10 +314,44 @@ def _modules(problems: Problems, doc: Mapping[str, Any], base_dir: Path) -> list
         plugin_key="kind",
         what="module",
     )
-    return [
-        ModuleConfig(id=v["id"], kind=v["kind"], options=MappingProxyType(o), budget=v["budget"])
-        for v, o in tables
-    ]
+    out = []
+    for t in tables:
+        options = t.options
+        field = t.cls.CONFIG.get(PLACEMENTS)
+        if isinstance(field, Field) and field.kind == "table":
+            options = {**options, PLACEMENTS: _placements(problems, t, doc, sensors)}
+        v = t.values
+        out.append(
+            ModuleConfig(
+                id=v["id"], kind=v["kind"], options=MappingProxyType(options), budget=v["budget"]
+            )
+        )
+    return out
+
+
+def _placements(
+    problems: Problems, table: _Table, doc: Mapping[str, Any], sensors: list[SensorConfig]
+) -> dict[str, str]:
+    """The `placements` a module gets: each `[[sensor]]`'s `placement`, and what the module's
+    own table says, which must name sensors and agree with them (written out by `config
+    check`, a resolved file lists them in both places)."""
+    merged = {s.id: s.placement for s in sensors if s.placement is not None}
+    given = table.options.get(PLACEMENTS) or {}
+    ids = {t.get("id") for t in _items(Problems("", None), doc, "sensor") if isinstance(t, dict)}
+    for sensor, placement in given.items():
+        path = f"{table.path}.{PLACEMENTS}"
+        if sensor not in ids:
+            known = ", ".join(sorted(str(i) for i in ids if isinstance(i, str)))
+            problems.add(path, f"{sensor}: no [[sensor]] has this id (sensors: {known})")
+        elif sensor in merged and placement_key(merged[sensor]) != placement_key(placement):
+            problems.add(
+                path,
+                f"{sensor}: {placement!r} here, but its [[sensor]] table says placement = "
+                f"{merged[sensor]!r}; set it once, in the [[sensor]] table",
+            )
+        else:
+            merged[sensor] = placement
+    return merged
 
 
 # --------------------------------------------------------------------------- loading
@@ -386,7 +437,7 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
         sections[name] = check_table(problems, name, table, fields, base)
     check_uplink(problems, sections["uplink"], given["uplink"])
     sensors = _sensors(problems, doc, base)
-    modules = _modules(problems, doc, base)
+    modules = _modules(problems, doc, base, sensors)
 
     if problems:
         raise ConfigError(problems.sorted(), source=source)

@@ -100,6 +100,7 @@ def render(cfg: Config) -> str:
                 "id": sensor.id,
                 "driver": sensor.driver,
                 "interval": sensor.interval,
+                "placement": sensor.placement,
                 **sensor.options,
             },
         )

@@ -13,22 +13,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config_check import Problems
-from gateway.schema import Field
+from gateway.schema import Field, placement_problem
 
 
 def _nonempty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline, and `id = "pm\n"`
+# would go into MQTT topics and SenML names.
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def _sensor_id(value: str) -> str | None:
-    if _ID.match(value):
+    if _ID.fullmatch(value):
         return None
     return (
-        f"invalid sensor id {value!r}: use lower-case letters, digits, '_' and '-', starting "
-        "with a letter or digit (it prefixes SenML names like 'pm/pm2_5')"
+        f"invalid sensor id {value!r}: use 1 to 64 lower-case letters, digits, '_' and '-', "
+        "starting with a letter or digit, nothing else (no spaces, dots or newlines): it goes "
+        "into SenML names like 'pm/pm2_5' and MQTT topics"
     )
 
 
@@ -247,8 +250,8 @@ MONITOR: Mapping[str, Field] = {
 SENSOR: Mapping[str, Field] = {
     "id": Field(
         "str",
-        "Unique id: lower-case letters, digits, '_' and '-', starting with a letter or digit; "
-        "prefixes the names of the sensor's readings (`id/quantity`).",
+        "Unique id: 1 to 64 lower-case letters, digits, '_' and '-', starting with a letter or "
+        "digit; prefixes the names of the sensor's readings (`id/quantity`).",
         check=_sensor_id,
     ),
     "driver": Field("str", "Registered driver name (entry point group depin_gateway.drivers)."),
@@ -257,6 +260,14 @@ SENSOR: Mapping[str, Field] = {
         "Time between reads; default is the driver's own (default_interval).",
         default=None,
         min=0.01,
+    ),
+    "placement": Field(
+        "str",
+        'Where the sensor is, e.g. "indoor", "outdoor" or a room (case does not matter). '
+        "Cross-sensor checks (the plausibility module) compare only sensors of one placement; "
+        "all sensors without one are taken to be in one place.",
+        default=None,
+        check=placement_problem,
     ),
 }
 

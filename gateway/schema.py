@@ -52,3 +52,34 @@ class Field:
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+
+#: The option through which a detection module learns where each sensor is: a module declaring
+#: a `table` field of this name gets it filled in by the config loader from the `placement` key
+#: of every `[[sensor]]` (sensor id -> placement), so cross-sensor checks can tell which sensors
+#: share the same air. Sensors without a placement are not listed: together they are one place.
+PLACEMENTS = "placements"
+
+
+def placement_key(placement: str | None) -> str:
+    """What two placements are compared by: "Outdoor" and "outdoor" are one place, and so are
+    all sensors without one (the empty key)."""
+    return " ".join((placement or "").split()).casefold()
+
+
+def placement_problem(value: str) -> str | None:
+    """Why `value` is not a usable placement, or None. Free text (a room's name is a fine
+    placement), but printable and without outer spaces: it is shown and compared, and would
+    otherwise differ from what the file seems to say."""
+    if not value or len(value) > 64:
+        why = "is empty" if not value else "is longer than 64 characters"
+    elif not value.isprintable():
+        why = "contains a control character (a newline, a tab ...)"
+    elif value != value.strip():
+        why = "starts or ends with a space"
+    else:
+        return None
+    return (
+        f"placement {value!r} {why}: use a short name of where the sensor is, like "
+        '"indoor", "outdoor" or "kitchen"'
+    )

@@ -77,6 +77,9 @@ def test_sample_loads(tmp_path: Path) -> None:
     assert cfg.uplink.url == "mqtt://127.0.0.1:1883"
     assert (cfg.uplink.host, cfg.uplink.port, cfg.uplink.tls) == ("127.0.0.1", 1883, False)
     assert [s.driver for s in cfg.sensors] == ["simulated"]
+    # the sample shows where a sensor is, and the plausibility module learns it
+    assert [s.placement for s in cfg.sensors] == ["outdoor"]
+    assert cfg.modules[-1].options["placements"] == {"climate": "outdoor"}
     assert [m.kind for m in cfg.modules] == [
         "ranges",
         "spikes",
@@ -255,6 +258,33 @@ def test_render_round_trips(tmp_path: Path) -> None:
     assert again == cfg
 
 
+def test_sensor_placements_reach_the_modules_that_ask(tmp_path: Path) -> None:
+    text = config(
+        DEVICE,
+        '[[sensor]]\nid = "co2"\ndriver = "simulated"\nkind = "co2"\nplacement = "Indoor"\n',
+        '[[sensor]]\nid = "garden"\ndriver = "simulated"\nplacement = "outdoor"\n',
+        '[[sensor]]\nid = "box"\ndriver = "simulated"\n',
+        '[[module]]\nid = "p"\nkind = "plausibility"\n',
+        '[[module]]\nid = "r"\nkind = "ranges"\n',
+    )
+    cfg = loads(text, base_dir=tmp_path)
+    assert [s.placement for s in cfg.sensors] == ["Indoor", "outdoor", None]
+    plausibility, ranges = cfg.modules
+    # sensors without a placement are not listed: together they are one place
+    assert plausibility.options["placements"] == {"co2": "Indoor", "garden": "outdoor"}
+    assert "placements" not in ranges.options  # a module that does not ask gets nothing
+    assert "placement" not in cfg.sensors[0].options  # and drivers never see it
+    out = render(cfg)
+    assert 'placement = "Indoor"' in out and "# placement: not set" in out
+    assert 'placements = { co2 = "Indoor", garden = "outdoor" }' in out
+    assert loads(out, base_dir=tmp_path) == cfg
+    # the module's table may say it too (a resolved file does), agreeing but for case
+    same = text.replace(
+        'kind = "plausibility"\n', 'kind = "plausibility"\nplacements = { co2 = "indoor" }\n'
+    )
+    assert loads(same, base_dir=tmp_path).modules[0].options["placements"]["co2"] == "indoor"
+
+
 def test_render_round_trips_the_sample(tmp_path: Path) -> None:
     cfg = loads(sample_text(), base_dir=tmp_path)
     assert loads(render(cfg)) == cfg
@@ -366,7 +396,46 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "bad sensor id",
         DEVICE + '[[sensor]]\nid = "PM 2.5"  # <-- here\ndriver = "simulated"\n',
-        "sensor[0].id: invalid sensor id 'PM 2.5': use lower-case letters, digits",
+        "sensor[0].id: invalid sensor id 'PM 2.5': use 1 to 64 lower-case letters, digits, "
+        "'_' and '-', starting with a letter or digit, nothing else",
+    ),
+    (
+        # "$" in a regular expression also matches before a final newline
+        "sensor id with a trailing newline",
+        DEVICE + '[[sensor]]\nid = "pm\\n"  # <-- here\ndriver = "simulated"\n',
+        "sensor[0].id: invalid sensor id 'pm\\n': use 1 to 64 lower-case letters",
+    ),
+    (
+        "sensor id too long for a topic level",
+        DEVICE + f'[[sensor]]\nid = "{"a" * 65}"  # <-- here\ndriver = "simulated"\n',
+        "sensor[0].id: invalid sensor id",
+    ),
+    (
+        "placement with a newline",
+        DEVICE + SENSOR_S + 'placement = "indoor\\n"  # <-- here\n',
+        "sensor[0].placement: placement 'indoor\\n' contains a control character",
+    ),
+    (
+        "placement with outer spaces",
+        DEVICE + SENSOR_S + 'placement = " indoor"  # <-- here\n',
+        "sensor[0].placement: placement ' indoor' starts or ends with a space",
+    ),
+    (
+        "module placements disagreeing with the sensor's",
+        DEVICE
+        + SENSOR_S
+        + 'placement = "indoor"\n[[module]]\nid = "p"\nkind = "plausibility"\n'
+        + 'placements = { s = "outdoor" }  # <-- here\n',
+        "module[0].placements: s: 'outdoor' here, but its [[sensor]] table says placement = "
+        "'indoor'; set it once, in the [[sensor]] table",
+    ),
+    (
+        "module placements naming no sensor",
+        DEVICE
+        + SENSOR_S
+        + '[[module]]\nid = "p"\nkind = "plausibility"\n'
+        + 'placements = { garden = "outdoor" }  # <-- here\n',
+        "module[0].placements: garden: no [[sensor]] has this id (sensors: s)",
     ),
     (
         "unknown driver with did-you-mean",
@@ -925,6 +994,21 @@ def test_cli_sample_and_check(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
     assert tomllib.loads(check.stdout)["device"]["key_file"] == str(tmp_path / "device.key")
     assert check.stdout == render(load(path))
+
+
+def test_cli_check_refuses_a_sensor_id_with_a_trailing_newline(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    text = sample_text().replace('id = "climate"', 'id = "climate\\n"')
+    path.write_text(text)
+    check = run_cli("config", "check", str(path), cwd=tmp_path)
+    assert check.returncode == 2, check.stderr
+    line = line_of(text, 'id = "climate')
+    assert (
+        f"{path}:{line}: sensor[0].id: invalid sensor id 'climate\\n': use "
+        "1 to 64 lower-case letters, digits, '_' and '-', starting with a letter or digit, "
+        "nothing else (no spaces, dots or newlines)"
+    ) in check.stderr
+    assert check.stdout == ""
 
 
 def test_cli_check_reports_every_problem(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 `plausibility`: combinations no healthy set of sensors produces: PM2.5 above PM10, dew point
 above temperature or off the dew point that temperature and humidity imply, relative humidity
 outside 0-100, station pressure far from what the configured altitude implies, two sensors of
-one quantity disagreeing.
+one quantity and one placement disagreeing.
 
 State is kept per series (`sensor/quantity`) and a reading is judged only from what came
 before it: the chain calls `judge` once per sensor read, in time order.
@@ -21,7 +21,7 @@ from gateway.modules.series import (
     module_options,
 )
 from gateway.reading import Reading
-from gateway.schema import Field
+from gateway.schema import PLACEMENTS, Field, placement_key, placement_problem
 
 # --------------------------------------------------------------------------- plausibility
 
@@ -44,21 +44,40 @@ _PLAUSIBILITY_QUANTITIES = frozenset(
 )
 
 
+def _check_placements(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return 'expected a table like { co2 = "indoor", garden = "outdoor" }'
+    for sensor, placement in value.items():
+        if not isinstance(placement, str):
+            return f"{sensor}: expected a placement (a string), got {placement!r}"
+        problem = placement_problem(placement)
+        if problem:
+            return f"{sensor}: {problem}"
+    return None
+
+
 class PlausibilityModule(DetectionModule):
     """Cross-quantity and cross-sensor checks, on the latest value of every series.
 
     On the same sensor (values at most `max_age` apart): PM1 above PM2.5 or PM2.5 above PM10
     (beyond `pm_margin`). Dew point against the temperature and humidity of the same sensor or,
-    when it has none, of the site (the gateway's sensors are co-located, which the cross-sensor
-    check below assumes too): a dew point above the temperature (beyond `dew_margin`), or, for
-    `dew_persist` readings in a row, more than `dew_tolerance` off the dew point that temperature
-    and humidity imply (Magnus): one of the three has drifted or is offset. On its own: relative
-    humidity outside 0–100 (the dew point it implies would lie above the temperature), station
-    pressure more than `pressure_band` off the standard atmosphere at `altitude` (when
-    configured). Across sensors: two sensors of a quantity in `tolerances` that differ by more
-    than its tolerance within `max_age`. A reading is compared with the others of the same call
-    and the latest of earlier ones; a reading that is part of an implausible combination is
-    flagged (the readings of one call: each of them, since none can be blamed alone).
+    when it has none, of another sensor in the same place: a dew point above the temperature
+    (beyond `dew_margin`), or, for `dew_persist` readings in a row, more than `dew_tolerance` off
+    the dew point that temperature and humidity imply (Magnus): one of the three has drifted or
+    is offset. On its own: relative humidity outside 0–100 (the dew point it implies would lie
+    above the temperature), station pressure more than `pressure_band` off the standard
+    atmosphere at `altitude` (when configured). Across sensors: two sensors of one place and of
+    a quantity in `tolerances` that differ by more than its tolerance within `max_age`. A
+    reading is compared with the others of the same call and the latest of earlier ones; a
+    reading that is part of an implausible combination is flagged (the readings of one call:
+    each of them, since none can be blamed alone).
+
+    "The same place" is the sensors' `placement` (`placements`, filled in by the config loader
+    from the `[[sensor]]` tables): an indoor CO2 sensor's temperature and humidity say nothing
+    about an outdoor sensor's, so they are never compared. Sensors without a placement are one
+    place together. Pressure is not compared across placements either, although indoor and
+    outdoor air share it: a placement may as well be a mast or another floor, and the
+    `altitude` check still judges every barometer on its own.
     """
 
     name = "plausibility"
@@ -118,6 +137,13 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
             default={},
             check=check_number_table,
         ),
+        PLACEMENTS: Field(
+            "table",
+            "sensor id -> placement, filled in from the `placement` of each [[sensor]] (set it "
+            "there): sensors are compared only with sensors of the same placement",
+            default={},
+            check=_check_placements,
+        ),
     }
 
     def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
@@ -134,10 +160,14 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         self.humidity_margin = float(o["humidity_margin"])
         self.tolerance = dict(DEFAULT_TOLERANCE)
         self.tolerance.update({q: float(x) for q, x in dict(o["tolerances"]).items()})
-        # latest (value, t) per sensor and quantity; per quantity, the sensors that report it
+        # sensor -> the key of its place; sensors not listed share the place "" (no placement)
+        self.place = {str(k): placement_key(v) for k, v in dict(o[PLACEMENTS]).items()}
+        # latest (value, t) per sensor and quantity; per place and quantity, the sensors that
+        # report it
         self.latest: dict[str, dict[str, tuple[float, float]]] = {}
-        self.by_quantity: dict[str, dict[str, tuple[float, float]]] = {}
-        self.site: dict[str, tuple[float, float]] = {}  # latest (value, t) of any sensor
+        self.by_quantity: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        # per place: the latest (value, t) of each quantity, whichever sensor there read it
+        self.site: dict[str, dict[str, tuple[float, float]]] = {}
         self.off_dew: dict[str, int] = {}  # per series: readings in a row off the Magnus dew point
 
     def judge(self, readings: Sequence[Reading]) -> Sequence[Verdict]:
@@ -146,8 +176,11 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         for r in readings:
             if r.value is not None:
                 self.latest.setdefault(r.sensor, {})[r.quantity] = (r.value, r.t)
-                self.site[r.quantity] = (r.value, r.t)
+                self.site.setdefault(self._place(r.sensor), {})[r.quantity] = (r.value, r.t)
         return [self._one(r) for r in readings]
+
+    def _place(self, sensor: str) -> str:
+        return self.place.get(sensor, "")
 
     def _fresh(self, sensor: str, quantity: str, t: float) -> float | None:
         got = self.latest.get(sensor, {}).get(quantity)
@@ -156,11 +189,11 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
         return got[0]
 
     def _near(self, sensor: str, quantity: str, t: float) -> float | None:
-        """The sensor's own fresh value, else the site's (any sensor's) latest fresh one."""
+        """The sensor's own fresh value, else the latest fresh one of any sensor in its place."""
         own = self._fresh(sensor, quantity, t)
         if own is not None:
             return own
-        got = self.site.get(quantity)
+        got = self.site.get(self._place(sensor), {}).get(quantity)
         if got is None or abs(t - got[1]) > self.max_age:
             return None
         return got[0]
@@ -185,7 +218,7 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
                 score = min(1.0, 0.5 * off)
         tol = self.tolerance.get(q)
         if tol is not None:
-            peers = self.by_quantity.setdefault(q, {})
+            peers = self.by_quantity.setdefault((self._place(sensor), q), {})
             peers[sensor] = (v, t)
             if len(peers) > 1:
                 for other_sensor, (ov, ot) in peers.items():
@@ -230,6 +263,3 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
             if coarser is not None:
                 excess = max(excess, v - coarser - m)
         return 0.0 if excess <= 0 else min(1.0, 0.6 + 0.04 * excess)
-
-
-#: every module's sample `[[module]]` table (each class has its own as SAMPLE_CONFIG)
