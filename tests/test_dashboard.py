@@ -1,6 +1,8 @@
 """The fleet dashboard: its model of the fleet from MQTT messages, the HTTP server and its
 event stream over real sockets, bounded memory, and the page itself in headless Chromium
-against a real mosquitto and two demo gateways.
+against a real mosquitto: with two demo gateways on a desktop screen, and as a new user meets it
+on a 390 px phone (units, layout, a zero score explained, the chain line, a silent gateway, a
+real gateway killed with SIGKILL shown offline, the broker lost).
 
 The browser test needs Debian's `chromium` and `chromium-driver` and the Python package
 `selenium`. Without them it is skipped on a workstation and fails in CI (CI=true).
@@ -264,6 +266,60 @@ def test_update_carries_only_what_changed() -> None:
     assert upd is not None and upd["devices"] == [] and upd["broker"]["connected"] is False
 
 
+def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
+    """The broker hands a new subscriber the retained status, state and health of a gateway
+    that may have died long ago (its Last Will lost): they must not make it look just heard."""
+    fleet = Fleet(P)
+    d = DEV.device_id
+    then = NOW - 18 * 60
+    fleet.handle(f"{P}/{d}/status", b"online", NOW, retained=True)
+    assert fleet.devices[d].seen is None  # a status carries no time
+    fleet.handle(f"{P}/{d}/health", _health(t=then), NOW, retained=True)
+    reading = {"v": 1.5, "u": "Cel", "t": then - 5, "as": 0, "af": []}
+    state = json.dumps({"name": "roof", "updated": then - 5, "sensors": {"c": {"t": reading}}})
+    fleet.handle(f"{P}/{d}/state", state.encode(), NOW, retained=True)
+    s = fleet.detail(d)
+    assert s is not None and s["status"] == "online" and s["seen"] == then
+    assert s["health_every"] is None  # one health message: its rhythm is not known yet
+    # a gateway's clock ahead of the dashboard's does not put it in the future
+    fleet.handle(f"{P}/{d}/health", _health(t=NOW + 999), NOW, retained=True)
+    assert fleet.devices[d].seen == NOW
+
+    # live messages are news when they arrive; health every 60 s by the gateway's clock
+    live = Fleet(P)
+    for i, t in enumerate([NOW, NOW + 60, NOW + 120, NOW + 900, NOW + 960]):  # an outage
+        live.handle(f"{P}/{d}/health", _health(t=t), t + 0.3 + i)
+    assert live.devices[d].seen == NOW + 964.3
+    assert live.devices[d].health_every == 60
+    # the attestor's word and the broker's Last Will say nothing of when it was last heard
+    attestation = mb.sign(ATTESTOR, mb.attestation_payload(ATTESTOR, DEV), cose.TYP_ATTESTATION)
+    live.handle(f"{P}/{d}/attestation", attestation, NOW + 2000)
+    live.handle(f"{P}/{d}/status", b"offline", NOW + 2100)
+    assert live.devices[d].seen == NOW + 964.3 and live.devices[d].status == "offline"
+
+
+def test_an_attestation_says_why_its_score_is_low() -> None:
+    fleet = Fleet(P)
+    d = DEV.device_id
+    fleet.handle(
+        f"{P}/{d}/attestation", _attestation(d, 0.0, expected=120, verified=108, flagged=0), NOW
+    )
+    att = fleet.detail(d)["attestation"]  # type: ignore[index]
+    assert att["score"] == 0.0 and att["status"] == "ok"
+    assert att["why"] == [
+        "108 of 120 expected readings verified",
+        "clock not synced: 0 of 108 readings synced",
+    ]
+    # the gateway's own copy in its health is explained alike
+    copy = {"score": 0.0, "status": "ok", "expected": 120, "verified": 108, "flagged": 0}
+    fleet.handle(f"{P}/{d}/health", _health(attestation=copy), NOW)
+    assert fleet.detail(d)["health"]["attestation"]["why"] == att["why"]  # type: ignore[index]
+    fleet.handle(
+        f"{P}/{d}/attestation", _attestation(d, 1.0, expected=120, verified=120, flagged=0), NOW
+    )
+    assert fleet.detail(d)["attestation"]["why"] == []  # type: ignore[index]
+
+
 # --- the HTTP server ----------------------------------------------------------------------------
 
 
@@ -482,7 +538,15 @@ return {
 """
 
 
-def _attestation(device_id: str, score: float) -> bytes:
+def _attestation(
+    device_id: str,
+    score: float,
+    *,
+    expected: int = 7200,
+    verified: int = 7100,
+    flagged: int = 12,
+    status: str = "ok",
+) -> bytes:
     """A signed attestation (spec section 6) about a device, for the hour now."""
     start = int(time.time()) // 3600 * 3600
     payload = dcbor.dumps(
@@ -491,10 +555,10 @@ def _attestation(device_id: str, score: float) -> bytes:
             2: f"did:key:{device_id}",
             3: start - 3600,
             4: start,
-            5: 7200,
-            6: 7100,
-            7: 12,
-            8: "ok",
+            5: expected,
+            6: verified,
+            7: flagged,
+            8: status,
             9: score,
             10: merkle.root([]),
         }
@@ -559,6 +623,33 @@ def _wait_for(what: str, fn: Any, timeout: float, logs: list[Path]) -> Any:
         time.sleep(0.2)
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
     pytest.fail(f"timed out waiting for {what}\n{tails}")
+
+
+@contextlib.contextmanager
+def _chromium(tmp_path: Path, *, phone: bool = False) -> Iterator[Any]:
+    """Headless Chromium through its chromedriver; `phone`: a 390 x 844 touch screen at
+    3 device pixels per CSS pixel, as an iPhone 12 to 15 has (mobile viewport rules apply)."""
+    chromium, driver_path = _browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}")
+    opts.add_argument("--window-size=1400,1200")
+    browser = webdriver.Chrome(options=opts, service=Service(driver_path))
+    try:
+        if phone:
+            browser.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True},
+            )
+            browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
+        yield browser
+    finally:
+        browser.quit()
 
 
 def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -628,8 +719,8 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
                 20,
                 logs,
             )
-            assert re.search(r"0\.875\s+ok\s+verified", shown[ids[0]]), shown
-            assert re.search(r"0\.250\s+ok\s+unverified", shown[ids[1]]), shown
+            assert re.search(r"0\.875\s+chain ok\s+verified", shown[ids[0]]), shown
+            assert re.search(r"0\.250\s+chain ok\s+unverified", shown[ids[1]]), shown
 
             # a value updates: the text of a value element changes
             def values() -> dict[str, str]:
@@ -687,3 +778,255 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
         finally:
             browser.quit()
     print(f"screenshots: {shot} {detail}")
+
+
+# What a person on a phone would notice, read off the page in one go: anything wider than the
+# screen, names cut or off the screen, flags sticking out of their card, and per card the pill,
+# the values, the chain line, the attestation (its text and colour) and the card's own text.
+READ_PHONE = """
+const width = document.documentElement.clientWidth;
+const problems = [];
+const where = (e) => (e.closest("[data-device]") || {dataset: {}}).dataset.device + ": " +
+  (e.innerText || "").slice(0, 40);
+if (document.documentElement.scrollWidth > width) {
+  problems.push(`page ${document.documentElement.scrollWidth} px wide in ${width} px`);
+}
+for (const e of document.querySelectorAll(".name, .readings .key, .anomalies .key, h2, dt, th")) {
+  const r = e.getBoundingClientRect();
+  if (r.width === 0) continue;  // not shown (the phone layout hides the table's column heads)
+  if (r.left < -0.5 || r.right > width + 0.5) problems.push(`off screen: ${where(e)}`);
+  if (e.scrollWidth > e.clientWidth + 1) problems.push(`cut: ${where(e)}`);
+}
+for (const f of document.querySelectorAll(".flag")) {
+  const box = f.closest(".card, .panel").getBoundingClientRect();
+  const r = f.getBoundingClientRect();
+  if (r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.bottom > box.bottom + 0.5) {
+    problems.push(`flag outside its card: ${where(f)}`);
+  }
+}
+const probe = document.createElement("span");
+probe.style.color = "var(--good)";
+document.body.append(probe);
+const green = getComputedStyle(probe).color;
+probe.remove();
+const cards = {};
+for (const card of document.querySelectorAll("[data-device]")) {
+  const values = {};
+  for (const td of card.querySelectorAll("td.value")) values[td.dataset.key] = td.innerText.trim();
+  const score = card.querySelector(".attestation .score");
+  const chain = card.querySelector(".chain");
+  cards[card.dataset.device] = {
+    status: card.querySelector(".pill.status").innerText,
+    offline: card.classList.contains("offline"),
+    values,
+    chain: chain ? chain.innerText : null,
+    attestation: (card.querySelector(".attestation") || {}).innerText || null,
+    score_green: score ? getComputedStyle(score).color === green : null,
+    text: card.innerText,
+  };
+}
+return {problems, cards, counts: document.getElementById("counts").innerText,
+        broker: document.getElementById("broker").innerText, body: document.body.innerText};
+"""
+
+
+def _publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{time.monotonic_ns()}")
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        for topic, payload, retain in messages:
+            pub.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def test_a_first_look_on_a_phone(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The page as a new user meets it, on a 390 px phone, in headless Chromium against a real
+    mosquitto: readable units (°C, %, hPa, µg/m³, ppm), nothing wider than the screen, names
+    whole, flags inside their card, a zero score in red that says why, the chain line in words,
+    a gateway whose Last Will never came shown silent, a real gateway killed with SIGKILL shown
+    offline, and every status unknown once the dashboard loses the broker."""
+    from tests.gatewayproc import GatewayProcess, write_config
+
+    artifacts = Path(os.environ.get("DEPIN_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parents[1]
+    now = time.time()
+    roof, ghost = DEV.device_id, mb.identity(bytes(range(64, 96))).device_id
+
+    # "roof": a gateway as its retained messages and one live batch show it. Pressure comes in
+    # pascals, concentrations in ug/m3; one reading carries three long flags.
+    def r(v: float | None, u: str, *flags: str) -> dict[str, Any]:
+        return {"v": v, "u": u, "t": now - 3, "as": 0.9 if flags else 0.0, "af": list(flags)}
+
+    state = _state(
+        roof,
+        climate__temperature=r(21.54, "Cel"),
+        climate__humidity=r(45.21, "%RH"),
+        climate__pressure=r(101200.0, "Pa"),
+        **{"balcony-particulates__pm2_5": r(12.44, "ug/m3")},
+        **{"balcony-particulates__pm10": r(None, "ug/m3", "sensor-error", "implausible", "spike")},
+        co2__co2=r(415.3, "ppm"),
+    )
+    health = _health(t=now, last_seq=15, name="roof-of-the-community-garden-shed-north")
+    chain = mb.Chain(DEV)
+    batch14 = chain.take(15)[14].message
+    zero = _attestation(roof, 0.0, expected=120, verified=108, flagged=0)
+    # "ghost": said online, last health 18 minutes ago, and then nothing: its Will was lost
+    ghost_health = json.loads(_health(t=now - 18 * 60, name="ghost"))
+    retained = [
+        (f"{P}/{roof}/status", b"online", True),
+        (f"{P}/{roof}/state", state, True),
+        (f"{P}/{roof}/health", health, True),
+        (f"{P}/{roof}/attestation", zero, True),
+        (f"{P}/{ghost}/status", b"online", True),
+        (f"{P}/{ghost}/health", json.dumps(ghost_health).encode(), True),
+    ]
+    _publish(mosquitto.port, retained)
+    # "test-gateway": a real gateway process, to be killed
+    gw = GatewayProcess(
+        write_config(tmp_path / "gw", mosquitto.port, interval="1 s"), tmp_path / "gw.log"
+    )
+    from gateway import identity
+
+    real = identity.load(tmp_path / "gw" / "device.key").device_id
+    logs = [tmp_path / "dashboard.log", tmp_path / "gw.log"]
+    dash_args = ["-m", "gateway.dashboard", "--broker", mosquitto.url, "--listen", "127.0.0.1:0"]
+    gw.start()
+    try:
+        with _processes((dash_args, logs[0]), cwd=root), _chromium(tmp_path, phone=True) as browser:
+            found = _wait_for(
+                "the dashboard's address",
+                lambda: re.search(r"dashboard: (http://\S+)", logs[0].read_text()),
+                20,
+                logs,
+            )
+            browser.get(found[1])
+
+            def page() -> dict[str, Any]:
+                doc: dict[str, Any] = browser.execute_script(READ_PHONE)
+                return doc
+
+            _wait_for("three gateways", lambda: len(page()["cards"]) == 3, 30, logs)
+            _publish(mosquitto.port, [(f"{P}/{roof}/batch", batch14, False)])  # live
+            _wait_for(
+                "the real gateway online and the batch delivered",
+                lambda: (
+                    (c := page()["cards"])[real]["status"] == "online"
+                    and "#14" in (c[roof]["chain"] or "")
+                ),
+                30,
+                logs,
+            )
+            doc = page()
+            assert doc["problems"] == [], doc["problems"]
+            card = doc["cards"][roof]
+            assert card["values"] == {
+                "climate/humidity": "45.2 %",
+                "climate/pressure": "1012.0 hPa",
+                "climate/temperature": "21.5 °C",
+                "co2/co2": "415 ppm",
+                "balcony-particulates/pm10": "—",  # a failed read
+                "balcony-particulates/pm2_5": "12.4 µg/m³",
+            }, card["values"]
+            # the wire's spellings never reach the reader
+            assert not re.search(r"\bCel\b|%RH|ug/m3|\d\s*Pa\b", doc["body"]), doc["body"]
+            assert "PM2.5" in card["text"] and "CO₂" in card["text"]
+            # a zero score is not green and says why
+            assert card["score_green"] is False
+            assert card["attestation"].startswith("0.000"), card["attestation"]
+            for why in (
+                "108 of 120 expected readings verified",
+                "clock not synced: 0 of 108 readings synced",
+            ):
+                assert why in card["attestation"], card["attestation"]
+            # the gateway's health (last_seq 15) is ahead of the newest batch seen (14)
+            assert card["chain"] == "last batch #15 sealed · #14 delivered"
+            ghost_card = doc["cards"][ghost]
+            assert ghost_card["status"] == "silent", ghost_card
+            assert "silent (says online, but nothing for 18 min" in ghost_card["text"]
+            assert doc["counts"].startswith("3 gateways · 2 online"), doc["counts"]
+            # the chain line's words for each case (the page's own function)
+            said = browser.execute_script(
+                "return [[13, 14], [14, 14], [15, 14], [13, null], [null, 14], [null, null]]"
+                ".map(([sealed, seen]) => chainText({chain: {sealed, seen}}));"
+            )
+            assert said == [
+                "last batch #14 sealed and delivered",
+                "last batch #14 sealed and delivered",
+                "last batch #15 sealed · #14 delivered",
+                "last batch #13 sealed",
+                "last batch #14 sealed and delivered",
+                "—",
+            ]
+            overview = artifacts / "dashboard-phone-overview.png"
+            browser.save_screenshot(str(overview))
+
+            # the detail view on the phone: every reading readable, the score explained
+            browser.execute_script(
+                "document.querySelector(`.card[data-device='${arguments[0]}'] a.name`).click()",
+                roof,
+            )
+            _wait_for(
+                "the detail view",
+                lambda: roof in page()["cards"] and len(page()["cards"]) == 1,
+                10,
+                logs,
+            )
+            doc = page()
+            assert doc["problems"] == [], doc["problems"]
+            detail = doc["cards"][roof]
+            assert detail["values"]["climate/pressure"] == "1012.0 hPa"
+            assert "1012.0 … 1012.0 hPa" in detail["text"]  # the hour's range
+            for why in (
+                "108 of 120 expected readings verified",
+                "clock not synced: 0 of 108 readings synced",
+            ):
+                assert why in detail["attestation"], detail["attestation"]
+            assert detail["score_green"] is False
+            detail_shot = artifacts / "dashboard-phone-detail.png"
+            browser.save_screenshot(str(detail_shot))
+            browser.execute_script("location.hash = '#/'")
+            _wait_for("the overview", lambda: len(page()["cards"]) == 3, 10, logs)
+
+            # the real gateway dies without a word: the broker publishes its Last Will
+            gw.kill()
+            card = _wait_for(
+                "the killed gateway shown offline",
+                lambda: (c := page()["cards"][real])["status"] == "offline" and c,
+                20,
+                logs,
+            )
+            assert card["offline"]  # greyed out
+            assert "offline (for " in card["text"]
+            assert page()["counts"].startswith("3 gateways · 1 online")
+            killed = artifacts / "dashboard-phone-killed.png"
+            browser.execute_script(
+                "document.querySelector(`.card[data-device='${arguments[0]}']`).scrollIntoView()",
+                real,
+            )
+            browser.save_screenshot(str(killed))
+
+            # the dashboard loses the broker: it cannot know who is online any more
+            mosquitto.stop()
+            doc = _wait_for(
+                "every status unknown",
+                lambda: (
+                    (d := page())["broker"] == "broker: disconnected"
+                    and {c["status"] for c in d["cards"].values()} == {"unknown"}
+                    and d
+                ),
+                30,
+                logs,
+            )
+            assert "unknown (the dashboard lost the broker" in doc["cards"][roof]["text"]
+            assert doc["counts"].startswith("3 gateways · 0 online")
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            # the page's event stream is its own and stays up; nothing else may fail
+            assert errors == [], errors
+    finally:
+        if gw.running():
+            gw.kill()
+    print(f"screenshots: {overview} {detail_shot} {killed}")

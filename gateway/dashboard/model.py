@@ -9,6 +9,14 @@ Memory is bounded: at most `max_devices` gateways, `max_series` sparkline series
 `points` points per series (one per `window / points` seconds: the newest reading of that
 bucket, flagged when any reading in it was) and `MAX_ANOMALIES` recent anomalies per gateway.
 A series keeps its points in three flat arrays, 17 bytes a point.
+
+When a gateway was last heard matters as much as what it said: its retained `status` says
+`online` until the broker publishes its Last Will, and a Will the broker never sent (it
+restarted, or the gateway hangs with its connection open) would leave a dead gateway "online"
+for good. So `seen` is when the gateway last said something live, or the time it wrote into a
+retained message (a retained message arrives when the dashboard subscribes, however old it
+is), and `health_every` how often it publishes health; the page shows a gateway that is
+online by its status but quiet for several health intervals as silent.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 import cbor2
 
 from gateway import payloads
+from gateway.attestor.epochs import CHAIN_FACTOR, explain
 from gateway.identity import device_id_of
 from gateway.verify import Examined, Finding, examine
 
@@ -144,13 +153,30 @@ class Series:
         return out
 
 
+HEALTH_GAPS = 5  # health intervals remembered to tell how often a gateway publishes health
+
+
+def why_score(doc: Mapping[str, Any], verified_key: str = "verified") -> list[str] | None:
+    """Why an attestation's score is below 1, in words (gateway.attestor.epochs.explain),
+    from the factors it carries; None when they are not all there."""
+    expected, verified, flagged = (_int(doc.get(k)) for k in ("expected", verified_key, "flagged"))
+    status, score = doc.get("status"), _num(doc.get("score"))
+    if expected is None or verified is None or flagged is None or status not in CHAIN_FACTOR:
+        return None
+    return explain(expected, verified, flagged, status, score)
+
+
 class Device:
     """Everything seen about one gateway."""
 
     def __init__(self, device_id: str) -> None:
         self.id = device_id
         self.name: str | None = None
-        self.seen = 0.0  # when any message about it last arrived
+        # When the gateway last said something: a live message's arrival, or the time the
+        # gateway wrote into a retained one (which may be old); None until either.
+        self.seen: float | None = None
+        self.health_gaps: deque[float] = deque(maxlen=HEALTH_GAPS)
+        self.health_stamp: float | None = None  # the gateway's own "t" of its last health
         self.status: str | None = None  # "online" / "offline" / None (never said)
         self.status_t: float | None = None
         self.latest: dict[str, dict[str, Any]] = {}  # "sensor/quantity" -> the newest reading
@@ -168,6 +194,21 @@ class Device:
         self.anomalies: deque[dict[str, Any]] = deque(maxlen=MAX_ANOMALIES)
         self.dirty = True
 
+    def heard(self, now: float, stamp: float | None, retained: bool) -> None:
+        """A message arrived: live, it is news now; retained, it is as old as the gateway's own
+        time in it says (never later than now), and one without a time tells nothing."""
+        t = now if not retained else None if stamp is None else min(stamp, now)
+        if t is not None and (self.seen is None or t > self.seen):
+            self.seen = t
+
+    @property
+    def health_every(self) -> float | None:
+        """How often the gateway publishes health (the median of its last few intervals)."""
+        if not self.health_gaps:
+            return None
+        gaps = sorted(self.health_gaps)
+        return gaps[len(gaps) // 2]
+
     def summary(self) -> dict[str, Any]:
         """The device as the page shows it, without its series."""
         health = self.health or {}
@@ -176,6 +217,7 @@ class Device:
             "id": self.id,
             "name": self.name,
             "seen": self.seen,
+            "health_every": self.health_every,
             "status": self.status,
             "status_t": self.status_t,
             "state_t": self.state_t,
@@ -279,8 +321,11 @@ class Fleet:
 
     # --- messages -----------------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes, now: float | None = None) -> str | None:
-        """Take one message; the id of the device it changed, or None when ignored."""
+    def handle(
+        self, topic: str, payload: bytes, now: float | None = None, *, retained: bool = False
+    ) -> str | None:
+        """Take one message; the id of the device it changed, or None when ignored. `retained`:
+        the broker kept it and sent it because the dashboard subscribed (it may be old)."""
         now = time.time() if now is None else now
         head = self.prefix + "/"
         parts = topic[len(head) :].split("/") if topic.startswith(head) else []
@@ -294,25 +339,30 @@ class Fleet:
                 self.ignored += 1  # an empty payload clears a retained topic: nothing to add
                 return None
             dev = self.devices[device_id] = Device(device_id)
-        getattr(self, f"_on_{kind}")(dev, payload, now)
-        dev.seen = now
+        stamp = getattr(self, f"_on_{kind}")(dev, payload, now, retained)
+        # An attestation is the attestor's word, an `offline` the broker's Last Will (or the
+        # gateway's goodbye): neither says the gateway is there.
+        if kind != "attestation" and not (kind == "status" and dev.status == "offline"):
+            dev.heard(now, stamp, retained)
         dev.dirty = True
         return device_id
 
-    def _on_status(self, dev: Device, payload: bytes, now: float) -> None:
+    # Each handler returns the gateway's own time of the message, when it has one.
+
+    def _on_status(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
         text = payload.decode("ascii", "replace").strip()
         dev.status = text if text in ("online", "offline") else None
         dev.status_t = now
 
-    def _on_state(self, dev: Device, payload: bytes, now: float) -> None:
+    def _on_state(self, dev: Device, payload: bytes, now: float, retained: bool) -> float | None:
         doc = parse_json(payload)
         if doc is None:
-            return
+            return None
         dev.name = _text(doc.get("name")) or dev.name
         dev.state_t = _num(doc.get("updated"))
         sensors = doc.get("sensors")
         if not isinstance(sensors, dict):
-            return
+            return dev.state_t
         for sid, quantities in sensors.items():
             if not isinstance(quantities, dict) or not isinstance(sid, str):
                 continue
@@ -322,6 +372,7 @@ class Fleet:
                         dev, f"{sid}/{q}", r.get("v"), r.get("u"), r.get("t"), r.get("as"),
                         r.get("af"), "state", now,
                     )  # fmt: skip
+        return dev.state_t
 
     def _reading(
         self,
@@ -356,13 +407,24 @@ class Fleet:
         if af and not any(a["key"] == key and a["t"] == tt for a in dev.anomalies):
             dev.anomalies.append({"key": key, **reading})
 
-    def _on_health(self, dev: Device, payload: bytes, now: float) -> None:
+    def _on_health(self, dev: Device, payload: bytes, now: float, retained: bool) -> float | None:
         doc = parse_json(payload)
         if doc is None:
-            return
+            return None
+        stamp = _num(doc.get("t"))
+        # Intervals by the gateway's own clock, so the broker's and the network's delays do not
+        # count; a gap across an outage is one of several and the median passes over it.
+        if stamp is not None and dev.health_stamp is not None and stamp > dev.health_stamp:
+            dev.health_gaps.append(stamp - dev.health_stamp)
+        if stamp is not None:
+            dev.health_stamp = stamp
+        attestation = doc.get("attestation")
+        if isinstance(attestation, dict):  # the page explains this score like a signed one's
+            doc["attestation"] = {**attestation, "why": why_score(attestation)}
         dev.health = doc
         dev.health_t = now
         dev.name = _text(doc.get("name")) or dev.name
+        return stamp
 
     def _verdict(self, dev: Device, payload: bytes, kind: str) -> tuple[Finding | Examined, str]:
         """The verifier's verdict on a COSE message on `kind`'s topic, and the problem ('' when
@@ -374,7 +436,7 @@ class Fleet:
             return v, "signed by another device's key"
         return v, ""
 
-    def _on_birth(self, dev: Device, payload: bytes, now: float) -> None:
+    def _on_birth(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
         if not payload:
             dev.birth = None
             return
@@ -393,12 +455,12 @@ class Fleet:
             "next_seq": _int(m.get(8)),
         }
 
-    def _on_batch(self, dev: Device, payload: bytes, now: float) -> None:
+    def _on_batch(self, dev: Device, payload: bytes, now: float, retained: bool) -> float | None:
         v, problem = self._verdict(dev, payload, "batch")
         if problem or not isinstance(v, Examined):
             dev.rejected += 1
             dev.last_problem = problem or "not a batch"
-            return
+            return None
         b = v.batch
         dev.batches += 1
         if dev.batch_seq is None or b.seq > dev.batch_seq:
@@ -409,8 +471,10 @@ class Fleet:
                 dev, str(rec[payloads.N]), rec.get(payloads.V), rec[payloads.U],
                 rec[payloads.T], rec.get(payloads.SCORE), rec.get(payloads.FLAGS), "batch", now,
             )  # fmt: skip
+        return float(b.sealed)
 
-    def _on_attestation(self, dev: Device, payload: bytes, now: float) -> None:
+    def _on_attestation(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
+        # Not the gateway's own word: an attestation says nothing about when it was last heard.
         if not payload:
             dev.attestation = None
             return
@@ -437,6 +501,7 @@ class Fleet:
             "score": score if score is not None and 0 <= score <= 1 else None,
             "root": _hex(m.get(10)),
         }
+        dev.attestation["why"] = why_score(dev.attestation, "verified_readings")
 
     # --- what the server sends ----------------------------------------------------------------
 

@@ -98,7 +98,9 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
                     elif not isinstance(payload, bytes | bytearray):
                         payload = b""
                     try:
-                        fleet.handle(str(msg.topic), bytes(payload))
+                        # MQTT 3.1.1: the broker sets retain only on what it sends because of
+                        # the subscription (stored, perhaps long ago), never on live messages.
+                        fleet.handle(str(msg.topic), bytes(payload), retained=msg.retain)
                     except Exception:  # a bug on one message must not stop the dashboard
                         log.exception("cannot take the message on %s", msg.topic)
         except aiomqtt.MqttError as e:

@@ -44,12 +44,77 @@ function svg(tag, attrs) {
 
 // --- formatting ---------------------------------------------------------------------------------
 
-function fmtValue(v) {
+function fmtValue(v, digits) {
   if (v === null || v === undefined) return "—";
+  if (digits !== undefined) return v.toFixed(digits);
   const a = Math.abs(v);
   if (a >= 10000) return v.toFixed(0);
   if (a >= 100) return v.toFixed(1);
   return v.toFixed(2);
+}
+
+// The wire speaks SenML units (Cel, %RH, Pa, ug/m3); people read °C, %, hPa, µg/m³. Values
+// are scaled for display only (pascals to hectopascals); the model and the API keep the wire's.
+const UNITS = {
+  Cel: { u: "°C", digits: 1 },
+  K: { u: "K", digits: 1 },
+  "%RH": { u: "%", digits: 1 },
+  "%EL": { u: "%", digits: 1 },
+  "%": { u: "%", digits: 1 },
+  Pa: { u: "hPa", scale: 0.01, digits: 1 },
+  hPa: { u: "hPa", digits: 1 },
+  "ug/m3": { u: "µg/m³", digits: 1 },
+  ppm: { u: "ppm", digits: 0 },
+  count: { u: "", digits: 0 },
+  "count/dL": { u: "per dL", digits: 0 },
+  "/": { u: "" },
+  1: { u: "" },
+  m3: { u: "m³" },
+  "m/s2": { u: "m/s²" },
+  "W/m2": { u: "W/m²" },
+};
+
+function unitOf(u) {
+  return UNITS[u] || { u: u || "" };
+}
+
+// One value as a person reads it: {text: "1013.3", unit: "hPa"}.
+function shown(v, u) {
+  if (v === null || v === undefined) return { text: "—", unit: "" }; // a failed read
+  const d = unitOf(u);
+  return { text: fmtValue(v * (d.scale || 1), d.digits), unit: d.u };
+}
+
+function shownText(v, u) {
+  const s = shown(v, u);
+  return s.unit ? `${s.text} ${s.unit}` : s.text;
+}
+
+// The hour's range of a series, in the reader's unit ("—" when it has no value).
+function rangeText(s) {
+  const finite = s ? s.v.filter((v) => v !== null) : [];
+  if (!finite.length) return "—";
+  const lo = shown(Math.min(...finite), s.u);
+  const hi = shown(Math.max(...finite), s.u);
+  return `${lo.text} … ${hi.text}${hi.unit ? " " + hi.unit : ""}`;
+}
+
+// "climate/pm2_5" -> the quantity as people write it, and the sensor it comes from.
+const QUANTITIES = {
+  temperature: "Temperature",
+  humidity: "Humidity",
+  pressure: "Pressure",
+  pm1: "PM1",
+  pm2_5: "PM2.5",
+  pm10: "PM10",
+  co2: "CO₂",
+};
+
+function keyNode(key) {
+  const cut = key.indexOf("/");
+  const sensor = cut < 0 ? "" : key.slice(0, cut);
+  const q = cut < 0 ? key : key.slice(cut + 1);
+  return [el("span", { class: "quantity" }, QUANTITIES[q] || q), " ", el("span", { class: "sensor" }, sensor)];
 }
 
 function ago(t) {
@@ -151,6 +216,8 @@ function onSnapshot(doc) {
 }
 
 function onUpdate(doc) {
+  // every gateway's presence depends on the broker connection
+  if (!S.broker || S.broker.connected !== doc.broker.connected) S.all = true;
   S.broker = doc.broker;
   for (const d of doc.devices) {
     S.devices.set(d.id, d);
@@ -213,21 +280,50 @@ function sparkline(s, width, height, cls) {
     box.append(svg("circle", { cx: x(s.t[i]).toFixed(1), cy: cy.toFixed(1), r: 2.2, class: "flag-dot" }));
   }
   const title = svg("title", {});
-  title.textContent = `last hour: ${fmtValue(Math.min(...finite))} … ${fmtValue(Math.max(...finite))} ${s.u}`;
+  title.textContent = `last hour: ${rangeText(s)}`;
   box.append(title);
   return box;
 }
 
 // --- pieces of a device -------------------------------------------------------------------------
 
-function statusOf(d) {
-  return d.status || "unknown";
+const SILENT_MIN = 10; // seconds: never call a gateway silent sooner than this
+const HEALTH_DEFAULT = 60; // [monitor] health_interval's default, until the gateway's is known
+
+// What the page says of a gateway: online, offline (its Last Will, or its goodbye), silent (its
+// status says online but it has not been heard for several health intervals: a Will the broker
+// never sent, or a hung gateway) or unknown (never said, or the dashboard lost the broker and
+// cannot know), with the reason in a few words.
+function presence(d) {
+  const b = S.broker;
+  if (b && !b.connected) return { state: "unknown", why: `the dashboard lost the broker ${ago(b.since)}` };
+  if (d.status === "offline") {
+    return { state: "offline", why: `for ${duration(now() - d.status_t)}; last heard ${ago(d.seen)}` };
+  }
+  if (d.status !== "online") return { state: "unknown", why: "no status from this gateway" };
+  const every = d.health_every || HEALTH_DEFAULT;
+  const quiet = d.seen === null || d.seen === undefined ? null : now() - d.seen;
+  if (quiet === null || quiet > Math.max(SILENT_MIN, 3 * every)) {
+    const since = quiet === null ? "not heard from yet" : `nothing for ${duration(quiet)}`;
+    return { state: "silent", why: `says online, but ${since}; it reports every ${duration(every)}` };
+  }
+  return { state: "online", why: `last heard ${ago(d.seen)}` };
+}
+
+function presenceText(d) {
+  const p = presence(d);
+  return `${p.state} (${p.why})`;
+}
+
+function statusPill(d) {
+  const p = presence(d);
+  return el("span", { class: `pill status ${p.state}`, title: p.why }, p.state);
 }
 
 function uplinkText(d) {
   const h = d.health;
-  if (d.status === "offline") return "offline";
-  if (!h) return d.status === "online" ? "online" : "—";
+  if (presence(d).state !== "online") return presenceText(d);
+  if (!h) return "online";
   const proto = h.protocol ? ` · MQTT ${h.protocol}` : "";
   return (h.connected ? "connected" : "disconnected") + proto;
 }
@@ -239,14 +335,20 @@ function queueText(d) {
   return `${h.queue_depth} unsent` + (oldest !== null && oldest !== undefined ? ` · oldest ${duration(oldest)}` : "");
 }
 
+// `sealed` is the gateway's own last sealed batch, from its latest health (up to one health
+// interval old); `seen` the newest batch this dashboard received through the broker and
+// verified. A batch seen was sealed, so a seen ahead of sealed only means the health is older.
 function chainText(d) {
-  const c = d.chain;
-  const parts = [];
-  if (c.sealed !== null) parts.push(`sealed #${c.sealed}`);
-  if (c.seen !== null) parts.push(`seen #${c.seen}`);
-  if (!parts.length) return "—";
-  return parts.join(" · ");
+  const { sealed, seen } = d.chain;
+  if (sealed === null && seen === null) return "—";
+  if (seen === null) return `last batch #${sealed} sealed`;
+  if (sealed === null || seen >= sealed) return `last batch #${seen} sealed and delivered`;
+  return `last batch #${sealed} sealed · #${seen} delivered`;
 }
+
+const CHAIN_TITLE =
+  "sealed: the gateway's own count, from its health message; delivered: the newest signed " +
+  "batch this dashboard received through the broker and verified";
 
 function attestationOf(d) {
   if (d.attestation) return { ...d.attestation, source: "signed" };
@@ -256,16 +358,25 @@ function attestationOf(d) {
   return null;
 }
 
+// Green only for a score that earns: a 0 is bad whatever the chain says, and so is a chain
+// that replayed or equivocated; in between, a warning.
+function scoreTone(a) {
+  if (a.verified === false) return "doubtful"; // shown, but not in a trusted one's colours
+  if (a.score === null || a.score === undefined) return "warn";
+  if (a.score === 0 || a.status === "replay" || a.status === "equivocation") return "bad";
+  return a.score >= 0.8 ? "good" : "warn";
+}
+
 function attestationNode(d, long) {
   const a = attestationOf(d);
   if (!a) return el("span", { class: "muted" }, "none yet");
-  // an attestation whose signature failed is shown, but not in the colours of a trusted one
-  const tone = a.verified === false ? "doubtful" : a.status === "ok" ? "good" : "bad";
+  const tone = scoreTone(a);
+  const chainTone = a.verified === false ? "doubtful" : a.status === "ok" || a.status === "gap" ? "good" : "bad";
   const score = a.score === null || a.score === undefined ? "—" : a.score.toFixed(3);
   const kids = [
     el("span", { class: `score ${tone}` }, score),
     " ",
-    el("span", { class: `chain-status ${tone}` }, a.status || "?"),
+    el("span", { class: `chain-status ${chainTone}`, title: "the chain's status in the epoch" }, `chain ${a.status || "?"}`),
   ];
   if (a.source === "signed") {
     kids.push(
@@ -277,15 +388,21 @@ function attestationNode(d, long) {
   } else {
     kids.push(" ", el("span", { class: "muted" }, "(as the gateway reports it)"));
   }
-  if (long && a.epoch_start !== null && a.epoch_start !== undefined) {
-    kids.push(el("div", { class: "muted" }, `epoch ${isoTime(a.epoch_start)} – ${isoTime(a.epoch_end)}`));
+  if (a.why && a.why.length) {
+    // what costs, in words: a score of 0 says why ("clock not synced: 0 of 108 readings synced")
+    kids.push(el("span", { class: "why" }, ...a.why.map((w) => el("span", {}, w))));
   }
   return el("span", { class: "attestation" }, ...kids);
 }
 
+function flagNodes(flags) {
+  // spaces between the badges, so they also read (and copy) as separate words
+  return flags.flatMap((f, i) => (i ? [" ", el("span", { class: "flag" }, f)] : [el("span", { class: "flag" }, f)]));
+}
+
 function flagsNode(r) {
-  if (!r.af || !r.af.length) return el("td", { class: "flags" });
-  return el("td", { class: "flags" }, ...r.af.map((f) => el("span", { class: "flag" }, f)));
+  if (!r.af || !r.af.length) return null;
+  return el("span", { class: "flags" }, ...flagNodes(r.af));
 }
 
 function readingRows(d, width, height, long) {
@@ -296,19 +413,20 @@ function readingRows(d, width, height, long) {
     const r = d.latest[key] || { v: null, u: (series.get(key) || {}).u || "", af: [], t: null };
     const flagged = r.af && r.af.length > 0;
     const s = series.get(key);
+    const value = shown(r.v, r.u);
+    // The card has no room for a flags column: its flags go under the reading's name, where
+    // they wrap inside the card.
     const cells = [
-      el("th", { scope: "row", class: "key" }, key),
-      el("td", { class: "value", "data-key": key }, fmtValue(r.v), el("span", { class: "unit" }, ` ${r.u}`)),
+      el("th", { scope: "row", class: "key", title: key }, ...keyNode(key), long ? null : flagsNode(r)),
+      el("td", { class: "value", "data-key": key }, value.text, value.unit ? el("span", { class: "unit" }, ` ${value.unit}`) : null),
       el("td", { class: "spark-cell" }, sparkline(s, width, height)),
-      flagsNode(r),
     ];
     if (long) {
-      const finite = s ? s.v.filter((v) => v !== null) : [];
-      const range = finite.length ? `${fmtValue(Math.min(...finite))} … ${fmtValue(Math.max(...finite))}` : "—";
       cells.push(
-        el("td", { class: "range" }, range),
-        el("td", { class: "score-cell" }, r.as === null || r.as === undefined ? "—" : r.as.toFixed(2)),
-        el("td", { class: "when" }, ago(r.t)),
+        el("td", { class: "flags-cell" }, flagsNode(r)),
+        el("td", { class: "range", "data-label": "hour" }, rangeText(s)),
+        el("td", { class: "score-cell", "data-label": "score" }, r.as === null || r.as === undefined ? "—" : r.as.toFixed(2)),
+        el("td", { class: "when", "data-label": "read" }, ago(r.t)),
       );
     }
     rows.push(el("tr", { class: flagged ? "reading flagged" : "reading", "data-key": key }, ...cells));
@@ -328,10 +446,10 @@ function anomalyList(d, limit) {
         { class: "flagged" },
         el("span", { class: "when" }, ago(a.t)),
         " ",
-        el("span", { class: "key" }, a.key),
+        el("span", { class: "key", title: a.key }, ...keyNode(a.key)),
         " ",
-        `${fmtValue(a.v)} ${a.u} `,
-        ...a.af.map((f) => el("span", { class: "flag" }, f)),
+        `${shownText(a.v, a.u)} `,
+        ...flagNodes(a.af),
       ),
     ),
   );
@@ -344,8 +462,8 @@ function anomalyPill(d) {
   return el("span", { class: "pill anomaly-count", title: "flagged readings seen in the last hour" }, `${n}${more} ${n === 1 ? "anomaly" : "anomalies"} (1 h)`);
 }
 
-function fact(label, value, cls) {
-  return [el("dt", {}, label), el("dd", { class: cls || null }, value)];
+function fact(label, value, cls, title) {
+  return [el("dt", {}, label), el("dd", { class: cls || null, title: title || null }, value)];
 }
 
 function recentAnomalies(d) {
@@ -353,8 +471,12 @@ function recentAnomalies(d) {
   return d.anomalies.filter((a) => a.t >= since).length;
 }
 
+function heardText(d) {
+  return d.seen === null || d.seen === undefined ? "not heard from yet" : `last heard ${ago(d.seen)}`;
+}
+
 function card(d) {
-  const status = statusOf(d);
+  const status = presence(d).state;
   const flagged = d.flagged.length > 0;
   const classes = ["card", `status-${status}`];
   if (status === "offline") classes.push("offline");
@@ -367,17 +489,17 @@ function card(d) {
       "header",
       {},
       el("a", { href: `#/device/${d.id}`, class: "name" }, displayName(d)),
-      el("span", { class: `pill status ${status}` }, status),
+      statusPill(d),
       flagged ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
       anomalyPill(d),
     ),
-    el("div", { class: "id muted", title: d.id }, shortId(d.id), " · seen ", ago(d.seen)),
+    el("div", { class: "id muted", title: d.id }, shortId(d.id), " · ", heardText(d)),
     el(
       "dl",
       { class: "facts" },
       ...fact("uplink", uplinkText(d), "uplink"),
       ...fact("queue", queueText(d), "queue"),
-      ...fact("chain", chainText(d), "chain"),
+      ...fact("chain", chainText(d), "chain", CHAIN_TITLE),
       ...fact("attestation", attestationNode(d, false)),
     ),
     el("table", { class: "readings" }, el("tbody", {}, ...readingRows(d, 120, 26, false))),
@@ -467,7 +589,7 @@ function renderDetail(view, id) {
     );
     return;
   }
-  const status = statusOf(d);
+  const status = presence(d).state;
   const h = d.health || {};
   const b = d.birth;
   const a = attestationOf(d);
@@ -486,7 +608,7 @@ function renderDetail(view, id) {
           el(
             "tr",
             {},
-            ...["reading", "value", "last hour", "flags", "range (hour)", "score", "read"].map((t) => el("th", {}, t)),
+            ...["reading", "value", "last hour", "flags", "range (hour)", "score", "read"].map((t) => el("th", { scope: "col" }, t)),
           ),
         ),
         el("tbody", {}, ...readingRows(d, 360, 48, true)),
@@ -500,10 +622,10 @@ function renderDetail(view, id) {
       el("h2", {}, "Gateway"),
       kvTable([
         ["device id", el("code", {}, d.id)],
-        ["status", `${status} (${ago(d.status_t)})`],
+        ["status", presenceText(d)],
         ["uplink", uplinkText(d)],
         ["queue", queueText(d)],
-        ["chain", chainText(d)],
+        ["chain", el("span", { title: CHAIN_TITLE }, chainText(d))],
         ["batches seen", `${d.chain.batches} verified, ${d.chain.rejected} rejected` + (d.chain.problem ? ` (last: ${d.chain.problem})` : "")],
         ["version", h.version || (b && b.version) || "—"],
         ["uptime", duration(h.uptime_s)],
@@ -524,7 +646,7 @@ function renderDetail(view, id) {
       el("h2", {}, "Attestation"),
       a
         ? kvTable([
-            ["score", attestationNode(d, false)],
+            ["score", attestationNode(d, true)],
             ["epoch", `${isoTime(a.epoch_start)} – ${isoTime(a.epoch_end)}`],
             ["readings", a.expected == null ? "—" : `${a.verified_readings} verified of ${a.expected} expected, ${a.flagged} flagged`],
             ["attestor", a.attestor ? el("code", {}, a.attestor) : "—"],
@@ -575,7 +697,7 @@ function renderDetail(view, id) {
         {},
         el("a", { href: "#/", class: "back" }, "← fleet"),
         el("h2", { class: "name" }, displayName(d)),
-        el("span", { class: `pill status ${status}` }, status),
+        statusPill(d),
         d.flagged.length ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
         anomalyPill(d),
       ),
@@ -591,7 +713,7 @@ function renderHeader() {
   broker.className = `pill ${b && b.connected ? "good" : "bad"}`;
   broker.title = b && b.error ? b.error : "the dashboard's connection to the MQTT broker";
   const devices = [...S.devices.values()];
-  const online = devices.filter((d) => d.status === "online").length;
+  const online = devices.filter((d) => presence(d).state === "online").length;
   const flagged = devices.filter((d) => d.flagged.length).length;
   const recent = devices.filter((d) => recentAnomalies(d) > 0).length;
   document.getElementById("counts").textContent =
