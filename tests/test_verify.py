@@ -28,6 +28,8 @@ from gateway.verify import (
     exit_code,
     first_tag,
     format_finding,
+    loss_why,
+    parse_loss,
     summary,
     verify_live,
     verify_paths,
@@ -355,6 +357,76 @@ def test_gap_is_recorded_and_accepted() -> None:
     assert v.gaps == [(A.did, 2, 4)]
     assert v.missing(A.did) == [2, 3, 4] and v.status(A.did) == "gap"
     assert exit_code(f) == 0
+
+
+@pytest.mark.parametrize(
+    ("why", "parsed"),
+    [
+        ("spool-rolled-back seq 12-17", ("spool-rolled-back", 12, 17)),
+        ("spool-replaced seq 0-17", ("spool-replaced", 0, 17)),
+        ("spool-rolled-back seq 5", ("spool-rolled-back", 5, 5)),
+        ("a-later-reason seq 3-4", ("a-later-reason", 3, 4)),
+        ("spool-full", None),
+        ("spool-rolled-back seq 5-5", None),
+        ("spool-rolled-back seq 7-3", None),
+        ("spool-rolled-back seq 05", None),
+        ("spool-rolled-back seq 5-", None),
+        ("spool-rolled-back  seq 5", None),
+        ("Spool-Rolled-Back seq 5", None),
+        ("spool-rolled-back seq 5 ", None),
+        ("spool-rolled-back seq 18446744073709551616", None),
+    ],
+)
+def test_loss_receipt_grammar(why: str, parsed: tuple[str, int, int] | None) -> None:
+    assert parse_loss(why) == parsed
+    if parsed is not None:  # what the gateway writes reads back the same
+        assert parse_loss(loss_why(*parsed)) == parsed
+
+
+def _after_loss(chain: list[mb.Built], seq: int, *whys: str) -> bytes:
+    receipts = [payloads.DropReceipt(3, mb.SEALED, mb.SEALED + 1, w) for w in whys]
+    return mb.sign(A, mb.batch_payload(A, seq, chain[seq - 1].id, dropped=receipts))
+
+
+def test_gap_names_the_reason_the_device_stated() -> None:
+    chain = honest(6)
+    v = Verifier()
+    f = [v.check(m) for m in (chain[0].message, chain[1].message)]
+    f.append(v.check(_after_loss(chain, 6, "spool-full", "spool-rolled-back seq 2-5")))
+    assert [x.kind for x in f] == ["valid", "valid", "gap"] and exit_code(f) == 0
+    assert f[2].detail == "seq 2-5 missing: spool-rolled-back (stated by the device)"
+    assert v.gaps == [(A.did, 2, 5)]
+    assert v.stated_losses == [(A.did, 2, 5, "spool-rolled-back")]
+    assert v.status(A.did) == "gap"  # a stated loss is still a gap
+    # The lost batches may arrive after all: they fit, as any reordered batch.
+    assert kinds(v, [chain[i].message for i in (5, 4, 3, 2)]) == ["reordered"] * 4
+    assert v.status(A.did) == "ok"
+
+
+def test_stated_reasons_cover_what_they_say_and_no_more() -> None:
+    chain = honest(8)
+    v = Verifier()
+    v.check(chain[0].message)
+    found = v.check(
+        _after_loss(chain, 8, "spool-replaced seq 1-2", "spool-rolled-back seq 6-9", "x seq 3")
+    )
+    assert found.detail == (
+        "seq 1-7 missing: 1-2 spool-replaced, 3 x, 6-7 spool-rolled-back (stated by the device)"
+    )
+    assert v.stated_losses == [
+        (A.did, 1, 2, "spool-replaced"),
+        (A.did, 3, 3, "x"),
+        (A.did, 6, 7, "spool-rolled-back"),
+    ]
+
+
+def test_loss_receipt_without_a_gap_changes_nothing() -> None:
+    chain = honest(3)
+    v = Verifier()
+    f = [v.check(m) for m in (chain[0].message, chain[1].message, chain[2].message)]
+    last = v.check(_after_loss(chain, 3, "spool-rolled-back seq 1-2"))
+    assert [x.kind for x in f] + [last.kind] == ["valid"] * 4
+    assert last.detail == "extends the chain" and v.stated_losses == []
 
 
 def test_reordered_batch_fills_the_gap() -> None:
