@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,6 @@ from gateway.config import Config, ModuleConfig
 from gateway.errors import ConfigError, GatewayError
 from gateway.files import write_atomic
 from gateway.health import Health
-from gateway.model_bundle import MAX_BUNDLE_BYTES
 from gateway.model_updates import Installed, ModelStore, Outcome
 from gateway.modules import litert
 from gateway.modules.base import DetectionModule
@@ -235,6 +235,8 @@ class Gateway:
     async def _message(self, topic: str, payload: bytes) -> None:
         topics = self.uplink.topics
         if topic == topics["model"] and self.models.enabled:
+            from gateway.model_bundle import MAX_BUNDLE_BYTES
+
             if len(payload) > MAX_BUNDLE_BYTES:  # refused before it waits for anything
                 too_big = Outcome(
                     "rejected", f"over the {MAX_BUNDLE_BYTES} byte limit", "malformed",
@@ -634,11 +636,12 @@ class Gateway:
         )
 
     def _note_models(self, chain: ModuleChain) -> None:
-        from gateway.modules.tflite import TFLiteModule
-
+        # Not imported when no model module was ever loaded: then none can be in the chain,
+        # and a gateway without models is spared the module's import at start.
+        tflite = sys.modules.get("gateway.modules.tflite")
         models: dict[str, dict[str, Any]] = {}
         for m in chain.modules:
-            if isinstance(m, TFLiteModule):
+            if tflite is not None and isinstance(m, tflite.TFLiteModule):
                 man = m.manifest
                 inst = self.models.installed["active"].get(man.name)
                 entry = models.setdefault(

@@ -31,11 +31,15 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from gateway.files import write_atomic
-from gateway.model_bundle import Bundle, Mode, ModelBundleError, install, open_bundle
-from gateway.modules.tflite import ModelError, read_manifest
+
+if TYPE_CHECKING:
+    from gateway.model_bundle import Bundle, Mode
+
+# gateway.model_bundle and gateway.modules.tflite are imported where a bundle is handled: a
+# gateway that has not received one (most) does not load them at start.
 
 log = logging.getLogger("gateway.models")
 T = TypeVar("T")
@@ -92,22 +96,30 @@ class ModelStore:
     def load(self) -> None:
         """Read what is installed; a pair whose bundle no longer verifies is left unused."""
         for mode in ("active", "shadow"):
-            found: dict[str, Installed] = {}
             folder = self.root / mode
-            for path in sorted(folder.glob("*.bundle")) if folder.is_dir() else []:
-                try:
-                    b = open_bundle(path.read_bytes(), trusted=self.trusted)
-                    inst = self._installed(b, mode)
-                    # The model file itself, not just the manifest: a power cut between the
-                    # two renames of an install leaves a new model under the old manifest.
-                    manifest, _ = read_manifest(inst.manifest)
-                    if manifest.sha256 != inst.sha256:
-                        raise ModelBundleError("sha-mismatch", "the files are not the bundle's")
-                except (ModelBundleError, ModelError, OSError, ValueError) as e:
-                    log.warning("model update %s not used: %s", path, e)
-                    continue
-                found[b.name] = inst
-            self.installed[mode] = found
+            paths = sorted(folder.glob("*.bundle")) if folder.is_dir() else []
+            self.installed[mode] = self._verified(paths, mode) if paths else {}
+
+    def _verified(self, paths: list[Path], mode: Mode) -> dict[str, Installed]:
+        """The installed models of these bundles that still verify and match their files."""
+        from gateway.model_bundle import ModelBundleError, open_bundle
+        from gateway.modules.tflite import ModelError, read_manifest
+
+        found: dict[str, Installed] = {}
+        for path in paths:
+            try:
+                b = open_bundle(path.read_bytes(), trusted=self.trusted)
+                inst = self._installed(b, mode)
+                # The model file itself, not just the manifest: a power cut between the two
+                # renames of an install leaves a new model under the old manifest.
+                manifest, _ = read_manifest(inst.manifest)
+                if manifest.sha256 != inst.sha256:
+                    raise ModelBundleError("sha-mismatch", "the files are not the bundle's")
+            except (ModelBundleError, ModelError, OSError, ValueError) as e:
+                log.warning("model update %s not used: %s", path, e)
+                continue
+            found[b.name] = inst
+        return found
 
     def _installed(self, b: Bundle, mode: Mode) -> Installed:
         return Installed(
@@ -126,6 +138,8 @@ class ModelStore:
         """Check, try, install. `trial(manifest)` loads the model the way the chain will (it
         raises if the interpreter refuses it) and runs on a staged copy before anything
         installed is touched. Blocking file I/O with fsyncs: call it from a thread."""
+        from gateway.model_bundle import ModelBundleError, install, open_bundle
+
         at = time.time() if now is None else now
         if not self.enabled:
             return (
@@ -182,6 +196,8 @@ class ModelStore:
         return out("shadow", f"{b.name} {b.version} runs in shadow mode"), inst
 
     def _install(self, message: bytes, b: Bundle) -> Installed:
+        from gateway.model_bundle import install
+
         folder = self.root / b.mode
         install(b, folder)
         # The bundle last: a crash before this line leaves the previous bundle, which no longer

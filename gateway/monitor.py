@@ -16,7 +16,6 @@ from typing import Any
 from gateway import cose
 from gateway.health import Health
 from gateway.reading import Reading
-from gateway.verify import is_finite_number
 
 
 class StateMirror:
@@ -120,6 +119,9 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
     is not a valid attestation about it. Signature checked; which attestors to believe is the
     owner's business: the attestor's did is reported with the score."""
     import cbor2
+
+    # Here, not at the top: the verifier's module is not needed until an attestation comes.
+    from gateway.verify import is_finite_number
 
     try:
         s = cose.verify1(message)

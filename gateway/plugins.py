@@ -1,20 +1,98 @@
-"""Plug-in discovery through entry points; built-ins register exactly like third parties."""
+"""Plug-in discovery through entry points; built-ins register exactly like third parties.
+
+The entry points are read from the installed distributions' metadata, every `entry_points.txt`
+of a `*.dist-info` or `*.egg-info` directory on sys.path, the way `importlib.metadata` finds
+them (the first distribution of a name on sys.path counts; among distributions registering the
+same plug-in name, the last one found), but without importing `importlib.metadata`: its import
+(the email package comes with it) and its scan of every distribution's metadata cost more than
+the rest of `depin-gateway status`, and every start of the daemon pays them
+(bench/startup.py). Distributions inside zip files on sys.path are not looked into.
+tests/test_plugins.py checks that the two ways agree.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+import sys
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 DRIVER_GROUP = "depin_gateway.drivers"
 MODULE_GROUP = "depin_gateway.modules"
 
+_INFO = (".dist-info", ".egg-info")
+#: an entry point's object reference: `module[:attr.attr] [extras]`
+_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+
+
+def _normalize(name: str) -> str:
+    """A distribution's name as importlib.metadata compares them (PEP 503, dashes as
+    underscores)."""
+    return re.sub(r"[-_.]+", "-", name).lower().replace("-", "_")
+
+
+def _metadata_dirs() -> list[str]:
+    """The metadata directory of every distribution, first on sys.path first; a name found
+    again later on sys.path is shadowed, as for importlib.metadata."""
+    seen: set[str] = set()
+    found: list[str] = []
+    for root in sys.path:
+        folder = root or "."
+        try:
+            children = os.listdir(folder)
+        except OSError:
+            continue  # not a directory: a zip file, or gone
+        by_name: dict[str, list[str]] = {}
+        for child in children:
+            low = child.lower()
+            if low.endswith(_INFO):
+                by_name.setdefault(_normalize(low.rpartition(".")[0].partition("-")[0]), []).append(
+                    os.path.join(folder, child)
+                )
+        base = os.path.basename(folder).lower()
+        if base.endswith(".egg"):  # an unzipped egg: its metadata is EGG-INFO inside
+            for child in children:
+                if child.lower() == "egg-info":
+                    name = _normalize(base.rpartition(".")[0].partition("-")[0])
+                    by_name.setdefault(name, []).append(os.path.join(folder, child))
+        for name, paths in by_name.items():
+            for path in paths:
+                if name not in seen:
+                    seen.add(name)
+                    found.append(path)
+    return found
+
+
+def _group(text: str, group: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of section `[group]` of an entry_points.txt."""
+    pairs: list[tuple[str, str]] = []
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group:
+            name, _, value = line.partition("=")
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
 
 @cache
-def _load(group: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=group):
-        found[ep.name] = ep
+def _load(group: str) -> dict[str, str]:
+    """Plug-in name -> object reference (`module:attr`) for `group`."""
+    found: dict[str, str] = {}
+    for path in _metadata_dirs():
+        try:
+            with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue  # no entry points, or an egg-info that is a file
+        for name, value in _group(text, group):
+            found[name] = value
     return found
 
 
@@ -24,7 +102,15 @@ def names(group: str) -> list[str]:
 
 def load(group: str, name: str) -> Any:
     """The class registered as `name` in `group`; KeyError when there is none."""
-    return _load(group)[name].load()
+    value = _load(group)[name]
+    m = _VALUE.match(value)
+    if m is None:
+        raise ValueError(f"entry point {name} = {value!r} in {group} is malformed")
+    obj: Any = importlib.import_module(m["module"])
+    if m["attr"]:
+        for attr in m["attr"].split("."):
+            obj = getattr(obj, attr)
+    return obj
 
 
 def drivers() -> list[str]:
