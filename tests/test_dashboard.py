@@ -274,6 +274,7 @@ def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
     then = NOW - 18 * 60
     fleet.handle(f"{P}/{d}/status", b"online", NOW, retained=True)
     assert fleet.devices[d].seen is None  # a status carries no time
+    assert fleet.devices[d].status_t is None  # nor when it was set
     fleet.handle(f"{P}/{d}/health", _health(t=then), NOW, retained=True)
     reading = {"v": 1.5, "u": "Cel", "t": then - 5, "as": 0, "af": []}
     state = json.dumps({"name": "roof", "updated": then - 5, "sensors": {"c": {"t": reading}}})
@@ -296,6 +297,7 @@ def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
     live.handle(f"{P}/{d}/attestation", attestation, NOW + 2000)
     live.handle(f"{P}/{d}/status", b"offline", NOW + 2100)
     assert live.devices[d].seen == NOW + 964.3 and live.devices[d].status == "offline"
+    assert live.devices[d].status_t == NOW + 2100
 
 
 def test_an_attestation_says_why_its_score_is_low() -> None:
@@ -748,6 +750,8 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
             # the broker and the page's own stream say they are live
             state = page()
             assert state["broker"] == "broker: connected" and state["stream"] == "page: live"
+            # nothing cut, off screen or sticking out of its card on a desktop screen either
+            assert browser.execute_script(READ_FIRST_LOOK)["problems"] == []
             shot = artifacts / "dashboard-overview.png"
             browser.save_screenshot(str(shot))
 
@@ -783,7 +787,7 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
 # What a person on a phone would notice, read off the page in one go: anything wider than the
 # screen, names cut or off the screen, flags sticking out of their card, and per card the pill,
 # the values, the chain line, the attestation (its text and colour) and the card's own text.
-READ_PHONE = """
+READ_FIRST_LOOK = """
 const width = document.documentElement.clientWidth;
 const problems = [];
 const where = (e) => (e.closest("[data-device]") || {dataset: {}}).dataset.device + ": " +
@@ -906,7 +910,7 @@ def test_a_first_look_on_a_phone(tmp_path: Path, mosquitto: Mosquitto) -> None:
             browser.get(found[1])
 
             def page() -> dict[str, Any]:
-                doc: dict[str, Any] = browser.execute_script(READ_PHONE)
+                doc: dict[str, Any] = browser.execute_script(READ_FIRST_LOOK)
                 return doc
 
             _wait_for("three gateways", lambda: len(page()["cards"]) == 3, 30, logs)

@@ -178,7 +178,7 @@ class Device:
         self.health_gaps: deque[float] = deque(maxlen=HEALTH_GAPS)
         self.health_stamp: float | None = None  # the gateway's own "t" of its last health
         self.status: str | None = None  # "online" / "offline" / None (never said)
-        self.status_t: float | None = None
+        self.status_t: float | None = None  # when it changed to what it is; None: not known
         self.latest: dict[str, dict[str, Any]] = {}  # "sensor/quantity" -> the newest reading
         self.state_t: float | None = None  # the gateway's own "updated" of its last state
         self.health: dict[str, Any] | None = None
@@ -351,8 +351,11 @@ class Fleet:
 
     def _on_status(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
         text = payload.decode("ascii", "replace").strip()
-        dev.status = text if text in ("online", "offline") else None
-        dev.status_t = now
+        status = text if text in ("online", "offline") else None
+        if status != dev.status or not retained:
+            # a retained status may have been set any time before: its arrival says nothing
+            dev.status_t = None if retained else now
+        dev.status = status
 
     def _on_state(self, dev: Device, payload: bytes, now: float, retained: bool) -> float | None:
         doc = parse_json(payload)

@@ -298,7 +298,9 @@ function presence(d) {
   const b = S.broker;
   if (b && !b.connected) return { state: "unknown", why: `the dashboard lost the broker ${ago(b.since)}` };
   if (d.status === "offline") {
-    return { state: "offline", why: `for ${duration(now() - d.status_t)}; last heard ${ago(d.seen)}` };
+    const since = d.status_t === null || d.status_t === undefined ? [] : [`for ${duration(now() - d.status_t)}`];
+    const heard = d.seen === null || d.seen === undefined ? [] : [`last heard ${ago(d.seen)}`];
+    return { state: "offline", why: [...since, ...heard].join("; ") || "its Last Will or goodbye" };
   }
   if (d.status !== "online") return { state: "unknown", why: "no status from this gateway" };
   const every = d.health_every || HEALTH_DEFAULT;
@@ -633,7 +635,8 @@ function renderDetail(view, id) {
         ["batches", h.batches_sealed === undefined ? "—" : `${h.batches_sealed} sealed, ${h.batches_acked} acknowledged`],
         ["clock", h.clock ? `${h.clock.synced ? "synced" : "not synced"} (${h.clock.source || "?"})` : "—"],
         ["last error", h.last_error || "—"],
-        ["health", d.health_t ? ago(d.health_t) : "none received"],
+        // by the gateway's own time: a retained health arrives now, however old it is
+        ["health", h.t ? `published ${ago(Math.min(h.t, now()))}` : d.health_t ? `received ${ago(d.health_t)}` : "none received"],
       ]),
       el("h3", {}, "Modules"),
       modulesTable(h.modules || (b && b.modules)),
