@@ -9,9 +9,10 @@ batches that may not have reached the broker yet; at the next start a spool behi
 continues the chain after it and states in a signed loss receipt what was lost (`plan`).
 
 The file has two fixed-size slots written in turn, in place: one pwrite and one fdatasync per
-record, no new file and no directory update on the hot path. Each slot holds one JSON record
-with a generation number and a checksum; a write torn by a power cut spoils only its own slot,
-and the reader takes the valid slot with the higher generation, which is then the one before.
+record, no new file and no directory update on the hot path. Each slot holds one JSON record on
+its first line (what follows it is ignored), with a generation number and a checksum; a write
+torn by a power cut spoils only its own slot, and the reader takes the valid slot with the
+higher generation, which is then the one before.
 """
 
 from __future__ import annotations
@@ -181,7 +182,9 @@ class HighWater:
         if self._fd is None or len(body) >= self._slot:
             self._create(body, gen)
         else:
-            os.pwrite(self._fd, body.ljust(self._slot - 1) + b"\n", (gen % 2) * self._slot)
+            # The record and its newline only: what follows in the slot is ignored, so one
+            # page is written, not the whole slot.
+            os.pwrite(self._fd, body + b"\n", (gen % 2) * self._slot)
             os.fdatasync(self._fd)
         self._gen = gen
 
@@ -243,7 +246,7 @@ def _encode(rec: Record, gen: int) -> bytes:
 def _decode(raw: bytes) -> tuple[int, Record] | None:
     """(generation, record) of one slot; None for a slot never written; raises ValueError (or
     TypeError, KeyError, IndexError) naming what is wrong with a damaged one."""
-    text = raw.rstrip(b" \n\0")
+    text = raw.split(b"\n", 1)[0].strip(b" \0")
     if not text:
         return None
     doc = json.loads(text.decode("utf-8"))

@@ -320,7 +320,7 @@ def decide(
 #: restored backup), or it is another file (moved aside, deleted). Verifiers show any reason.
 LOSS_ROLLED_BACK = "spool-rolled-back"
 LOSS_REPLACED = "spool-replaced"
-_LOSS_WHY = re.compile(r"([a-z][a-z0-9]*(?:-[a-z0-9]+)*) seq (0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
+_LOSS_WHY = re.compile(r"([a-z0-9]+(?:-[a-z0-9]+)*) seq (0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
 
 
 def loss_why(reason: str, first: int, last: int) -> str:

@@ -73,4 +73,5 @@ def test_sequence(seq: dict[str, Any]) -> None:
     found = [v.check(_file(n), source=n) for n in seq["files"]]
     assert [f.kind for f in found] == seq["expect"]
     assert found[-1].detail == seq["detail"]
+    assert [[a, b, why] for _, a, b, why in v.stated_losses] == seq["stated"]
     assert not any(f.forged for f in found)

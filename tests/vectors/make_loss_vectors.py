@@ -63,6 +63,7 @@ SEQUENCES: list[dict[str, Any]] = [
         "files": ["chain-0", "chain-1", "chain-2", "rolled-back-6"],
         "expect": ["valid", "valid", "valid", "gap"],
         "detail": "seq 3-5 missing: spool-rolled-back (stated by the device)",
+        "stated": [[3, 5, "spool-rolled-back"]],
     },
     {
         "files": [
@@ -76,26 +77,31 @@ SEQUENCES: list[dict[str, Any]] = [
         ],
         "expect": ["valid"] * 7,
         "detail": "extends the chain",
+        "stated": [],
     },
     {
         "files": ["chain-0", "chain-1", "chain-2", "chain-3", "replaced-6"],
         "expect": ["valid", "valid", "valid", "valid", "gap"],
         "detail": "seq 4-5 missing: spool-replaced (stated by the device)",
+        "stated": [[4, 5, "spool-replaced"]],
     },
     {
         "files": ["chain-0", "chain-1", "one-seq-6"],
         "expect": ["valid", "valid", "gap"],
         "detail": "seq 2-5 missing: 5 spool-rolled-back (stated by the device)",
+        "stated": [[5, 5, "spool-rolled-back"]],
     },
     {
         "files": ["chain-0", "chain-1", "chain-2", "with-spool-full-6"],
         "expect": ["valid", "valid", "valid", "gap"],
         "detail": "seq 3-5 missing: spool-rolled-back (stated by the device)",
+        "stated": [[3, 5, "spool-rolled-back"]],
     },
     {
         "files": ["chain-0", "chain-1", "chain-2", "not-a-range-6"],
         "expect": ["valid", "valid", "valid", "gap"],
         "detail": "seq 3-5 missing",
+        "stated": [],
     },
     {
         "files": [
@@ -109,6 +115,7 @@ SEQUENCES: list[dict[str, Any]] = [
         ],
         "expect": ["valid", "gap", "gap", "reordered", "reordered", "reordered", "reordered"],
         "detail": "links to 0 and 2",
+        "stated": [[3, 5, "spool-rolled-back"]],
     },
 ]
 
@@ -141,8 +148,10 @@ def document(files: dict[str, bytes]) -> dict[str, Any]:
             "Loss receipts of spec v1.1 (docs/attestation-v1.md): device A (identity A of "
             "cose.json) seals batches 0-5, loses its spool and goes on at seq 6 linked to "
             "batch 5, stating the loss in key 9. Each sequence is what one verifier sees in "
-            "order: the finding of each file and the detail of the last. A v1 verifier gives "
-            "the same findings; only the gap's detail names the stated reason."
+            "order: the finding of each file; 'stated', the missing seqs the device stated lost "
+            "(first, last, reason) as a verifier records them over the whole sequence; "
+            "'detail', what gateway/verify.py says of the last file. A v1 verifier gives the "
+            "same findings."
         ),
         "vectors": vectors,
         "sequences": SEQUENCES,
