@@ -34,7 +34,10 @@ from gateway.verify import LOSS_REPLACED, LOSS_ROLLED_BACK, loss_why
 log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
-SLOT = 16384  # bytes per slot: ~200 unacknowledged batches fit; a bigger record doubles it
+# Bytes per slot: both slots in one page, so a record costs the card one page (~35 batches
+# not yet acknowledged fit; a bigger record doubles the slots). A torn write of that page
+# leaves the other slot's bytes as they were: they are written unchanged.
+SLOT = 2048
 
 
 def beside(spool: Path, suffix: str) -> Path:
