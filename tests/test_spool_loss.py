@@ -252,6 +252,21 @@ def test_a_torn_write_leaves_the_record_before(tmp_path: Path) -> None:
     assert d.seal(1).sealed[0][0] == 2
 
 
+def test_a_record_bigger_than_its_slot_moves_to_bigger_slots(tmp_path: Path) -> None:
+    """Many batches waiting for the broker (a large max_inflight): the record outgrows the
+    page it normally takes, and is written whole into a new file with bigger slots."""
+    d = Device(tmp_path / "spool.db", seal_ahead=200)
+    d.seal(1)
+    assert d.spool.chain.path.stat().st_size == 4096
+    d.seal(120)
+    assert d.spool.chain.path.stat().st_size > 4096
+    rec = HighWater(d.spool.chain.path).read(ident().did)
+    assert rec is not None and rec.seq == 120 and len(rec.unacked) == 121
+    d.seal(1)  # and goes on in place
+    rec = HighWater(d.spool.chain.path).read(ident().did)
+    assert rec is not None and rec.seq == 121
+
+
 def test_record_of_another_device_is_ignored_and_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
