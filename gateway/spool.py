@@ -220,6 +220,13 @@ class Spool:
             )
             conn.execute("COMMIT")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != str(FORMAT):
+            raise SpoolError(f"spool {self.path} has format {meta.get('format')}, not {FORMAT}")
+        if meta.get("did") != self.identity.did:
+            raise SpoolError(
+                f"spool {self.path} belongs to {meta.get('did')}, not to this device's key "
+                f"{self.identity.did}; a spool never changes hands (its chain is signed)"
+            )
         if "spool_id" not in meta:  # a new spool, or one made before spools had an id
             meta |= {"spool_id": secrets.token_hex(8), "taken": "0"}
             conn.executemany(
@@ -229,13 +236,6 @@ class Spool:
             # Into the file itself: a spool whose -wal is deleted keeps its identity, and
             # counts as rolled back, not replaced.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        if meta.get("format") != str(FORMAT):
-            raise SpoolError(f"spool {self.path} has format {meta.get('format')}, not {FORMAT}")
-        if meta.get("did") != self.identity.did:
-            raise SpoolError(
-                f"spool {self.path} belongs to {meta.get('did')}, not to this device's key "
-                f"{self.identity.did}; a spool never changes hands (its chain is signed)"
-            )
         self._spool_id = meta["spool_id"]
         self._resync(conn)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,34 @@ def test_spool_ahead_of_its_record_after_a_crash_is_trusted(tmp_path: Path) -> N
     assert [q for q, _, _ in d.spool.unacked()] == [0, 1, 2]
     (seq, message, _), *_ = d.seal(1).sealed
     assert seq == 3 and receipts(message) == []
+
+
+def test_spool_made_before_chain_records_is_taken_over(tmp_path: Path) -> None:
+    d = Device(tmp_path / "spool.db")
+    d.seal(2)
+    d.spool.close()
+    d.spool.chain.path.unlink()
+    with sqlite3.connect(d.path) as db:  # as the version before wrote it
+        db.execute("DELETE FROM meta WHERE key IN ('spool_id', 'taken')")
+    db.close()
+    d.spool = d.open()
+    rec = HighWater(d.spool.chain.path).read(ident().did)
+    assert rec is not None and rec.seq == 1  # recorded at once, before anything is published
+    assert [q for q, _, _ in d.spool.unacked()] == [0, 1]
+    assert d.seal(1).sealed[0][0] == 2
+
+
+def test_foreign_spool_is_refused_untouched(tmp_path: Path) -> None:
+    d = Device(tmp_path / "spool.db", identity=ident(9))
+    d.seal(1)
+    d.spool.close()
+    with sqlite3.connect(d.path) as db:  # one made before spools had an id
+        db.execute("DELETE FROM meta WHERE key IN ('spool_id', 'taken')")
+    db.close()
+    before = d.path.read_bytes()
+    with pytest.raises(SpoolError, match="belongs to"):
+        make_spool(d.path)
+    assert d.path.read_bytes() == before
 
 
 def test_corrupt_chain_record_stops_the_start_and_names_the_file(tmp_path: Path) -> None:
