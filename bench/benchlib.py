@@ -10,6 +10,7 @@ import platform
 import resource
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -194,6 +195,88 @@ def broker(path: Path, cpus: set[int]) -> Iterator[Any]:
         yield b
     finally:
         b.stop()
+
+
+# --- the code under test: this tree, and a baseline revision beside it ------------------------
+
+
+@contextlib.contextmanager
+def worktree(rev: str, parent: Path) -> Iterator[Path]:
+    """A detached `git worktree` of `rev` under `parent`, removed afterwards: the baseline a
+    bench measures in the same run as this tree, on the same machine and load."""
+    path = parent / f"baseline-{rev.replace('/', '_')}"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(path), rev],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def describe(tree: Path) -> str:
+    """The commit of `tree`, and whether its gateway/ or drivers/ differ from it."""
+    rev = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--", "gateway", "drivers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return f"{rev} with uncommitted changes to gateway/ or drivers/" if dirty else rev
+
+
+def tree_env(tree: Path, **extra: str) -> dict[str, str]:
+    """The environment that runs `tree`'s gateway with this venv's interpreter and packages:
+    PYTHONPATH puts the tree ahead of the venv's editable install (its finder comes after
+    sys.path). `check_tree` proves it did."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1", **extra}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY"):
+        if name not in extra:
+            env.pop(name, None)
+    # An installed package has its .pyc files (pip compiles them); without them every start
+    # would compile the gateway's sources again, and that is what would be measured.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_tree(tree: Path) -> None:
+    """Write the .pyc files of `tree`'s packages, as pip does when it installs: a gateway's
+    first start would otherwise compile them, and that would be measured."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(tree / "gateway"), str(tree / "drivers")],
+        check=True,
+        env=tree_env(tree),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def check_tree(tree: Path) -> None:
+    """Refuse to measure when `tree`'s env would import another tree's gateway."""
+    code = "import gateway, drivers; print(gateway.__file__); print(drivers.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=tree_env(tree),
+        cwd="/",
+    ).stdout.split()
+    for f in out:
+        if not Path(f).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"PYTHONPATH={tree} imports {f}: the figures would be mislabelled")
 
 
 # --- the machine ---------------------------------------------------------------------------
