@@ -1,8 +1,18 @@
 """Between the sampler and the uplink: the in-memory group of readings and its commits.
 
-Readings are grouped in memory and committed together every `commit_interval` (or as soon as a
-full batch is waiting), so an SD card is written once per group, not once per reading. A reading
-counts as read only after the commit holding it returned; `on_durable` hears of it then.
+Readings are grouped in memory and committed together every `commit_interval`, so an SD card is
+written once per group, not once per reading. Two things commit sooner:
+
+- A full batch waiting in memory. Only the whole batches go, sealed in that commit; the rest
+  stays in memory for the next commit, so a fast sensor fills every batch. The rest never waits
+  longer than it would have: the interval keeps running from the last commit that took the
+  whole group.
+- The broker acknowledging batches while the spool holds readings back because its sealed-ahead
+  window is full (a backlog, after an outage). The commit that forgets those batches seals the
+  next ones, so a backlog drains at the broker's pace instead of one window per interval.
+
+A reading counts as read only after the commit holding it returned; `health.readings` counts it
+then.
 """
 
 from __future__ import annotations
@@ -10,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway import payloads
+from gateway.errors import SpoolError
 from gateway.health import Health
 from gateway.reading import Reading
 from gateway.spool import CommitResult, PendingRecord, Spool
@@ -47,6 +59,18 @@ class Pipeline:
         self._acked_n = 0
         self._wake = asyncio.Event()
         self._debug = log.isEnabledFor(logging.DEBUG)
+        # Loop time at which the whole buffer last went to a commit. The next commit taking
+        # everything is due one commit_interval later, whatever commits took whole batches in
+        # between: a reading waits in memory at most commit_interval, as the spool's horizon
+        # (the time to the next commit) assumes.
+        self._flushed_at = 0.0
+        # Whether the spool holds pending rows back because the sealed-ahead window is full.
+        # Unknown until run() or a commit asks the spool: assume so, so that an early
+        # acknowledgement of a backlog is not missed.
+        self._held_back = True
+        # Spool thread only: no pending rows were left by the last commit (lets that thread
+        # skip asking the spool when a commit sealed everything it was given).
+        self._spool_clear = False
 
     def accept(self, readings: Sequence[Reading]) -> None:
         """Take judged readings; they become durable at the next commit."""
@@ -62,10 +86,13 @@ class Pipeline:
             self._wake.set()
 
     def acked(self, seq: int, n: int) -> None:
-        """The broker acknowledged batch `seq`; it is deleted at the next commit."""
+        """The broker acknowledged batch `seq`; it is deleted at the next commit, at once when
+        deleting it makes room for readings the spool holds back."""
         self._acked.add(seq)
         self.health.batches_acked += 1
         self.health.readings_acked += n
+        if self._held_back:
+            self._wake.set()
 
     def unacked_pending_delete(self) -> set[int]:
         return set(self._acked)
@@ -82,15 +109,36 @@ class Pipeline:
         seal_all: bool = False,
         then: Callable[[], None] | None = None,
     ) -> CommitResult:
-        """Make the buffer durable. `then` runs on the spool's thread right after this commit
-        and before any later one: what it changes (the module list batches name) applies to
-        the batches sealed after this commit only."""
-        batch, self._buffer = self._buffer, []
-        names, self._names = self._names, []
+        """Make the whole buffer durable. `then` runs on the spool's thread right after this
+        commit and before any later one: what it changes (the module list batches name) applies
+        to the batches sealed after this commit only."""
+        return await self._commit(
+            len(self._buffer), force_seal=force_seal, seal_all=seal_all, then=then
+        )
+
+    async def _commit(
+        self,
+        take: int,
+        *,
+        force_seal: bool = False,
+        seal_all: bool = False,
+        then: Callable[[], None] | None = None,
+    ) -> CommitResult:
+        """Commit the first `take` readings of the buffer (all of it when `take` reaches its
+        length); the rest stays in memory, in order."""
+        loop = asyncio.get_running_loop()
+        flushed_before = self._flushed_at
+        if take >= len(self._buffer):
+            batch, self._buffer = self._buffer, []
+            names, self._names = self._names, []
+            self._flushed_at = loop.time()
+        else:
+            batch, self._buffer = self._buffer[:take], self._buffer[take:]
+            names, self._names = self._names[:take], self._names[take:]
         acked = set(self._acked)
         horizon = self.commit_interval
 
-        def job() -> CommitResult:
+        def job() -> tuple[CommitResult, bool]:
             result = self.spool.commit(
                 batch,
                 acked,
@@ -99,37 +147,62 @@ class Pipeline:
                 horizon=horizon,
                 seal_all=seal_all,
             )
+            held = self._spool_holds_back(sum(n for _, _, n in result.sealed), len(batch))
             if then is not None:  # only after a commit that happened: nothing switches otherwise
                 then()
-            return result
+            return result, held
 
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, job)
+        def restore() -> None:
+            """Nothing was stored: keep the readings for the next attempt, in order, and the
+            deadline they had."""
+            self._buffer[:0] = batch
+            self._names[:0] = names
+            self._flushed_at = flushed_before
+
+        fut = loop.run_in_executor(self.executor, job)
         try:
-            result = await asyncio.shield(fut)
+            result, held = await asyncio.shield(fut)
         except asyncio.CancelledError:
             # The commit goes on in the spool's thread whatever happens here: wait for it and
             # account for what it stored, or the same readings would be stored twice and its
             # sealed batches never offered. Then stop as asked.
             try:
-                result = await fut
+                result, held = await fut
             except Exception:
-                self._restore(batch, names)
+                restore()
                 raise
-            self._after(result, acked, names)
+            self._after(result, held, acked, names)
             raise
         except BaseException:
-            self._restore(batch, names)
+            restore()
             raise
-        self._after(result, acked, names)
+        self._after(result, held, acked, names)
         return result
 
-    def _restore(self, batch: list[PendingRecord], names: list[Reading]) -> None:
-        """Nothing was stored: keep the readings for the next attempt, in order."""
-        self._buffer[:0] = batch
-        self._names[:0] = names
+    def _spool_holds_back(self, sealed: int | None = None, handed: int = 0) -> bool:
+        """On the spool's thread: whether pending rows wait for room in the sealed-ahead window.
+        Free right after a commit that sealed all it was given (`sealed` readings of `handed`)
+        when nothing was pending before; otherwise the spool's counts say."""
+        if sealed is not None and self._spool_clear and sealed == handed:
+            return False
+        try:
+            st = self.spool.stats()
+        except (sqlite3.Error, SpoolError):
+            # Only a hint for when to commit next, and a commit that happened must not look
+            # failed. "Held back" costs at most a commit per acknowledgement.
+            self._spool_clear = False
+            return True
+        self._spool_clear = st.pending == 0
+        return st.pending > 0 and st.sealed >= self.spool.seal_ahead
 
-    def _after(self, result: CommitResult, acked: set[int], names: list[Reading]) -> None:
+    def _after(
+        self, result: CommitResult, held: bool, acked: set[int], names: list[Reading]
+    ) -> None:
         self._acked -= acked
+        self._held_back = held
+        if held and self._acked:
+            # Acknowledged while this commit ran, before it knew the spool was holding back.
+            self._wake.set()
         h = self.health
         h.readings += result.durable
         h.readings_dropped += result.dropped
@@ -143,16 +216,41 @@ class Pipeline:
             self.on_sealed(seq, message, n)
 
     async def run(self) -> None:
-        """Commit on the interval, or early when a full batch is waiting."""
+        """Commit every interval; whole batches as soon as one is waiting; and at once when an
+        acknowledgement makes room for readings the spool holds back."""
+        loop = asyncio.get_running_loop()
+        interval = self.commit_interval
+        bmr = self.batch_max_readings
+        self._flushed_at = loop.time()
+        self._held_back = await loop.run_in_executor(self.executor, self._spool_holds_back)
+        # A spool opened with readings it can seal now (fewer batches sealed than the window
+        # holds) seals them at once, not an interval later: no acknowledgement would wake it.
+        if self.spool.due(time.time(), interval):
+            await self.commit()
         while True:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the event is set, and the daemon's shutdown would wait forever.
-            if self.commit_interval > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.commit_interval):
-                        await self._wake.wait()
+            if interval > 0:
+                delay = self._flushed_at + interval - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
             else:
                 await self._wake.wait()
             self._wake.clear()
-            if self._buffer or self._acked or self.spool.due(time.time(), self.commit_interval):
-                await self.commit()
+            if interval <= 0 or loop.time() >= self._flushed_at + interval:
+                # The interval ran out: everything in memory goes, a partial batch too (the
+                # spool seals it if its oldest reading would pass batch_max_age before the next
+                # commit).
+                if self._buffer or self._acked or self.spool.due(time.time(), interval):
+                    await self.commit()
+                else:
+                    self._flushed_at = loop.time()
+                continue
+            # Early: only whole batches (a partial one would be sealed short, or written twice
+            # as pending rows) and, with a backlog held back, the acknowledgements that make
+            # room for it.
+            whole = len(self._buffer) // bmr * bmr
+            if whole or (self._acked and self._held_back):
+                await self._commit(whole)
