@@ -65,44 +65,49 @@ def _metadata_dirs() -> list[str]:
     return found
 
 
-def _group(text: str, group: str) -> list[tuple[str, str]]:
-    """The (name, value) pairs of section `[group]` of an entry_points.txt."""
-    pairs: list[tuple[str, str]] = []
-    section = None
+def _sections(text: str) -> dict[str, list[tuple[str, str]]]:
+    """The (name, value) pairs of each section of an entry_points.txt."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    pairs: list[tuple[str, str]] | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-        elif section == group:
+            pairs = sections.setdefault(line[1:-1].strip(), [])
+        elif pairs is not None:
             name, _, value = line.partition("=")
             pairs.append((name.strip(), value.strip()))
-    return pairs
+    return sections
 
 
 @cache
-def _load(group: str) -> dict[str, str]:
-    """Plug-in name -> object reference (`module:attr`) for `group`."""
-    found: dict[str, str] = {}
+def _load() -> dict[str, dict[str, str]]:
+    """Group -> plug-in name -> object reference (`module:attr`): one scan for all groups."""
+    found: dict[str, dict[str, str]] = {}
     for path in _metadata_dirs():
         try:
             with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError):
             continue  # no entry points, or an egg-info that is a file
-        for name, value in _group(text, group):
-            found[name] = value
+        for group, pairs in _sections(text).items():
+            found.setdefault(group, {}).update(pairs)
     return found
 
 
+def entries(group: str) -> dict[str, str]:
+    """Plug-in name -> object reference of `group`."""
+    return _load().get(group, {})
+
+
 def names(group: str) -> list[str]:
-    return sorted(_load(group))
+    return sorted(entries(group))
 
 
 def load(group: str, name: str) -> Any:
     """The class registered as `name` in `group`; KeyError when there is none."""
-    value = _load(group)[name]
+    value = entries(group)[name]
     m = _VALUE.match(value)
     if m is None:
         raise ValueError(f"entry point {name} = {value!r} in {group} is malformed")

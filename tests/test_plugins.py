@@ -39,7 +39,7 @@ def _standard(group: str) -> dict[str, str]:
 
 def test_the_installed_plug_ins_are_the_ones_importlib_metadata_finds() -> None:
     for group in GROUPS:
-        assert plugins._load(group) == _standard(group)
+        assert plugins.entries(group) == _standard(group)
     assert "tflite" in plugins.modules() and "simulated" in plugins.drivers()
     assert plugins.module_class("ranges").__name__ == "RangeModule"
 
@@ -61,7 +61,7 @@ def test_third_party_distributions_agree_too(
     monkeypatch.syspath_prepend(str(later))
     monkeypatch.syspath_prepend(str(first))
     for group in GROUPS:
-        assert plugins._load(group) == _standard(group)
+        assert plugins.entries(group) == _standard(group)
     assert "extra" in plugins.modules() and "old" not in plugins.modules()
     assert "fancy" in plugins.drivers()
 
