@@ -18,7 +18,7 @@ from gateway.errors import ConfigError, GatewayError
 # typing.TYPE_CHECKING without importing typing (~4 ms); mypy treats the name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 DEFAULT_KEY = "/var/lib/depin-gateway/device.key"
@@ -275,6 +275,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser -----------------------------------------------------------------------------------
+#
+# Each subcommand's parser is built by its own function, and only for the command being run:
+# the others are stubs with their help line (building all of them took ~7 ms of every command,
+# and the attestor's, dashboard's and firstboot's live in modules of their own).
 
 
 def _key_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,42 +286,7 @@ def _key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="take the key file from this configuration")
 
 
-#: subcommands whose parsers live in other modules: their `add_parser` and the help line
-#: `depin-gateway --help` shows for them without importing them (tests/test_cli.py checks that
-#: it is the one the module itself gives)
-_ELSEWHERE = {
-    "attestor": (
-        "gateway.attestor.cli",
-        "verify batches, keep chains, sign epoch attestations",
-    ),
-    "dashboard": (
-        "gateway.dashboard.cli",
-        "serve a live web page of every gateway on a broker",
-    ),
-    "firstboot": (
-        "gateway.firstboot",
-        "take over a configuration left on the boot partition (run at boot by systemd)",
-    ),
-}
-
-
-def _command(argv: Sequence[str]) -> str | None:
-    """The subcommand in `argv` (the first word that is not an option): the top level has no
-    option that takes a value."""
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
-def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
-    """The whole parser; with `lazy`, the subcommands of `_ELSEWHERE` other than `command` are
-    stubs with their help line, so their modules are not imported."""
-    p = argparse.ArgumentParser(
-        prog="depin-gateway",
-        description="Read sensors, judge and sign every reading, deliver signed batches over MQTT.",
-    )
-    p.add_argument("--version", action="version", version=f"depin-gateway {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    r = sub.add_parser("run", help="run the gateway daemon")
+def _run(r: argparse.ArgumentParser) -> None:
     r.add_argument("-c", "--config", required=True, help="configuration file (TOML)")
     r.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override [log] level"
@@ -332,12 +301,14 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     r.add_argument("--key", metavar="PATH", help="the device key, instead of [device] key_file")
     r.set_defaults(fn=cmd_run)
 
-    st = sub.add_parser("status", help="the local gateway at a glance: sensors, queue, uplink")
+
+def _status(st: argparse.ArgumentParser) -> None:
     st.add_argument("-c", "--config", required=True, help="the gateway's configuration (TOML)")
     st.add_argument("--json", action="store_true", help="print the facts as JSON")
     st.set_defaults(fn=cmd_status)
 
-    c = sub.add_parser("config", help="check a configuration or print a sample")
+
+def _config(c: argparse.ArgumentParser) -> None:
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     cc = csub.add_parser("check", help="print the resolved configuration, or every error in it")
     cc.add_argument("file", help="the configuration file (TOML)")
@@ -345,17 +316,20 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     cs = csub.add_parser("sample", help="print a commented sample configuration")
     cs.set_defaults(fn=cmd_config_sample)
 
-    k = sub.add_parser("keygen", help="create the device key (never overwrites one)")
+
+def _keygen(k: argparse.ArgumentParser) -> None:
     _key_arguments(k)
     k.set_defaults(fn=cmd_keygen)
 
-    i = sub.add_parser("identity", help="show the device identity")
+
+def _identity(i: argparse.ArgumentParser) -> None:
     isub = i.add_subparsers(dest="identity_command", required=True, metavar="SUBCOMMAND")
     ish = isub.add_parser("show", help="print the did and device id of the key")
     _key_arguments(ish)
     ish.set_defaults(fn=cmd_identity_show)
 
-    v = sub.add_parser("verify", help="verify signed batches from files or live from a broker")
+
+def _verify(v: argparse.ArgumentParser) -> None:
     v.add_argument("paths", nargs="*", help="files (one raw COSE message each) or directories")
     v.add_argument("--broker", metavar="URL", help="listen on this broker (mqtt://host:port)")
     v.add_argument("--seconds", type=float, default=30.0, help="how long to listen (default 30)")
@@ -368,9 +342,8 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     )
     v.set_defaults(fn=cmd_verify)
 
-    pv = sub.add_parser(
-        "prove", help="print the Merkle inclusion proof of one reading of a signed batch"
-    )
+
+def _prove(pv: argparse.ArgumentParser) -> None:
     pv.add_argument("batch", help="a file with one signed batch (raw COSE), or - for stdin")
     which = pv.add_mutually_exclusive_group(required=True)
     which.add_argument("--index", type=int, metavar="I", help="the record at index I (from 0)")
@@ -388,19 +361,13 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     pv.add_argument("-o", "--output", metavar="FILE", help="write the proof here (default stdout)")
     pv.set_defaults(fn=cmd_prove)
 
-    vp = sub.add_parser("verify-proof", help="check a proof made by prove; exit 0 when valid")
+
+def _verify_proof(vp: argparse.ArgumentParser) -> None:
     vp.add_argument("proof", help="the proof (JSON), or - for stdin")
     vp.set_defaults(fn=cmd_verify_proof)
 
-    import importlib
 
-    for name, (module, help_line) in _ELSEWHERE.items():
-        if lazy and command != name:
-            sub.add_parser(name, help=help_line)
-        else:
-            importlib.import_module(module).add_parser(sub)
-
-    m = sub.add_parser("model", help="detection model bundles")
+def _model(m: argparse.ArgumentParser) -> None:
     msub = m.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
     ms = msub.add_parser(
         "sign", help="sign a model and its manifest into a bundle gateways can take over MQTT"
@@ -411,9 +378,8 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     ms.add_argument("--shadow", action="store_true", help="mark it to run in shadow mode first")
     ms.set_defaults(fn=cmd_model_sign)
 
-    pr = sub.add_parser(
-        "probe", help="find supported sensors and print [[sensor]] tables ready to paste"
-    )
+
+def _probe(pr: argparse.ArgumentParser) -> None:
     pr.add_argument(
         "--i2c-bus",
         action="append",
@@ -437,7 +403,8 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
     )
     pr.set_defaults(fn=cmd_probe)
 
-    d = sub.add_parser("demo", help="run the whole pipeline with simulated sensors and a broker")
+
+def _demo(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--duration",
         type=float,
@@ -454,6 +421,58 @@ def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.
         help="simulated sensors only (default: the real chip drivers on byte-level emulators)",
     )
     d.set_defaults(fn=cmd_demo)
+
+
+#: every subcommand in the order `--help` lists them: its help line, and what builds its parser
+#: (a function here, or the module whose `add_parser` adds it; that module's help line is
+#: repeated here so the stub needs no import, and tests/test_cli.py checks the two agree)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]] = {
+    "run": ("run the gateway daemon", _run),
+    "status": ("the local gateway at a glance: sensors, queue, uplink", _status),
+    "config": ("check a configuration or print a sample", _config),
+    "keygen": ("create the device key (never overwrites one)", _keygen),
+    "identity": ("show the device identity", _identity),
+    "verify": ("verify signed batches from files or live from a broker", _verify),
+    "prove": ("print the Merkle inclusion proof of one reading of a signed batch", _prove),
+    "verify-proof": ("check a proof made by prove; exit 0 when valid", _verify_proof),
+    "attestor": ("verify batches, keep chains, sign epoch attestations", "gateway.attestor.cli"),
+    "dashboard": ("serve a live web page of every gateway on a broker", "gateway.dashboard.cli"),
+    "firstboot": (
+        "take over a configuration left on the boot partition (run at boot by systemd)",
+        "gateway.firstboot",
+    ),
+    "model": ("detection model bundles", _model),
+    "probe": ("find supported sensors and print [[sensor]] tables ready to paste", _probe),
+    "demo": ("run the whole pipeline with simulated sensors and a broker", _demo),
+}
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand in `argv` (the first word that is not an option): the top level has no
+    option that takes a value."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; with `lazy`, only `command`'s parser when it is one, else stubs with
+    the help lines (enough for `--help` and for telling a mistyped command)."""
+    p = argparse.ArgumentParser(
+        prog="depin-gateway",
+        description="Read sensors, judge and sign every reading, deliver signed batches over MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"depin-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_line, build) in _COMMANDS.items():
+        if lazy and command in _COMMANDS and command != name:
+            continue
+        if lazy and command != name:
+            sub.add_parser(name, help=help_line)
+        elif isinstance(build, str):
+            import importlib
+
+            importlib.import_module(build).add_parser(sub)
+        else:
+            build(sub.add_parser(name, help=help_line))
     return p
 
 
