@@ -19,17 +19,14 @@ configuration's spool and that process still runs, whichever directory it was fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
-import cbor2
-
-from gateway import payloads
 from gateway.config import Config
 
 STATUS_FILE = "status.json"
@@ -51,7 +48,10 @@ def spool_key(spool: Path) -> str:
 
 
 def _name(spool: Path) -> str:
-    return f"status-{hashlib.sha256(spool_key(spool).encode()).hexdigest()[:16]}.json"
+    # Two checksums, 64 bits: enough to keep one user's gateways apart (each file also names
+    # its spool); zlib costs `status` nothing to load, hashlib would load OpenSSL.
+    key = spool_key(spool).encode()
+    return f"status-{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
 def _session_dir() -> Path | None:
@@ -141,7 +141,9 @@ def _running(pid: object) -> bool:
     return True
 
 
-def spool_facts(path: Path, *, newest: int = 200) -> dict[str, Any]:
+def spool_facts(path: Path, *, newest: int = 200, latest: bool = True) -> dict[str, Any]:
+    """What the spool says; with `latest`, also the newest reading of each quantity among the
+    `newest` readings not sealed yet."""
     if not path.exists():
         return {"error": f"{path} does not exist (the gateway has not run yet?)"}
     try:
@@ -155,23 +157,19 @@ def spool_facts(path: Path, *, newest: int = 200) -> dict[str, Any]:
             "SELECT count(*), coalesce(sum(n), 0), min(first_t), max(sealed) FROM batches"
         ).fetchone()
         dropped = con.execute("SELECT coalesce(sum(n), 0) FROM drops").fetchone()[0]
-        rows = con.execute(
-            "SELECT record FROM readings ORDER BY id DESC LIMIT ?", (newest,)
-        ).fetchall()
+        rows = (
+            con.execute(
+                "SELECT record FROM readings ORDER BY id DESC LIMIT ?", (newest,)
+            ).fetchall()
+            if latest
+            else []
+        )
     except sqlite3.Error as e:
         return {"error": f"{path}: not a readable spool: {e}"}
     finally:
         con.close()
-    latest: dict[str, dict[str, Any]] = {}
-    for (record,) in rows:
-        r = cbor2.loads(record)
-        latest.setdefault(
-            r[payloads.N],
-            {"v": r.get(payloads.V), "u": r[payloads.U], "t": r[payloads.T],
-             "af": r.get(payloads.FLAGS, [])},
-        )  # fmt: skip
     next_seq = int(meta.get("next_seq", 0))
-    return {
+    facts = {
         "did": meta.get("did"),
         "next_seq": next_seq,
         "pending": pending,
@@ -181,8 +179,29 @@ def spool_facts(path: Path, *, newest: int = 200) -> dict[str, Any]:
         "oldest_sealed": oldest_sealed,
         "last_sealed": last_sealed,
         "dropped": dropped,
-        "latest": latest,
     }
+    if latest:
+        facts["latest"] = _latest([record for (record,) in rows])
+    return facts
+
+
+def _latest(records: list[bytes]) -> dict[str, dict[str, Any]]:
+    """The newest reading of each name among `records` (newest first)."""
+    # Here, not at the top: `status` of a running daemon shows its values, not these, and does
+    # without the CBOR stack.
+    import cbor2
+
+    from gateway import payloads
+
+    found: dict[str, dict[str, Any]] = {}
+    for record in records:
+        r = cbor2.loads(record)
+        found.setdefault(
+            r[payloads.N],
+            {"v": r.get(payloads.V), "u": r[payloads.U], "t": r[payloads.T],
+             "af": r.get(payloads.FLAGS, [])},
+        )  # fmt: skip
+    return found
 
 
 def read_status(cfg: Config) -> dict[str, Any] | None:
@@ -292,8 +311,11 @@ def render(cfg: Config, spool: dict[str, Any], status: dict[str, Any] | None, no
 
 def main(cfg: Config, *, as_json: bool = False) -> str:
     now = time.time()
-    spool = spool_facts(cfg.spool.path)
     status = read_status(cfg)
+    # The spool's newest readings are shown when the daemon's status has no values (it is not
+    # running, or has not published them yet), and always in the JSON.
+    running_values = bool(((status or {}).get("state") or {}).get("sensors"))
+    spool = spool_facts(cfg.spool.path, latest=as_json or not running_values)
     if as_json:
         return json.dumps({"spool": spool, "status": status}, indent=2, default=str) + "\n"
     return render(cfg, spool, status, now)
