@@ -52,11 +52,12 @@ def lock(path: Path, *, what: str, lock_file: Path | None = None) -> Held:
         pid = holder(fd) or (_written_pid(fd) if lock_file is not None else None)
         os.close(fd)
         who = f" (pid {pid})" if pid else ""
+        through = f", locked through {target}" if lock_file is not None else ""
         raise SpoolError(
-            f"{what} {path} is in use by another gateway process{who}, locked through "
-            f"{target}. Two gateways on one spool or one key would sign different batches "
-            f"under the same seq; this one stops without touching anything. Stop the other "
-            f"one first (or give this one its own key and spool)."
+            f"{what} {path} is in use by another gateway process{who}{through}. Two gateways "
+            f"on one spool or one key would sign different batches under the same seq; this "
+            f"one stops without touching anything. Stop the other one first (or give this one "
+            f"its own key and spool)."
         ) from None
     except OSError as e:
         os.close(fd)
