@@ -143,6 +143,8 @@ def test_kill_9_and_a_rolled_back_wal(rig: Rig) -> None:
     found = rig.restart_and_drain()
     assert gap_after(found, delivered).detail.endswith(f"missing: spool-rolled-back {REASON}")
     assert_once_each(rig)
+    log = rig.gw.log.read_text()
+    assert "is behind its chain record" in log and "spool-rolled-back. The chain goes on" in log
 
 
 def test_kill_9_and_a_deleted_wal(rig: Rig) -> None:
