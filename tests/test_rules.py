@@ -38,6 +38,11 @@ ALTITUDE = 273.0  # Greensboro station, from the file's first header line
 # disagrees with temperature and humidity by 6 Cel for a few hours, which is implausible
 SEAM = frozenset(range(738, 750))
 MODULES = ("spikes", "stuck", "replay", "dropout", "warmup", "plausibility")
+# A module's version changes with its verdicts (each batch names the versions that judged it)
+VERSIONS = dict.fromkeys(MODULES, "1.0.0") | {
+    "spikes": "1.1.0",  # the step back after a spike; values out of range are not steps
+    "dropout": "1.1.0",  # a warm-up read without a value is not a failed read
+}
 
 
 def _load() -> dict[str, list[float]]:
@@ -161,6 +166,70 @@ def test_a_level_shift_is_not_a_spike() -> None:
     assert _alarms(mod, "temperature", values, "spike") == []
 
 
+def _pressure_spike_test_series() -> list[float]:
+    """Real station pressure (1 hPa steps, spread 1 hPa at hour 1200): a 25 hPa step there is a
+    spike by itself (threshold 16), not only as a pair."""
+    return list(SERIES["pressure"][:1500])
+
+
+def _spikes(values: Sequence[float | None]) -> list[int]:
+    mod = rules.SpikeModule(module_id="s", options={"resolutions": {"pressure": 100.0}})
+    return _alarms(mod, "pressure", values, "spike")
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_step_back_after_a_spike_is_not_a_spike(sign: float) -> None:
+    values = _pressure_spike_test_series()
+    values[1200] += sign * 2500.0
+    assert _spikes(values) == [1200]  # not 1201, the correct reading after it
+    # a failed read in between changes nothing
+    gap: list[float | None] = list(values)
+    gap[1201] = None
+    assert _spikes(gap) == [1200]
+
+
+def test_a_step_back_past_the_old_level_is_a_spike() -> None:
+    """The step back is judged from the level before the spike: one that overshoots it by a
+    spike's size is a spike the other way (a reversed sign alone would let it through)."""
+    values = _pressure_spike_test_series()
+    values[1200] += 2500.0
+    values[1201] -= 2500.0
+    assert _spikes(values) == [1200, 1201]
+
+
+def test_a_spike_right_after_a_jump_that_stays() -> None:
+    values = _pressure_spike_test_series()
+    values[1200:] = [v + 3000.0 for v in values[1200:]]  # 30 hPa that stay
+    values[1201] -= 6000.0  # then one hour 30 hPa below the old level
+    # the jump is a spike by itself (as before), the drop too; the readings after it are at
+    # the new level, the jump's, and are not flagged
+    assert _spikes(values) == [1200, 1201]
+
+
+def test_a_value_out_of_range_is_no_step() -> None:
+    """A value the ranges module (before this one in the chain) found impossible is not part of
+    the series: the good reading after it is no spike, and the readings after that still see
+    real spikes (the impossible step does not inflate the spread)."""
+    values = _pressure_spike_test_series()
+    chain = ModuleChain(
+        [
+            plugins.module_class("ranges")(module_id="physics", options={}),
+            rules.SpikeModule(module_id="s", options={"resolutions": {"pressure": 100.0}}),
+        ],
+        health=Health(),
+        budgets=[1.0, 1.0],
+    )
+    impossible = {1100 + 20 * k: (20_000.0, 150_000.0)[k % 2] for k in range(5)}
+    values[1300] += 1000.0  # a real 10 hPa spike, caught as a pair (by the step back)
+    flagged: dict[int, list[str]] = {}
+    for i, v in enumerate(values):
+        r = Reading("baro", "pressure", "Pa", impossible.get(i, v), i * HOUR, True)
+        chain.judge([r])
+        if r.flags:
+            flagged[i] = r.flags
+    assert flagged == {**{i: ["range"] for i in impossible}, 1301: ["spike"]}
+
+
 # --------------------------------------------------------------------------- stuck
 
 
@@ -265,6 +334,48 @@ def test_dropouts_flag_the_next_good_reading() -> None:
     flagged = [i for i, (_, f) in enumerate(verdicts) if "dropout" in f]
     assert flagged == [22, 40]
     assert verdicts[40][0] > verdicts[22][0] >= 0.5
+
+
+def _judge_flagged(
+    mod: DetectionModule, points: Sequence[tuple[float, float | None, tuple[str, ...]]]
+) -> list[int]:
+    """Indices of the readings flagged `dropout`; points are (t, value, driver flags)."""
+    out = []
+    for i, (t, v, flags) in enumerate(points):
+        r = Reading("pm", "pm2_5", "ug/m3", v, t, True, flags=list(flags))
+        if "dropout" in mod.judge([r])[0][1]:
+            out.append(i)
+    return out
+
+
+WARMING = (None, ("warmup",))  # a PM sensor's fan spinning up: a read on time, without a value
+FAILED = (None, ("sensor-error",))
+
+
+def test_a_warm_up_read_without_a_value_is_no_dropout() -> None:
+    good = [(12.0 + 0.1 * (i % 3), ()) for i in range(40)]
+    start = [WARMING, WARMING, *good]  # the series starts warming up
+    points = [(i * 1.0, v, f) for i, (v, f) in enumerate(start)]
+    assert _judge_flagged(rules.DropoutModule(module_id="d", options={}), points) == []
+
+    # a sensor woken again (duty cycle, or re-opened) warms up again mid-series
+    later = [*good[:20], WARMING, WARMING, WARMING, *good[20:]]
+    points = [(i * 1.0, v, f) for i, (v, f) in enumerate(later)]
+    assert _judge_flagged(rules.DropoutModule(module_id="d", options={}), points) == []
+
+
+def test_failed_reads_stay_dropouts_around_a_warm_up() -> None:
+    good = [(12.0, ())] * 40
+    mod = rules.DropoutModule(module_id="d", options={})
+    # failed reads, then the re-opened sensor warms up: the hole is still there
+    series = [*good[:20], FAILED, FAILED, WARMING, WARMING, *good[20:]]
+    points = [(i * 1.0, v, f) for i, (v, f) in enumerate(series)]
+    assert _judge_flagged(mod, points) == [24]
+    # a failed first read is a failure, a failed read that also says warmup too
+    for first in (FAILED, (None, ("warmup", "sensor-error"))):
+        series = [first, *good[:5]]
+        points = [(i * 1.0, v, f) for i, (v, f) in enumerate(series)]
+        assert _judge_flagged(rules.DropoutModule(module_id="d", options={}), points) == [1]
 
 
 def test_warmup_after_start_failures_and_long_gaps() -> None:
@@ -390,7 +501,7 @@ kind = "climate"
 @pytest.mark.parametrize("kind", MODULES)
 def test_each_module_loads_through_its_entry_point_and_sample(kind: str, tmp_path: Path) -> None:
     cls = plugins.module_class(kind)
-    assert kind in plugins.modules() and cls.name == kind and cls.version == "1.0.0"
+    assert kind in plugins.modules() and cls.name == kind and cls.version == VERSIONS[kind]
     assert cls.__doc__ and all(f.help for f in cls.CONFIG.values())
     assert cls.SAMPLE_CONFIG in rules.SAMPLE_CONFIG
     (mc,) = config.loads(HEADER + "\n" + cls.SAMPLE_CONFIG, base_dir=tmp_path).modules

@@ -34,6 +34,13 @@ class _GapState:
         self.good = 0  # good readings since the series (re)started
 
 
+def _failed(r: Reading) -> bool:
+    """A read that should have had a value and has none. A warming sensor's read without a
+    value is not one: its driver flags it `warmup`. A read that failed is flagged
+    `sensor-error`, and stays a failure even if something also called it a warm-up."""
+    return r.value is None and ("warmup" not in r.flags or "sensor-error" in r.flags)
+
+
 def _usual(intervals: deque[float]) -> float | None:
     if len(intervals) < 3:
         return None
@@ -43,10 +50,15 @@ def _usual(intervals: deque[float]) -> float | None:
 class DropoutModule(DetectionModule):
     """The first good reading after a hole in the series: failed reads (no value, flag
     `sensor-error`) or a gap longer than `gap_factor` times the usual interval (the median of
-    the last few). Its score grows with the number of reads missed."""
+    the last few). Its score grows with the number of reads missed.
+
+    A read without a value flagged `warmup` is no failure: the sensor answered on time and said
+    it is still warming up (a PM sensor's fan spinning up), as it is designed to. It counts as a
+    read for the intervals, and failures before it still make the next good reading a dropout.
+    """
 
     name = "dropout"
-    version = "1.0.0"
+    version = "1.1.0"
     SAMPLE_CONFIG: ClassVar[str] = """\
 [[module]]
 id = "dropout"
@@ -73,7 +85,7 @@ gap_factor = 2.5
         st = self.state.get(key)
         if st is None:
             st = self.state[key] = _GapState(r.t)
-            if r.value is None:
+            if _failed(r):
                 st.failures = 1
             return NO_OPINION
         gap = r.t - st.last_t
@@ -83,7 +95,8 @@ gap_factor = 2.5
         if not long_gap and gap > 0:
             st.intervals.append(gap)
         if r.value is None:
-            st.failures += 1
+            if _failed(r):
+                st.failures += 1
             return NO_OPINION
         missed = st.failures
         st.failures = 0

@@ -1,7 +1,8 @@
 """Rule module:
 `spikes`: a first difference far outside the rolling robust (median/MAD) spread of recent
 differences, or an up-and-back-down pair of them. Differences, not levels, because a diurnal
-cycle moves the level a lot but each step only a little.
+cycle moves the level a lot but each step only a little. The step back after a flagged spike is
+judged against the level before the spike, not against the spike.
 
 State is kept per series (`sensor/quantity`) and a reading is judged only from what came
 before it: the chain calls `judge` once per sensor read, in time order.
@@ -28,7 +29,19 @@ from gateway.schema import Field
 
 
 class _SpikeState:
-    __slots__ = ("diffs", "last", "med", "prev_z", "quantum", "scale", "since", "step")
+    __slots__ = (
+        "before",
+        "diffs",
+        "first",
+        "last",
+        "med",
+        "prev_z",
+        "quantum",
+        "run",
+        "scale",
+        "since",
+        "step",
+    )
 
     def __init__(self, window: int) -> None:
         self.diffs: deque[float] = deque(maxlen=window)
@@ -39,6 +52,11 @@ class _SpikeState:
         self.since = 0  # differences added since the baseline was last recomputed
         self.quantum = math.inf  # smallest change seen: the series' own resolution
         self.step = 0.0  # slow average size of the changes (steps that are not zero)
+        # While the last reading is a spike (a run of them, started by one flagged by itself):
+        # the value before the run, the run's first value and how many readings it has.
+        self.before: float | None = None
+        self.first = 0.0
+        self.run = 0
 
 
 class SpikeModule(DetectionModule):
@@ -49,6 +67,14 @@ class SpikeModule(DetectionModule):
     beyond `pair_threshold`, flags the reading after the spike; a step beyond `threshold` is a
     spike at once. Flagged steps stay out of the baseline.
 
+    After a spike flagged by itself, a reading is judged as a step from whichever is nearest:
+    the level before the spike (it is the step back, flagged only if it is a spike from there,
+    past the old level the other way), the spike (it started a new level: an ordinary step) or,
+    after a run of spikes, the run's first value (that one started a new level). A reading
+    already flagged `range` by a module before this one in the chain (`ranges`, first in the
+    sample configuration) is no value of the series: it is not judged, and the next reading is
+    judged from the value before it.
+
     The spread never goes below the series' resolution (the configured one, or the smallest
     change the series has shown, whichever is larger) nor below `step_floor` times the usual
     size of its changes: after a stuck run or in a flat stretch the recent steps are all zero,
@@ -56,7 +82,7 @@ class SpikeModule(DetectionModule):
     """
 
     name = "spikes"
-    version = "1.0.0"
+    version = "1.1.0"
     SAMPLE_CONFIG: ClassVar[str] = """\
 [[module]]
 id = "spikes"
@@ -127,7 +153,11 @@ pair_threshold = 4.0
 
     def _one(self, r: Reading) -> Verdict:
         v = r.value
-        if v is None:
+        if v is None or "range" in r.flags:
+            # A value no sensor of the kind can report says nothing about the series' steps:
+            # taken as the last value, it would make the good reading after it a huge step (a
+            # flagged "spike" on a correct reading), and learnt as a change size, it would
+            # inflate the spread floor until real spikes are missed.
             return NO_OPINION
         key = r.name
         st = self.state.get(key)
@@ -159,13 +189,39 @@ pair_threshold = 4.0
             st.since = 0
         z = (d - st.med) / st.scale
         az = abs(z)
+        before = st.before
+        st.before = None
+        if before is not None:
+            # The last reading was a spike. A step back from it is as big as the spike and says
+            # nothing about this reading: judged from the nearest level instead. A reversed sign
+            # alone would not do: it would also pass a step far past the old level (a spike the
+            # other way, or a spike down from a level that jumped and stays).
+            n = st.run
+            z_before = (v - before - (n + 1) * st.med) / st.scale  # n + 1 steps ago
+            z_first = (v - st.first - n * st.med) / st.scale  # n steps ago (the last if n is 1)
+            zr = z_before if abs(z_before) <= abs(z_first) else z_first
+            if abs(zr) < az:
+                st.prev_z = 0.0  # a step back pairs with nothing
+                st.since += 1
+                if abs(zr) < self.threshold:
+                    return NO_OPINION  # back at a level: the run is over
+                st.before = before
+                st.run = n + 1
+                return (min(1.0, 0.5 * abs(zr) / self.threshold), ("spike",))
         prev = st.prev_z
         st.prev_z = z
         if az >= self.threshold:
             hit = az / self.threshold
+            if before is None:  # a run of spikes starts
+                before, st.first, st.run = last, v, 0
+            st.before = before
+            st.run += 1
         elif az >= self.pair_threshold and abs(prev) >= self.pair_threshold and prev * z < 0:
             hit = min(az, abs(prev)) / self.pair_threshold
             st.prev_z = 0.0  # the pair is used up: the next step starts afresh
+            if before is not None:  # a spike within a run: the run goes on
+                st.before = before
+                st.run += 1
         else:
             diffs.append(d)
             st.since += 1
