@@ -161,7 +161,7 @@ def node_id(device_id: str) -> str:
     body qualifies); anything else is slugged and tagged with a hash so it stays distinct."""
     if not device_id:
         raise ValueError("device_id must not be empty")
-    if _TOPIC_ID.match(device_id):
+    if _TOPIC_ID.fullmatch(device_id):
         return device_id
     return f"{_slug(device_id) or 'device'}_{_digest(device_id)[:8]}"
 
@@ -170,7 +170,7 @@ def _object_id(sensor_id: str, quantity: str) -> str:
     """The object_id of a measured quantity's discovery topic: "<sensor>-<quantity>" when both
     fit Home Assistant's character class (the gateway entities' object ids never contain '-').
     Odd names get a hash, which cannot be confused with either form."""
-    if _TOPIC_ID.match(sensor_id) and _PLAIN_QUANTITY.match(quantity):
+    if _TOPIC_ID.fullmatch(sensor_id) and _PLAIN_QUANTITY.fullmatch(quantity):
         return f"{sensor_id}-{quantity}"
     return f"q{_digest(sensor_id, quantity)[:16]}"
 
@@ -216,7 +216,7 @@ def _is_ours(topic: str, discovery_prefix: str, node: str) -> bool:
         len(parts) == 4
         and re.fullmatch(r"\w+", parts[0], re.ASCII) is not None
         and parts[1] == node
-        and _TOPIC_ID.match(parts[2]) is not None
+        and _TOPIC_ID.fullmatch(parts[2]) is not None
         and parts[3] == "config"
     )
 
