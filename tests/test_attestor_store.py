@@ -138,3 +138,19 @@ def test_cli_register_devices_report_and_a_proof_from_the_store(tmp_path: Path) 
     assert checked.returncode == 0 and "signed by the device: yes" in checked.stdout
     missing = cli("batch", "--device", chain.ident.did, "--seq", "9", "-o", str(exported))
     assert missing.returncode != 0 and "no batch 9" in missing.stderr
+
+
+def test_a_gap_the_device_stated_lost_carries_its_reason(store: str, tmp_path: Path) -> None:
+    """Spec v1.1 loss receipts (tests/vectors/loss.json): the attestor, like `verify`, names the
+    device's stated reason of a gap, and the batch is accepted as a gap, never an equivocation."""
+    w = _worker(store, tmp_path)
+    folder = Path(__file__).parent / "vectors" / "loss"
+    messages = [(folder / f"chain-{i}.cbor").read_bytes() for i in range(3)]
+    after = (folder / "rolled-back-6.cbor").read_bytes()
+    did = cbor2.loads(cbor2.loads(messages[0]).value[2])[1]
+    registry.register(w.db, did, "balcony")
+    assert [w.handle("t", m).kind for m in messages] == ["valid"] * 3
+    found = w.handle("t", after)
+    assert found.kind == "gap"
+    assert "spool-rolled-back (stated by the device)" in found.detail
+    assert "3-5" in found.detail

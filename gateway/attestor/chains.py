@@ -75,7 +75,9 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
             return x.finding("unknown-device", "not registered")
         last, first = row[0], row[1]
         links = {int(s): _Link(bytes(i), bytes(p)) for s, i, p in near.fetchall()}
-        kind, detail = decide(b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s))
+        kind, detail = decide(
+            b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s), stated=b.dropped
+        )
         count(tx, did, kind)
         if kind in ACCEPTED_KINDS:
             readings, synced, flagged = tallies(b)
