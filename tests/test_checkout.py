@@ -19,7 +19,14 @@ CODE = ("tests", "models", "bench", "scripts", "gateway", "drivers")
 FORBIDDEN = ("../shared", "/work/", "shared/data")
 # the quick-start scripts, the wheel's smoke test and CI's entry (install.sh and uninstall.sh
 # are checked in tests/test_systemd.py)
-SCRIPTS = ("scripts/test", "scripts/demo", "scripts/setup-venv", "scripts/smoke-wheel", ".ci/run")
+SCRIPTS = (
+    "scripts/test",
+    "scripts/demo",
+    "scripts/setup-venv",
+    "scripts/smoke-wheel",
+    "scripts/arm64-smoke",
+    ".ci/run",
+)
 
 
 def _text_files() -> list[Path]:
