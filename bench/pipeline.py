@@ -2,12 +2,20 @@
 
     python bench/pipeline.py --mode full         # full speed + the naive baseline, one core
     python bench/pipeline.py --mode realistic    # 8 quantities every 10 s, disk bytes per hour
-    python bench/pipeline.py --mode all          # both
+    python bench/pipeline.py --mode backlog      # 100,000 readings held while the broker is away
+    python bench/pipeline.py --mode all          # all three
+    python bench/pipeline.py --mode all --baseline REV   # and the gateway of commit REV beside
+
 
 One JSON object on stdout (figures, targets, pass/fail); human text on stderr. Every
 measurement runs in its own fresh subprocess (`--worker ...`), so peak RSS and /proc/self/io are
 the measured code's alone, not the harness's or the other side's. bench/README.md explains
 each figure.
+
+`--baseline REV` checks commit REV out in a temporary git worktree and runs every gateway worker
+a second time with that tree's `gateway` package first on the path (same harness, same broker,
+same machine, same run): its figures are under `baseline`, and `vs_baseline` gives this tree's
+figure divided by the baseline's. Targets are judged on this tree only.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,9 @@ REALISTIC_QUANTITIES = 8  # read every 10 s: 2880 readings per hour
 #: first connection stay out of it and the periodic commits (every 60 s by default) never sit
 #: on its edges
 REALISTIC_SETTLE_S = 15.0
+TARGET_BATCH_FILL = 0.95  # mean readings per batch / batch_max_readings, at full speed
+BACKLOG_READINGS = 100_000
+TARGET_DRAIN_S = 60.0  # a backlog of BACKLOG_READINGS delivered, at default settings
 
 
 def gateway_config(workdir: Path, port: int, sensors: str) -> Path:
@@ -72,6 +84,17 @@ kind = "ranges"
     return path
 
 
+#: the full-speed and backlog runs' one sensor: read as fast as it goes, not on its interval
+FAST_SENSOR = '[[sensor]]\nid = "env"\ndriver = "simulated"\nkind = "all"\nseed = 1\n'
+
+
+def gateway_source() -> str:
+    """Where the `gateway` package under test was imported from (this tree or a baseline)."""
+    import gateway
+
+    return str(Path(gateway.__file__).resolve().parent)
+
+
 # =============================================================================================
 # Worker: the gateway at full speed (runs in its own process)
 # =============================================================================================
@@ -95,13 +118,7 @@ async def full_speed(
     from gateway import config, identity
     from gateway.daemon import Gateway
 
-    cfg = config.load(
-        gateway_config(
-            workdir,
-            port,
-            '[[sensor]]\nid = "env"\ndriver = "simulated"\nkind = "all"\nseed = 1\n',
-        )
-    )
+    cfg = config.load(gateway_config(workdir, port, FAST_SENSOR))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=120.0)
     health, pipeline, uplink = gw.health, gw.pipeline, gw.uplink
     (sensor,) = gw.sensors
@@ -208,6 +225,9 @@ async def full_speed(
         "batches_sealed": health.batches_sealed,
         "batches_acked": health.batches_acked,
         "readings_sealed": n_sealed,
+        "batch_fill": (
+            round(n_sealed / (health.batches_sealed * bmr), 4) if health.batches_sealed else None
+        ),
         "all_acked": acked == n_accepted == n_sealed and not any(left.values()),
         "duplicates_sealed": n_unmatched,
         "left_in_spool": left,
@@ -225,6 +245,7 @@ async def full_speed(
         "latency": hist.summary_ms(),
         "peak_rss_bytes": benchlib.peak_rss_bytes(),
         "window_readings": window,
+        "gateway_source": gateway_source(),
         "settings": {
             "commit_interval_s": cfg.spool.commit_interval,
             "batch_max_readings": u.batch_max_readings,
@@ -311,6 +332,7 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
             write_bytes_per_hour=round(d["write_bytes"] * 3600.0 / d["wall_s"]),
             write_bytes_per_commit=round(d["write_bytes"] / commits) if commits else None,
             commits_in_window=commits,
+            commits_per_hour=round(commits * 3600.0 / d["wall_s"], 1),
             cpu_s=round(d["cpu_s"], 3),
             cpu_percent=round(100.0 * d["cpu_s"] / d["wall_s"], 3),
         )
@@ -327,6 +349,7 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
         batches_sealed_total=h.batches_sealed,
         batches_acked_total=h.batches_acked,
         peak_rss_bytes=benchlib.peak_rss_bytes(),
+        gateway_source=gateway_source(),
         settings={
             "commit_interval_s": cfg.spool.commit_interval,
             "batch_max_readings": cfg.uplink.batch_max_readings,
@@ -338,12 +361,161 @@ async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
 
 
 # =============================================================================================
+# Worker: a backlog drained when the broker returns (runs in its own process)
+# =============================================================================================
+
+
+async def backlog(
+    workdir: Path, broker_cpus: set[int], readings: int, drain_timeout: float
+) -> dict[str, Any]:
+    """The real Gateway with default settings and its own mosquitto (free port, pinned to the
+    broker's cores). Connected, the broker is stopped; `readings` readings are fed as fast as
+    the sensor goes (the spool seals its window, 2 x max_inflight batches, and keeps the rest
+    as pending rows); once they are all durable the broker is started again, and the clock
+    runs until the broker has acknowledged every one of them. No reading is fed after the
+    outage, so nothing but the backlog is delivered and the drain ends at zero."""
+    from gateway import config, identity
+    from gateway.daemon import Gateway
+
+    perf = time.perf_counter
+    with benchlib.broker(workdir / "broker", broker_cpus) as b:
+        cfg = config.load(gateway_config(workdir, b.port, FAST_SENSOR))
+        gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=5.0)
+        health, pipeline = gw.health, gw.pipeline
+        (sensor,) = gw.sensors
+        bmr = cfg.uplink.batch_max_readings
+        commits = 0
+        spool_commit = gw.spool.commit
+
+        def counting_commit(*a: Any, **kw: Any) -> Any:  # counts, changes nothing
+            nonlocal commits
+            commits += 1
+            return spool_commit(*a, **kw)
+
+        gw.spool.commit = counting_commit  # type: ignore[method-assign]
+        n_sealed_readings = [0]
+        daemon_sealed = pipeline.on_sealed
+
+        def on_sealed(seq: int, message: bytes, n: int) -> None:
+            n_sealed_readings[0] += n
+            daemon_sealed(seq, message, n)
+
+        pipeline.on_sealed = on_sealed
+        stop = asyncio.Event()
+        out: dict[str, Any] = {}
+
+        async def wait_for(cond: Any, timeout: float) -> bool:
+            deadline = perf() + timeout
+            while not cond():
+                if perf() > deadline:
+                    return False
+                await asyncio.sleep(0.001)
+            return True
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            if not await wait_for(lambda: health.connected, 30):
+                raise RuntimeError("backlog: the gateway never connected")
+            await asyncio.sleep(0.2)  # birth and status out
+            t_stop = perf()
+            await asyncio.to_thread(b.stop)
+            await wait_for(lambda: not health.connected, 30)
+            # The outage: the backlog builds up as fast as the sensor reads.
+            t_feed = perf()
+            reads_per_yield = max(1, bmr // len(sensor.units) // 4)
+            read_once, accept = sensor.read_once, sensor.accept  # accept is the daemon's _accept
+            n = 0
+            while n < readings:
+                for _ in range(reads_per_yield):
+                    batch = (await read_once())[: readings - n]
+                    accept(batch)
+                    n += len(batch)
+                    if n >= readings:
+                        break
+                await asyncio.sleep(0)
+            # What is left in memory is committed as the interval would commit it: the same
+            # explicit commit for every tree, so no tree waits up to 60 s for its tick here.
+            await pipeline.commit()
+            if not await wait_for(lambda: health.readings >= readings, 120):
+                raise RuntimeError(f"backlog: only {health.readings} readings durable")
+            t_held = perf()
+            st = await loop.run_in_executor(gw.executor, gw.spool.stats)
+            connects, c0, commits0 = health.connects, Counters.now(perf), commits
+            sealed0 = (health.batches_sealed, n_sealed_readings[0])
+            # The broker returns.
+            t_restart = perf()
+            await asyncio.to_thread(b.start)
+            assert b.proc is not None
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(b.proc.pid, broker_cpus)
+            t_listen = perf()
+            await wait_for(lambda: health.connects > connects, drain_timeout)
+            t_conn = perf()
+            drained = await wait_for(
+                lambda: health.readings_acked >= readings, t_conn + drain_timeout - perf()
+            )
+            t_done = perf()
+            c1 = Counters.now(perf)
+            d = c1.since(c0)
+            acked = health.readings_acked
+            drain = t_done - t_conn
+            batches = health.batches_sealed - sealed0[0]
+            sealed_n = n_sealed_readings[0] - sealed0[1]
+            out.update(
+                readings=readings,
+                drained=drained,
+                readings_acked=acked,
+                feeding_s=round(t_held - t_feed, 3),
+                outage_s=round(t_restart - t_stop, 3),
+                at_restart={"pending_readings": st.pending, "sealed_batches": st.sealed},
+                broker_start_s=round(t_listen - t_restart, 3),
+                reconnect_s=round(t_conn - t_restart, 3),
+                drain_s=round(drain, 3),
+                since_restart_s=round(t_done - t_restart, 3),
+                drain_readings_per_s=round(acked / drain, 1) if drain > 0 else None,
+                commits_in_drain=commits - commits0,
+                batches_sealed_in_drain=batches,
+                batch_fill_in_drain=round(sealed_n / (batches * bmr), 4) if batches else None,
+                drain_cpu_s=round(d["cpu_s"], 3),
+                drain_write_bytes=d["write_bytes"],
+            )
+            stop.set()
+            await asyncio.Event().wait()
+
+        sensor.run = scenario  # type: ignore[method-assign]
+        await gw.run(stop)
+        with contextlib.closing(sqlite3.connect(cfg.spool.path)) as db:
+            left = {
+                "pending_readings": db.execute("SELECT count(*) FROM readings").fetchone()[0],
+                "sealed_batches": db.execute("SELECT count(*) FROM batches").fetchone()[0],
+            }
+    u = cfg.uplink
+    out.update(
+        left_in_spool=left,
+        empty_after=out.get("drained", False) and not any(left.values()),
+        peak_rss_bytes=benchlib.peak_rss_bytes(),
+        gateway_source=gateway_source(),
+        settings={
+            "commit_interval_s": cfg.spool.commit_interval,
+            "batch_max_readings": u.batch_max_readings,
+            "batch_max_age_s": u.batch_max_age,
+            "max_inflight": u.max_inflight,
+            "seal_ahead": gw.spool.seal_ahead,
+            "reconnect_max_s": u.reconnect_max,
+        },
+    )
+    return out
+
+
+# =============================================================================================
 # The harness
 # =============================================================================================
 
 
-def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
-    """A worker in a fresh interpreter; its last stdout line is its JSON result."""
+def run_worker(args: list[str], timeout: float, tree: Path | None = None) -> dict[str, Any]:
+    """A worker in a fresh interpreter; its last stdout line is its JSON result. With `tree`,
+    that tree's `gateway` and `drivers` are imported (benchlib.tree_env): a baseline's code
+    under this harness."""
     proc = subprocess.run(
         [sys.executable, *args],
         stdout=subprocess.PIPE,
@@ -352,6 +524,7 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
         timeout=timeout,
         check=False,
         cwd=benchlib.REPO,
+        env=None if tree is None else benchlib.tree_env(tree),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args} failed with exit code {proc.returncode}")
@@ -359,37 +532,95 @@ def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def mode_full(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
-    with benchlib.workdir("bench-gw-") as wd:
-        fs = benchlib.check_disk(wd)
-        say(f"full speed: gateway for {ns.seconds:g} s on core {cpu}, spool in {wd} ({fs})")
-        gw = run_worker(
-            [
-                str(HERE / "pipeline.py"),
-                "--worker",
-                "full",
-                "--port",
-                str(port),
-                "--workdir",
-                str(wd),
-                "--cpu",
-                str(cpu),
-                "--seconds",
-                str(ns.seconds),
-                "--readings",
-                str(ns.readings),
-                "--window",
-                str(ns.window),
-                *(["--stop-at-once"] if ns.stop_at_once else []),
-            ],
-            timeout=ns.seconds + 300,
+@contextlib.contextmanager
+def trees(rev: str | None) -> Iterator[dict[str, Path | None]]:
+    """The gateways to measure: this tree, and with `rev` that commit in a temporary git
+    worktree beside it (removed afterwards)."""
+    if rev is None:
+        yield {"gateway": None}
+        return
+    with benchlib.workdir("bench-baseline-") as wd, benchlib.worktree(rev, wd) as tree:
+        benchlib.compile_tree(tree)
+        benchlib.check_tree(tree)
+        say(f"baseline: {rev} = {benchlib.describe(tree)} in {tree}")
+        yield {"gateway": None, "baseline": tree}
+
+
+def compare(runs: dict[str, dict[str, Any]], figures: dict[str, list[str]]) -> dict[str, Any]:
+    """This tree's figure / the baseline's, for each figure (a path of keys); said beside."""
+    if "baseline" not in runs:
+        return {}
+
+    def pick(run: dict[str, Any], path: list[str]) -> Any:
+        value: Any = run
+        for k in path:
+            value = value.get(k) if isinstance(value, dict) else None
+        return value
+
+    out: dict[str, Any] = {}
+    for name, path in figures.items():
+        a, b = pick(runs["gateway"], path), pick(runs["baseline"], path)
+        numbers = isinstance(a, int | float) and isinstance(b, int | float)
+        ratio = round(a / b, 3) if numbers and b else None
+        out[name] = {"gateway": a, "baseline": b, "ratio": ratio}
+        say(f"  {name}: {a} (baseline {b}, ratio {ratio})")
+    return out
+
+
+def say_targets(part: str, targets: dict[str, dict[str, Any]]) -> None:
+    """Each figure beside its target, as the JSON has them."""
+    for name, t in targets.items():
+        verdict = "pass" if t["pass"] else "FAIL"
+        say(f"  {part}.{name}: {t['value']} (target {t['target']}) {verdict}")
+
+
+def gateway_runs(
+    label: str, tree_map: dict[str, Path | None], make_args: Any, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """One worker per tree, each in its own work dir (its spool, and its broker if it has one)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for name, tree in tree_map.items():
+        with benchlib.workdir(f"bench-{label}-") as wd:
+            fs = benchlib.check_disk(wd)
+            say(f"{label}: {name}{'' if tree is None else ' (' + str(tree) + ')'}, in {wd} ({fs})")
+            runs[name] = run_worker(make_args(wd), timeout, tree)
+    return runs
+
+
+def mode_full(
+    ns: argparse.Namespace, cpu: int, port: int, tree_map: dict[str, Path | None]
+) -> dict[str, Any]:
+    say(f"full speed: gateway for {ns.seconds:g} s on core {cpu}")
+
+    def args(wd: Path) -> list[str]:
+        return [
+            str(HERE / "pipeline.py"),
+            "--worker",
+            "full",
+            "--port",
+            str(port),
+            "--workdir",
+            str(wd),
+            "--cpu",
+            str(cpu),
+            "--seconds",
+            str(ns.seconds),
+            "--readings",
+            str(ns.readings),
+            "--window",
+            str(ns.window),
+            *(["--stop-at-once"] if ns.stop_at_once else []),
+        ]
+
+    runs = gateway_runs("full", tree_map, args, ns.seconds + 300)
+    for name, r in runs.items():
+        say(
+            f"  {name}: {r['readings_acked']} readings acknowledged in {r['wall_s']} s = "
+            f"{r['readings_per_s']:,.0f} /s, {r['cpu_us_per_reading']} µs CPU/reading, "
+            f"{r['write_bytes_per_reading']} B written/reading, p99 {r['latency']['p99_ms']} ms, "
+            f"batches {r['batch_fill']} full, peak RSS {r['peak_rss_bytes'] / 1e6:.1f} MB"
         )
-    say(
-        f"  gateway: {gw['readings_acked']} readings acknowledged in {gw['wall_s']} s = "
-        f"{gw['readings_per_s']:,.0f} /s, {gw['cpu_us_per_reading']} µs CPU/reading, "
-        f"{gw['write_bytes_per_reading']} B written/reading, p99 {gw['latency']['p99_ms']} ms, "
-        f"peak RSS {gw['peak_rss_bytes'] / 1e6:.1f} MB"
-    )
+    gw = runs["gateway"]
     with benchlib.workdir("bench-naive-") as wd:
         say(f"naive baseline for {ns.naive_seconds:g} s on core {cpu}, in {wd}")
         nv = run_worker(
@@ -413,50 +644,64 @@ def mode_full(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
     )
     ratio = round(gw["readings_per_s"] / nv["readings_per_s"], 1) if nv["readings_per_s"] else None
     say(f"  ratio: {ratio}x the naive baseline")
-    return {
-        "gateway": gw,
-        "naive": nv,
-        "ratio_to_naive": ratio,
-        "targets": {
-            "readings_per_s": target(gw["readings_per_s"], TARGET_READINGS_PER_S, True, "/s"),
-            "ratio_to_naive": target(ratio, TARGET_RATIO, True, "x"),
-            "write_bytes_per_reading": target(
-                gw["write_bytes_per_reading"], TARGET_BYTES_PER_READING, False, "B"
-            ),
-            "peak_rss_bytes": target(gw["peak_rss_bytes"], TARGET_PEAK_RSS, False, "B"),
-            "all_acked": {"value": gw["all_acked"], "target": "true", "pass": gw["all_acked"]},
+    vs = compare(
+        runs,
+        {
+            "readings_per_s": ["readings_per_s"],
+            "batch_fill": ["batch_fill"],
+            "write_bytes_per_reading": ["write_bytes_per_reading"],
+            "cpu_us_per_reading": ["cpu_us_per_reading"],
+            "p99_ms": ["latency", "p99_ms"],
+            "peak_rss_bytes": ["peak_rss_bytes"],
         },
-    }
-
-
-def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any]:
-    with benchlib.workdir("bench-real-") as wd:
-        fs = benchlib.check_disk(wd)
-        say(
-            f"realistic: the Gateway for {REALISTIC_SETTLE_S:g} s + {ns.minutes:g} min on core "
-            f"{cpu}, spool in {wd} ({fs})"
-        )
-        gw = run_worker(
-            [
-                str(HERE / "pipeline.py"),
-                "--worker",
-                "realistic",
-                "--port",
-                str(port),
-                "--workdir",
-                str(wd),
-                "--cpu",
-                str(cpu),
-                "--minutes",
-                str(ns.minutes),
-            ],
-            timeout=ns.minutes * 60 + REALISTIC_SETTLE_S + 300,
-        )
-    say(
-        f"  gateway: {gw['write_bytes']} B written in {gw['window_s']} s = "
-        f"{gw['write_bytes_per_hour'] / 1e6:.2f} MB/h ({gw['readings_durable_in_window']} readings "
-        f"durable, {gw['batches_sealed_in_window']} batches sealed in the window)"
     )
+    targets = {
+        "readings_per_s": target(gw["readings_per_s"], TARGET_READINGS_PER_S, True, "/s"),
+        "ratio_to_naive": target(ratio, TARGET_RATIO, True, "x"),
+        "write_bytes_per_reading": target(
+            gw["write_bytes_per_reading"], TARGET_BYTES_PER_READING, False, "B"
+        ),
+        "batch_fill": target(gw["batch_fill"], TARGET_BATCH_FILL, True, ""),
+        "peak_rss_bytes": target(gw["peak_rss_bytes"], TARGET_PEAK_RSS, False, "B"),
+        "all_acked": {"value": gw["all_acked"], "target": "true", "pass": gw["all_acked"]},
+    }
+    say_targets("full", targets)
+    out: dict[str, Any] = {"gateway": gw, "naive": nv, "ratio_to_naive": ratio}
+    if "baseline" in runs:
+        out.update(baseline=runs["baseline"], vs_baseline=vs)
+    out["targets"] = targets
+    return out
+
+
+def mode_realistic(
+    ns: argparse.Namespace, cpu: int, port: int, tree_map: dict[str, Path | None]
+) -> dict[str, Any]:
+    say(f"realistic: the Gateway for {REALISTIC_SETTLE_S:g} s + {ns.minutes:g} min on core {cpu}")
+
+    def args(wd: Path) -> list[str]:
+        return [
+            str(HERE / "pipeline.py"),
+            "--worker",
+            "realistic",
+            "--port",
+            str(port),
+            "--workdir",
+            str(wd),
+            "--cpu",
+            str(cpu),
+            "--minutes",
+            str(ns.minutes),
+        ]
+
+    runs = gateway_runs("realistic", tree_map, args, ns.minutes * 60 + REALISTIC_SETTLE_S + 300)
+    for name, r in runs.items():
+        say(
+            f"  {name}: {r['write_bytes']} B written in {r['window_s']} s = "
+            f"{r['write_bytes_per_hour'] / 1e6:.2f} MB/h, {r['commits_in_window']} commits "
+            f"({r['commits_per_hour']}/h; {r['readings_durable_in_window']} readings durable, "
+            f"{r['batches_sealed_in_window']} batches sealed in the window)"
+        )
+    gw = runs["gateway"]
     with benchlib.workdir("bench-naive-") as wd:
         say(f"naive per-reading commit: {ns.naive_readings} readings (the rate does not matter)")
         nv = run_worker(
@@ -485,7 +730,26 @@ def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any
         if gw["write_bytes_per_hour"]
         else None
     )
-    return {
+    vs = compare(
+        runs,
+        {
+            "write_bytes_per_hour": ["write_bytes_per_hour"],
+            "commits_per_hour": ["commits_per_hour"],
+            "write_bytes_per_commit": ["write_bytes_per_commit"],
+        },
+    )
+    # One commit per interval at this load: a commit that only forgets acknowledged batches
+    # would double the SD card's writes.
+    max_commits = 3600.0 / gw["settings"]["commit_interval_s"]
+    targets = {
+        "write_bytes_per_hour": target(
+            gw["write_bytes_per_hour"], TARGET_BYTES_PER_HOUR, False, "B/h"
+        ),
+        "commits_per_hour": target(gw["commits_per_hour"], max_commits, False, "/h"),
+        "peak_rss_bytes": target(gw["peak_rss_bytes"], TARGET_PEAK_RSS, False, "B"),
+    }
+    say_targets("realistic", targets)
+    out: dict[str, Any] = {
         "gateway": gw,
         "naive": {
             "write_bytes_per_reading": nv["write_bytes_per_reading"],
@@ -493,13 +757,78 @@ def mode_realistic(ns: argparse.Namespace, cpu: int, port: int) -> dict[str, Any
             "write_bytes_per_hour": naive_per_hour,
         },
         "naive_over_gateway": ratio,
-        "targets": {
-            "write_bytes_per_hour": target(
-                gw["write_bytes_per_hour"], TARGET_BYTES_PER_HOUR, False, "B/h"
-            ),
-            "peak_rss_bytes": target(gw["peak_rss_bytes"], TARGET_PEAK_RSS, False, "B"),
-        },
     }
+    if "baseline" in runs:
+        out.update(baseline=runs["baseline"], vs_baseline=vs)
+    out["targets"] = targets
+    return out
+
+
+def mode_backlog(
+    ns: argparse.Namespace, cpu: int, broker_cpus: set[int], tree_map: dict[str, Path | None]
+) -> dict[str, Any]:
+    say(
+        f"backlog: {ns.backlog_readings:,} readings held while the broker is away, then the "
+        f"broker returns; on core {cpu}, each run with its own mosquitto"
+    )
+
+    def args(wd: Path) -> list[str]:
+        return [
+            str(HERE / "pipeline.py"),
+            "--worker",
+            "backlog",
+            "--workdir",
+            str(wd),
+            "--cpu",
+            str(cpu),
+            "--broker-cpus",
+            ",".join(map(str, sorted(broker_cpus))),
+            "--backlog-readings",
+            str(ns.backlog_readings),
+            "--drain-timeout",
+            str(ns.drain_timeout),
+        ]
+
+    runs = gateway_runs("backlog", tree_map, args, ns.drain_timeout + 600)
+    for name, r in runs.items():
+        say(
+            f"  {name}: {r['readings_acked']:,} of {r['readings']:,} acknowledged "
+            f"{'' if r['drained'] else '(NOT drained) '}{r['drain_s']} s after reconnecting "
+            f"({r['drain_readings_per_s']:,.0f} /s), {r['since_restart_s']} s after the broker "
+            f"restarted (reconnect {r['reconnect_s']} s, outage {r['outage_s']} s); "
+            f"{r['commits_in_drain']} commits, {r['batches_sealed_in_drain']} batches sealed"
+        )
+    gw = runs["gateway"]
+    vs = compare(
+        runs,
+        {
+            "drain_s": ["drain_s"],
+            "drain_readings_per_s": ["drain_readings_per_s"],
+            "since_restart_s": ["since_restart_s"],
+            "commits_in_drain": ["commits_in_drain"],
+        },
+    )
+    drain = gw["drain_s"] if gw["drained"] else None
+    since = gw["since_restart_s"] if gw["drained"] else None
+    targets = {
+        "drain_s": target(drain, TARGET_DRAIN_S, False, "s"),
+        "since_restart_s": target(since, TARGET_DRAIN_S, False, "s"),
+        "empty_after": {"value": gw["empty_after"], "target": "true", "pass": gw["empty_after"]},
+    }
+    say_targets("backlog", targets)
+    out: dict[str, Any] = {"gateway": gw}
+    if "baseline" in runs:
+        out.update(baseline=runs["baseline"], vs_baseline=vs)
+    out["targets"] = targets
+    return out
+
+
+PARTS: dict[str, tuple[str, ...]] = {
+    "full": ("full",),
+    "realistic": ("realistic",),
+    "backlog": ("backlog",),
+    "all": ("full", "realistic", "backlog"),
+}
 
 
 def harness(ns: argparse.Namespace) -> int:
@@ -513,15 +842,25 @@ def harness(ns: argparse.Namespace) -> int:
         "cpu_under_test": cpu,
         "broker_cpus": sorted(broker_cpus),
     }
-    with benchlib.workdir("bench-broker-") as bwd, benchlib.broker(bwd, broker_cpus) as b:
-        say(f"mosquitto on port {b.port}, cores {sorted(broker_cpus)}")
-        if ns.mode in ("full", "all"):
-            result["full"] = mode_full(ns, cpu, b.port)
-        if ns.mode in ("realistic", "all"):
-            result["realistic"] = mode_realistic(ns, cpu, b.port)
+    parts = PARTS[ns.mode]
+    with trees(ns.baseline) as tree_map:
+        result["tree"] = benchlib.describe(benchlib.REPO)
+        if ns.baseline is not None:
+            tree = tree_map["baseline"]
+            assert tree is not None
+            result["baseline"] = {"rev": ns.baseline, "commit": benchlib.describe(tree)}
+        if "full" in parts or "realistic" in parts:
+            with benchlib.workdir("bench-broker-") as bwd, benchlib.broker(bwd, broker_cpus) as b:
+                say(f"mosquitto on port {b.port}, cores {sorted(broker_cpus)}")
+                if "full" in parts:
+                    result["full"] = mode_full(ns, cpu, b.port, tree_map)
+                if "realistic" in parts:
+                    result["realistic"] = mode_realistic(ns, cpu, b.port, tree_map)
+        if "backlog" in parts:
+            result["backlog"] = mode_backlog(ns, cpu, broker_cpus, tree_map)
     verdicts = {
         f"{part}.{name}": t["pass"]
-        for part in ("full", "realistic")
+        for part in ("full", "realistic", "backlog")
         if part in result
         for name, t in result[part]["targets"].items()
     }
@@ -530,7 +869,13 @@ def harness(ns: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mode", choices=("full", "realistic", "all"), default="full")
+    p.add_argument("--mode", choices=tuple(PARTS), default="full")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        default=None,
+        help="also run every gateway worker on git commit REV (a temporary worktree)",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="full speed: feeding time")
     p.add_argument("--readings", type=int, default=10**9, help="full speed: stop after this many")
     p.add_argument(
@@ -553,10 +898,23 @@ def main() -> int:
         help="realistic: readings the naive per-reading commit writes to measure it",
     )
     p.add_argument("--minutes", type=float, default=3.0, help="realistic: measuring window")
+    p.add_argument(
+        "--backlog-readings",
+        type=int,
+        default=BACKLOG_READINGS,
+        help="backlog: readings held while the broker is away",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=900.0,
+        help="backlog: give up waiting for the drain after this long (then 'drained': false)",
+    )
     p.add_argument("--cpu", type=int, default=None, help="core for the gateway (default: last)")
-    p.add_argument("--worker", choices=("full", "realistic"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("full", "realistic", "backlog"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--broker-cpus", help=argparse.SUPPRESS)
     ns = p.parse_args()
     if ns.worker is None:
         return harness(ns)
@@ -571,6 +929,9 @@ def main() -> int:
         res = asyncio.run(
             full_speed(ns.workdir, ns.port, ns.seconds, ns.readings, ns.window, ns.stop_at_once)
         )
+    elif ns.worker == "backlog":
+        cpus = {int(c) for c in ns.broker_cpus.split(",")}
+        res = asyncio.run(backlog(ns.workdir, cpus, ns.backlog_readings, ns.drain_timeout))
     else:
         with contextlib.suppress(KeyboardInterrupt):
             res = asyncio.run(realistic(ns.workdir, ns.port, ns.minutes))
