@@ -100,7 +100,7 @@ print("\\n".join(asked))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    ours = [line for line in r.stdout.splitlines() if "/sqlite_utils/" not in line]
+    ours = [line for line in r.stdout.splitlines() if line and "/sqlite_utils/" not in line]
     assert ours == []
 
 
