@@ -23,7 +23,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -475,4 +474,6 @@ def read_password(section: str, password_file: Path | None, password_env: str | 
 
 def sample_text() -> str:
     """The commented sample configuration shipped with the package (gateway/sample.toml)."""
+    from importlib import resources  # here: every start and `status` would pay for it
+
     return resources.files("gateway").joinpath("sample.toml").read_text(encoding="utf-8")

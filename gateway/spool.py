@@ -30,8 +30,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlite_utils
-
 from gateway import cose, highwater, lockfile, payloads
 from gateway.errors import SpoolError
 from gateway.highwater import Entry, HighWater, Record, Stated
@@ -41,6 +39,18 @@ log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
 DROP_WHY_FULL = "spool-full"
+#: The tables. Plain SQL rather than sqlite-utils' table builder: importing sqlite-utils brings
+#: numpy (and pandas) wherever they are installed, 130-220 ms of every start and ~17 MB
+#: (bench/startup.py). The `sqlite-utils` command still reads the file, as the README shows.
+SCHEMA = (
+    'CREATE TABLE "meta" ("key" TEXT PRIMARY KEY, "value" TEXT)',
+    'CREATE TABLE "readings" ("id" INTEGER PRIMARY KEY, "t" REAL, "synced" INTEGER, '
+    '"source" TEXT, "record" BLOB)',
+    'CREATE TABLE "batches" ("seq" INTEGER PRIMARY KEY, "batch_id" BLOB, "sealed" REAL, '
+    '"n" INTEGER, "first_t" REAL, "message" BLOB)',
+    'CREATE TABLE "drops" ("id" INTEGER PRIMARY KEY, "n" INTEGER, "t_from" REAL, "t_to" REAL, '
+    '"why" TEXT)',
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,30 +194,15 @@ class Spool:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA journal_size_limit=4194304")
         self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        db = sqlite_utils.Database(conn)
-        tables = set(db.table_names())
+        tables = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
         if existed and tables and "meta" not in tables:
             raise SpoolError(f"spool {self.path} is an SQLite file but not a depin-gateway spool")
         if "meta" not in tables:
             conn.execute("BEGIN IMMEDIATE")
-            db.table("meta").create({"key": str, "value": str}, pk="key")
-            db.table("readings").create(
-                {"id": int, "t": float, "synced": int, "source": str, "record": bytes}, pk="id"
-            )
-            db.table("batches").create(
-                {
-                    "seq": int,
-                    "batch_id": bytes,
-                    "sealed": float,
-                    "n": int,
-                    "first_t": float,
-                    "message": bytes,
-                },
-                pk="seq",
-            )
-            db.table("drops").create(
-                {"id": int, "n": int, "t_from": float, "t_to": float, "why": str}, pk="id"
-            )
+            for ddl in SCHEMA:
+                conn.execute(ddl)
             conn.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?)",
                 [
