@@ -10,6 +10,7 @@ they are the command being run; otherwise a stub with the same help line stands 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gateway import __version__
@@ -83,7 +84,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway import config
     from gateway.modules import litert
 
-    cfg = config.load(Path(args.file))
+    if args.file == "-":  # `config sample | config check -`: paths relative to here
+        cfg = config.loads(sys.stdin.read(), source="<stdin>", base_dir=Path.cwd())
+    else:
+        cfg = config.load(Path(args.file))
     # A configuration this installation cannot run is refused here as `run` refuses it.
     litert.require_for(cfg.modules)
     sys.stdout.write(config.render(cfg))
@@ -311,7 +315,7 @@ def _status(st: argparse.ArgumentParser) -> None:
 def _config(c: argparse.ArgumentParser) -> None:
     csub = c.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     cc = csub.add_parser("check", help="print the resolved configuration, or every error in it")
-    cc.add_argument("file", help="the configuration file (TOML)")
+    cc.add_argument("file", help="the configuration file (TOML), or - for standard input")
     cc.set_defaults(fn=cmd_config_check)
     cs = csub.add_parser("sample", help="print a commented sample configuration")
     cs.set_defaults(fn=cmd_config_sample)
@@ -495,3 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`config sample | head`): stop quietly, as a shell tool does,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

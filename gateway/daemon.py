@@ -116,6 +116,7 @@ class Gateway:
             batch_max_age=u.batch_max_age,
             seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
             modules=lambda: self._entries,
+            key_file=cfg.device.key_file,
         )
         self.pipeline = Pipeline(
             self.spool,
@@ -272,7 +273,11 @@ class Gateway:
             version=__version__,
             prefix=self.cfg.uplink.topic_prefix,
             discovery_prefix=self.cfg.monitor.discovery_prefix,
-            sensors=[(s.cfg.id, s.units) for s in self.sensors],
+            sensors=[
+                homeassistant.Sensor(s.cfg.id, s.units, s.cfg.driver, s.cfg.interval)
+                for s in self.sensors
+            ],
+            state_interval=self.cfg.monitor.state_interval,
         )
 
     def _announce_soon(self) -> None:

@@ -232,3 +232,35 @@ def test_help_lists_every_command_without_loading_their_modules() -> None:
         assert sub.returncode == 0 and f"usage: depin-gateway {command}" in sub.stdout
     sample = cli("attestor", "sample")
     assert sample.returncode == 0 and "[attestor]" in sample.stdout
+
+
+def test_config_sample_piped_into_config_check_dash(tmp_path: Path) -> None:
+    """The README's `config sample | config check -`: the sample checks from standard input, its
+    relative paths taken from where the command runs; an error names `<stdin>`."""
+    exe = Path(sys.executable).parent / "depin-gateway"
+    sample = subprocess.run(
+        [str(exe), "config", "sample"], capture_output=True, text=True, check=True
+    ).stdout
+    ok = subprocess.run(
+        [str(exe), "config", "check", "-"],
+        input=sample, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert f'"{tmp_path / "spool.db"}"' in ok.stdout
+    bad = subprocess.run(
+        [str(exe), "config", "check", "-"],
+        input=sample.replace('name = "sample-gateway"', 'nmae = "x"'),
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "<stdin>" in bad.stderr and "did you mean" in bad.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    exe = Path(sys.executable).parent / "depin-gateway"
+    r = subprocess.run(
+        # `true` has exited long before the command, which takes tens of ms to start, writes
+        f"'{exe}' config sample | true",
+        shell=True, capture_output=True, text=True, executable="/bin/bash",
+    )  # fmt: skip
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

@@ -154,11 +154,6 @@ def test_second_daemon_beside_a_running_one(tmp_path: Path, mosquitto: Mosquitto
             first.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/daemon.py does not pass key_file=cfg.device.key_file to Spool yet; "
-    "remove this marker when it does",
-)
 def test_second_daemon_on_the_same_key_with_its_own_spool_exits_4(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
