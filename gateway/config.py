@@ -37,8 +37,6 @@ from gateway.config_check import (
     typename,
 )
 from gateway.config_locate import Locator
-from gateway.config_render import render
-from gateway.config_render import schema_reference as schema_reference  # public, not in __all__
 from gateway.config_schema import (
     CLOCK,
     DEVICE,
@@ -84,12 +82,16 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceConfig:
+    """[device]: the gateway's name and its key."""
+
     name: str
     key_file: Path
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpoolConfig:
+    """[spool]: where readings wait, how large it may grow, how often it commits."""
+
     path: Path
     max_size: int
     commit_interval: float
@@ -97,6 +99,8 @@ class SpoolConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class UplinkConfig:
+    """[uplink]: the MQTT broker (its URL taken apart), credentials and batching."""
+
     url: str
     host: str
     port: int
@@ -120,22 +124,30 @@ class UplinkConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ClockConfig:
+    """[clock]: whether wall time is trusted (detected, or set by hand)."""
+
     mode: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
+    """[log]: the log level."""
+
     level: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelsConfig:
+    """[models]: where model bundles live and whose signatures they need."""
+
     dir: Path | None
     trusted_model_signers: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
 class MonitorConfig:
+    """[monitor]: state and health messages, Home Assistant discovery."""
+
     state_interval: float
     health_interval: float
     homeassistant: bool
@@ -144,6 +156,8 @@ class MonitorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SensorConfig:
+    """One [[sensor]]: its driver, read interval, the driver's options, its placement."""
+
     id: str
     driver: str
     interval: float
@@ -153,6 +167,8 @@ class SensorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModuleConfig:
+    """One [[module]]: its kind, the module's options and its time budget."""
+
     id: str
     kind: str
     options: Mapping[str, Any]
@@ -161,6 +177,8 @@ class ModuleConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
+    """The whole checked configuration, as `load` and `loads` return it."""
+
     device: DeviceConfig
     spool: SpoolConfig
     uplink: UplinkConfig
@@ -263,13 +281,16 @@ def _plugin_tables(
         if "id" in values:
             ident = values["id"]
             if ident in seen:
+                first = seen[ident]
+                # its line only now: looking one up scans the text, which a valid file never needs
+                line = problems.locator.line_of(f"{first}.id") if problems.locator else None
                 problems.add(
                     f"{path}.id",
-                    f"duplicate {array} id {ident!r} (first used by {seen[ident]})",
+                    f"duplicate {array} id {ident!r} "
+                    f"(first used by {first if line is None else f'{first}, line {line}'})",
                 )
             else:
-                line = problems.locator.line_of(f"{path}.id") if problems.locator else None
-                seen[ident] = path if line is None else f"{path}, line {line}"
+                seen[ident] = path
         if cls is not None and all(k in values for k in fields):
             options = {k: values[k] for k in fields if k not in head_fields}
             plugin_rules(problems, path, cls, options)
@@ -359,20 +380,21 @@ def _placements(
 _ARRAYS = ("sensor", "module")
 _TOP = (*SECTIONS, *_ARRAYS)
 
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
+# tomllib's position suffixes, as patterns: compiled (and cached by `re`) only for a file it refused
+_TOML_POS = r"\s*\(at line (\d+), column (\d+)\)\s*$"
+_TOML_END = r"\s*\(at end of document\)\s*$"
 
 
 def _syntax_problem(problems: Problems, exc: tomllib.TOMLDecodeError, text: str) -> None:
     message = str(exc)
     line: int | None = None
-    m = _TOML_POS.search(message)
+    m = re.search(_TOML_POS, message)
     if m:
         line = int(m[1])
         message = f"{message[: m.start()]} (column {m[2]})"
-    elif _TOML_END.search(message):
+    elif re.search(_TOML_END, message):
         line = text.count("\n") + (0 if text.endswith("\n") else 1)
-        message = _TOML_END.sub(" (at end of file)", message)
+        message = re.sub(_TOML_END, " (at end of file)", message)
     problems.add("", f"TOML syntax error: {message}", line=line)
 
 
@@ -452,6 +474,22 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
         modules=tuple(modules),
         source=file,
     )
+
+
+def render(config: Config) -> str:
+    """The resolved configuration as TOML: defaults filled in, durations in seconds, sizes in
+    bytes, paths absolute. Loading it again gives the same configuration."""
+    from gateway import config_render  # here: only `config check` prints one, not `status`
+
+    return config_render.render(config)
+
+
+def schema_reference() -> str:  # public, not in __all__
+    """Markdown tables of every key: the gateway's sections, then each installed plug-in's
+    options (the generated part of docs/configuration.md)."""
+    from gateway import config_render  # here: only the docs need it
+
+    return config_render.schema_reference()
 
 
 def read_password(section: str, password_file: Path | None, password_env: str | None) -> str | None:

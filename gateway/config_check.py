@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import difflib
 import json
 import math
 import os
@@ -51,6 +50,8 @@ class _Bad(Exception):
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    import difflib  # here: only a broken configuration needs it, not every `status` and start
+
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else ""
 

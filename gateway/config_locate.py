@@ -28,10 +28,18 @@ class Locator:
         self.s = text
         self.i = 0
         self.line = 1
-        self.lines: dict[str, int] = {}
+        self._lines: dict[str, int] | None = None
         self._arrays: dict[str, int] = {}
-        with contextlib.suppress(IndexError, ValueError):  # best effort: keep what was found
-            self._document()
+
+    @property
+    def lines(self) -> dict[str, int]:
+        """Key path -> line. The text is scanned at the first question, which only a problem
+        asks: a valid configuration (every `status`, every start) never pays for the scan."""
+        if self._lines is None:
+            self._lines = {}
+            with contextlib.suppress(IndexError, ValueError):  # best effort: keep what was found
+                self._document()
+        return self._lines
 
     def line_of(self, path: str) -> int | None:
         """Line of `path`, else of its nearest enclosing table or key; None if none is known."""

@@ -36,6 +36,9 @@ KINDS = frozenset(
 
 @dataclass(frozen=True)
 class Field:
+    """One option: its kind (`KINDS`), help text, default (`REQUIRED`: none), bounds, allowed
+    values and an extra check on the converted value."""
+
     kind: str
     help: str
     default: Any = REQUIRED
