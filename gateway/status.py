@@ -10,7 +10,7 @@ Where the status file is, for a daemon and its `status` alike (`status_file`):
 - under systemd, `$RUNTIME_DIRECTORY/status.json` (`/run/depin-gateway`): a unit runs one
   gateway, and `status`, which does not have that variable, looks there by default;
 - started by hand, `status-<key>.json` in `$XDG_RUNTIME_DIR/depin-gateway` (the login session's
-  tmpfs), else in `/tmp/depin-gateway-<uid>`, the key a hash of the spool's path: two gateways
+  tmpfs), else in `/dev/shm/depin-gateway-<uid>`, the key a hash of the spool's path: two gateways
   started by hand never share a file, and `status -c` finds the one of its configuration's spool.
 
 Each file names its spool and its daemon's pid: `status` takes a file only if it is this
@@ -31,8 +31,10 @@ from gateway.config import Config
 
 STATUS_FILE = "status.json"
 DEFAULT_RUNTIME = Path("/run/depin-gateway")
-#: the last resort for a gateway started by hand without a session runtime directory
-TMP = Path("/tmp")
+#: the last resort for a gateway started by hand without a session runtime directory: /dev/shm,
+#: a tmpfs on every Linux, not /tmp, which is on the SD card on Raspberry Pi OS Bookworm: the
+#: file is rewritten every `state_interval`, which there alone would write about 4 MB an hour
+TMP = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
 
 
 def runtime_dir() -> Path | None:
@@ -72,8 +74,8 @@ def status_file(spool: Path) -> Path:
 
 
 def _owned_dir(path: Path) -> bool:
-    """A real directory (not a symlink) owned by this user: in a shared /tmp anyone could have
-    made `/tmp/depin-gateway-<uid>` first."""
+    """A real directory (not a symlink) owned by this user: in a shared /dev/shm anyone could
+    have made `/dev/shm/depin-gateway-<uid>` first."""
     try:
         st = path.lstat()
     except OSError:
@@ -99,7 +101,7 @@ def prepare_dir(path: Path) -> bool:
 
 def _sweep(folder: Path) -> None:
     """Remove the files of gateways that did not stop cleanly (killed, crashed): `status`
-    ignores them anyway, and in /tmp nothing else would until the next boot."""
+    ignores them anyway, and in /dev/shm nothing else would until the next boot."""
     for old in folder.glob("status-*.json"):
         try:
             pid = json.loads(old.read_text(encoding="utf-8")).get("pid")
