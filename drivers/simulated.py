@@ -18,7 +18,6 @@ its own faults: finding them is the detection modules' job.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from random import Random
@@ -259,6 +258,8 @@ def check_options(options: Mapping[str, Any]) -> list[str]:
 
 def _stable_seed(seed: int, sensor_id: str, stream: str) -> int:
     """A seed that mixes in the sensor id the same way in every process (hash() is salted)."""
+    import hashlib  # here: loading OpenSSL costs every `status` and start a few ms
+
     text = f"{seed}\x00{sensor_id}\x00{stream}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,8 @@ class DetectionModule(ABC):
     def digest(self) -> bytes:
         """SHA-256 of what decides the verdicts (batch key 8): the module's code by default;
         model modules return the digest of their model file."""
+        import hashlib  # here: loading OpenSSL costs every `status` and start a few ms
+
         return hashlib.sha256(Path(inspect.getfile(type(self))).read_bytes()).digest()
 
     @abstractmethod
