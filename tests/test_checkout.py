@@ -17,10 +17,11 @@ CODE = ("tests", "models", "bench", "scripts", "gateway", "drivers")
 # A path into a sibling folder or a particular machine works on one machine only; the data the
 # project needs is in models/data.
 FORBIDDEN = ("../shared", "/work/", "shared/data")
-# the quick-start scripts, the wheel's smoke test and CI's entry (install.sh and uninstall.sh
-# are checked in tests/test_systemd.py)
+# the quick-start scripts, the Pi's install and uninstall, the smoke tests and CI's entry
 SCRIPTS = (
     "scripts/test",
+    "scripts/install.sh",
+    "scripts/uninstall.sh",
     "scripts/demo",
     "scripts/setup-venv",
     "scripts/smoke-wheel",
