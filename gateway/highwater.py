@@ -212,9 +212,10 @@ class HighWater:
         return (
             f"chain record {self.path} {what}. It holds the last seq this device signed, so "
             f"that a lost or rolled-back spool never makes it sign a seq twice, and the gateway "
-            f"does not start without it. Put it back from a backup; or, only if the spool "
-            f"beside it is intact and was not restored or rolled back, delete it: the chain "
-            f"then continues from the spool."
+            f"does not start without it. Do not put an old copy back from a backup: a record "
+            f"older than what was published lets the gateway sign those seqs again. Only if "
+            f"the spool beside it is intact and was not restored or rolled back, delete it: the "
+            f"chain then continues from the spool."
         )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
@@ -95,8 +96,11 @@ class Spool:
     ) -> None:
         self.path = path
         self.key_file = key_file  # locked too: one key, one running gateway
-        self.lock_path = highwater.beside(path, ".lock")
-        self.chain = HighWater(highwater.beside(path, ".chain"))
+        # From the spool's real path: a gateway reaching the same spool through a symlink (to the
+        # file or to its folder) must meet the same lock and the same chain record.
+        real = Path(os.path.realpath(path))
+        self.lock_path = highwater.beside(real, ".lock")
+        self.chain = HighWater(highwater.beside(real, ".chain"))
         self.identity = identity
         self.boot = boot
         self.max_size = max_size

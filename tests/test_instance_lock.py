@@ -62,6 +62,25 @@ def test_second_spool_on_the_same_file_is_refused_naming_the_holder(tmp_path: Pa
     make_spool(tmp_path / "spool.db").close()  # released at close
 
 
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_the_same_spool_through_a_symlink_is_refused(tmp_path: Path, link: str) -> None:
+    """Two configurations naming one spool by two paths (a symlink to the file or to its
+    folder) meet one lock: the second would otherwise sign the seqs the first signs."""
+    (tmp_path / "a").mkdir()
+    first = make_spool(tmp_path / "a" / "spool.db")
+    if link == "file":
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "spool.db").symlink_to(tmp_path / "a" / "spool.db")
+    else:
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(SpoolError, match="in use by another gateway process"):
+        make_spool(tmp_path / "b" / "spool.db")
+    first.close()
+    second = make_spool(tmp_path / "b" / "spool.db")  # once free, its chain record is the same
+    assert second.chain.path == tmp_path / "a" / "spool.chain"
+    second.close()
+
+
 def test_holder_in_another_process_is_named_and_its_death_frees_the_spool(
     tmp_path: Path, holder: subprocess.Popen[str]
 ) -> None:
