@@ -575,15 +575,17 @@ def say_targets(part: str, targets: dict[str, dict[str, Any]]) -> None:
 
 
 def gateway_runs(
-    label: str, tree_map: dict[str, Path | None], make_args: Any, timeout: float
+    label: str, tree_map: dict[str, Path | None], cpu: int, options: list[str], timeout: float
 ) -> dict[str, dict[str, Any]]:
-    """One worker per tree, each in its own work dir (its spool, and its broker if it has one)."""
+    """One `--worker label` per tree on core `cpu` with the mode's own `options`, each in its
+    own work dir (its spool, and its broker if it has one)."""
     runs: dict[str, dict[str, Any]] = {}
     for name, tree in tree_map.items():
         with benchlib.workdir(f"bench-{label}-") as wd:
             fs = benchlib.check_disk(wd)
             say(f"{label}: {name}{'' if tree is None else ' (' + str(tree) + ')'}, in {wd} ({fs})")
-            runs[name] = run_worker(make_args(wd), timeout, tree)
+            args = [str(HERE / "pipeline.py"), "--worker", label, "--workdir", str(wd)]
+            runs[name] = run_worker([*args, "--cpu", str(cpu), *options], timeout, tree)
     return runs
 
 
@@ -592,27 +594,11 @@ def mode_full(
 ) -> dict[str, Any]:
     say(f"full speed: gateway for {ns.seconds:g} s on core {cpu}")
 
-    def args(wd: Path) -> list[str]:
-        return [
-            str(HERE / "pipeline.py"),
-            "--worker",
-            "full",
-            "--port",
-            str(port),
-            "--workdir",
-            str(wd),
-            "--cpu",
-            str(cpu),
-            "--seconds",
-            str(ns.seconds),
-            "--readings",
-            str(ns.readings),
-            "--window",
-            str(ns.window),
-            *(["--stop-at-once"] if ns.stop_at_once else []),
-        ]
-
-    runs = gateway_runs("full", tree_map, args, ns.seconds + 300)
+    options = [
+        *("--port", str(port), "--seconds", str(ns.seconds), "--readings", str(ns.readings)),
+        *("--window", str(ns.window), *(["--stop-at-once"] if ns.stop_at_once else [])),
+    ]
+    runs = gateway_runs("full", tree_map, cpu, options, ns.seconds + 300)
     for name, r in runs.items():
         say(
             f"  {name}: {r['readings_acked']} readings acknowledged in {r['wall_s']} s = "
@@ -678,22 +664,9 @@ def mode_realistic(
 ) -> dict[str, Any]:
     say(f"realistic: the Gateway for {REALISTIC_SETTLE_S:g} s + {ns.minutes:g} min on core {cpu}")
 
-    def args(wd: Path) -> list[str]:
-        return [
-            str(HERE / "pipeline.py"),
-            "--worker",
-            "realistic",
-            "--port",
-            str(port),
-            "--workdir",
-            str(wd),
-            "--cpu",
-            str(cpu),
-            "--minutes",
-            str(ns.minutes),
-        ]
-
-    runs = gateway_runs("realistic", tree_map, args, ns.minutes * 60 + REALISTIC_SETTLE_S + 300)
+    options = ["--port", str(port), "--minutes", str(ns.minutes)]
+    timeout = ns.minutes * 60 + REALISTIC_SETTLE_S + 300
+    runs = gateway_runs("realistic", tree_map, cpu, options, timeout)
     for name, r in runs.items():
         say(
             f"  {name}: {r['write_bytes']} B written in {r['window_s']} s = "
@@ -772,24 +745,11 @@ def mode_backlog(
         f"broker returns; on core {cpu}, each run with its own mosquitto"
     )
 
-    def args(wd: Path) -> list[str]:
-        return [
-            str(HERE / "pipeline.py"),
-            "--worker",
-            "backlog",
-            "--workdir",
-            str(wd),
-            "--cpu",
-            str(cpu),
-            "--broker-cpus",
-            ",".join(map(str, sorted(broker_cpus))),
-            "--backlog-readings",
-            str(ns.backlog_readings),
-            "--drain-timeout",
-            str(ns.drain_timeout),
-        ]
-
-    runs = gateway_runs("backlog", tree_map, args, ns.drain_timeout + 600)
+    options = [
+        *("--broker-cpus", ",".join(map(str, sorted(broker_cpus)))),
+        *("--backlog-readings", str(ns.backlog_readings), "--drain-timeout", str(ns.drain_timeout)),
+    ]
+    runs = gateway_runs("backlog", tree_map, cpu, options, ns.drain_timeout + 600)
     for name, r in runs.items():
         say(
             f"  {name}: {r['readings_acked']:,} of {r['readings']:,} acknowledged "
