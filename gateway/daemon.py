@@ -318,6 +318,7 @@ class Gateway:
             await self._write_status()
 
     async def _publish_health(self) -> None:
+        await self._read_depth()  # the chain position as of now, not up to a second old
         doc = self.report.build(
             self.health,
             modules=[(i.module_id, i.name, i.version, i.digest) for i in self.chain.info],
@@ -482,11 +483,14 @@ class Gateway:
     async def _update_depth(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            st = await self._in_spool(self.spool.stats)
-            self.health.queue_depth = st.pending + st.sealed_readings
-            self.health.last_seq = st.next_seq - 1 if st.next_seq > 0 else None
-            olds = [t for t in (st.oldest_pending, st.oldest_sealed) if t is not None]
-            self.health.oldest_unsent = min(olds) if olds else None
+            await self._read_depth()
+
+    async def _read_depth(self) -> None:
+        st = await self._in_spool(self.spool.stats)
+        self.health.queue_depth = st.pending + st.sealed_readings
+        self.health.last_seq = st.next_seq - 1 if st.next_seq > 0 else None
+        olds = [t for t in (st.oldest_pending, st.oldest_sealed) if t is not None]
+        self.health.oldest_unsent = min(olds) if olds else None
 
     async def open(self) -> None:
         await self._in_spool(self.spool.open)

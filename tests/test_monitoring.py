@@ -57,7 +57,7 @@ def test_state_and_health_are_published_and_carry_the_attestation(
 
         def attested() -> bool:
             h = _latest(collector, "/health")
-            return bool(h and h.get("attestation"))
+            return bool(h and h.get("attestation") and h.get("last_seq") is not None)
 
         assert collector.wait_for(attested, 15)
         assert gw.terminate() == 0
