@@ -26,6 +26,7 @@ TYP_BATCH = "application/vnd.depin.batch+cbor"
 TYP_BIRTH = "application/vnd.depin.birth+cbor"
 TYP_ATTESTATION = "application/vnd.depin.attestation+cbor"
 TYP_MODEL = "application/vnd.depin.model+cbor"  # gateway/model_bundle.py
+TYP_HEAD = "application/vnd.depin.head+cbor"  # gateway/head.py; only on its own topic
 KNOWN_TYPS = frozenset({TYP_BATCH, TYP_BIRTH, TYP_ATTESTATION, TYP_MODEL})
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 
@@ -144,8 +145,9 @@ def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
     return protected, unprotected, payload, signature
 
 
-def verify1(message: bytes) -> Sign1:
-    """Parse and verify a COSE_Sign1 per spec section 9 steps 1 and 2 (signature only)."""
+def verify1(message: bytes, typs: frozenset[str] = KNOWN_TYPS) -> Sign1:
+    """Parse and verify a COSE_Sign1 per spec section 9 steps 1 and 2 (signature only), of
+    one of `typs`."""
     protected, _, payload, signature = _parse(message)
     hdr = _loads_exact(protected, "protected header")
     # type(k) is int: Python finds key 1 under true or 1.0, another verifier would not
@@ -154,7 +156,7 @@ def verify1(message: bytes) -> Sign1:
     alg, kid, typ = hdr[1], hdr[4], hdr[16]
     if type(alg) is not int or alg not in (ALG_EDDSA, ALG_ED25519):
         raise VerifyError("malformed", f"unsupported alg {alg!r}")
-    if not isinstance(typ, str) or typ not in KNOWN_TYPS:
+    if not isinstance(typ, str) or typ not in typs:
         raise VerifyError("malformed", f"unknown typ {typ!r}")
     if not isinstance(kid, bytes) or len(kid) != 34 or kid[:2] != MULTICODEC_ED25519:
         raise VerifyError("malformed", "kid must be 0xED01 followed by a 32-byte Ed25519 key")

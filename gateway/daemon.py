@@ -24,6 +24,7 @@ from gateway import (
     __version__,
     config,
     cose,
+    head,
     homeassistant,
     identity,
     payloads,
@@ -118,6 +119,8 @@ class Gateway:
             modules=lambda: self._entries,
             key_file=cfg.device.key_file,
         )
+        # Nothing is sealed before the chain head the broker keeps was read (gateway/head.py).
+        self.spool.held = True
         self.pipeline = Pipeline(
             self.spool,
             executor=self.executor,
@@ -138,6 +141,13 @@ class Gateway:
             on_ack=self.pipeline.acked,
             on_message=self._message,
             on_connect=self._connected,
+            chain_head=head.Keeper(
+                ident,
+                boot=self.boot,
+                spool=self.spool,
+                in_spool=self._in_spool,
+                anchored=self._anchored,
+            ),
         )
         self.state = StateMirror(ident.device_id, cfg.device.name)
         self.report = HealthReport(
@@ -203,6 +213,10 @@ class Gateway:
     async def _in_spool(self, fn: Callable[[], T]) -> T:
         """Run a spool call on the spool's own thread: SQLite I/O never blocks the loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def _anchored(self) -> None:
+        """The spool may seal: what waited for the chain head is sealed now."""
+        await self.pipeline.commit()
 
     async def _backlog(self) -> list[tuple[int, bytes, int]]:
         skip = self.pipeline.unacked_pending_delete()
@@ -853,5 +867,8 @@ def run(cfg: Config, *, shutdown_timeout: float = 10.0) -> int:
     try:
         asyncio.run(main())
     except* GatewayError as eg:
-        raise eg.exceptions[0] from None
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):  # raised in a task of a task group
+            first = first.exceptions[0]
+        raise first from None
     return 0

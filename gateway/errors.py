@@ -38,6 +38,12 @@ class SpoolError(GatewayError):
     exit_code = 4
 
 
+class KeyInUse(GatewayError):
+    """Another running gateway signs with this device's key (seen on the broker)."""
+
+    exit_code = 4
+
+
 class SensorError(GatewayError, OSError):
     """A sensor did not deliver a valid reading this time; the sampler retries with backoff."""
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from gateway import cose, highwater, lockfile, payloads
 from gateway.errors import SpoolError
+from gateway.head import Head
 from gateway.highwater import Entry, HighWater, Record, Stated
 from gateway.identity import Identity
 
@@ -122,6 +123,12 @@ class Spool:
         self._covered = -1  # the highest seq the chain record holds: batches up to it may go
         self._carrier: int | None = None  # the batch that took the drops table in this commit
         self._locks: list[lockfile.Held] = []
+        # Until `anchor`: nothing is sealed (readings wait as pending rows). The daemon holds
+        # the spool until it has read the chain head the broker keeps.
+        self.held = False
+        # (seq, batch id, taken) of the last sealed batch as committed: read by the event loop
+        # for the head it publishes, so replaced whole, never changed in place.
+        self.position: tuple[int, bytes, int] | None = None
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -141,6 +148,14 @@ class Spool:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def spool_id(self) -> str:
+        return self._spool_id
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
 
     def _open(self) -> None:
         existed = self.path.exists() and self.path.stat().st_size > 0
@@ -258,7 +273,37 @@ class Spool:
         if self._next_seq > 0:
             self._cover(conn)
 
-    def _recover(self, conn: sqlite3.Connection, record: Record) -> None:
+    def anchor(self, head: Head | None) -> bool:
+        """Release the hold, after taking the chain up after `head` (the chain head the broker
+        keeps) when it is ahead of this spool: the spool and its record were lost, replaced or
+        restored together. True when the chain moved."""
+        db = self._db()
+        try:
+            if head is None or head.seq < self._next_seq:
+                if head is not None and head.seq == self._next_seq - 1 and head.batch != self._prev:
+                    log.error(
+                        "the broker's chain head for this device names another batch at seq %d "
+                        "than spool %s: a copy of this device's key has signed batches",
+                        head.seq,
+                        self.path,
+                    )
+                return False
+            record = Record(
+                did=self.identity.did,
+                spool=head.spool,
+                seq=head.seq,
+                batch=head.batch,
+                sealed=None,
+                taken=head.taken,
+                stated=tuple(self._stated),
+            )
+            self._recover(db, record, behind="the chain head the broker keeps")
+            self._cover(db)
+            return True
+        finally:
+            self.held = False
+
+    def _recover(self, conn: sqlite3.Connection, record: Record, *, behind: str = "") -> None:
         p = highwater.plan(
             record,
             spool_id=self._spool_id,
@@ -300,11 +345,11 @@ class Spool:
         self._stated = kept + [Stated(r, None) for r in p.receipts]
         lost = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in p.lost) or "none"
         log.warning(
-            "spool %s is behind its chain record %s (spool at seq %d, record at seq %d): %s. "
+            "spool %s is behind %s (spool at seq %d, record at seq %d): %s. "
             "The chain goes on at seq %d after batch %s; sealed seqs lost and maybe never "
             "delivered: %s%s%s",
             self.path,
-            self.chain.path,
+            behind or f"its chain record {self.chain.path}",
             was,
             record.seq,
             p.reason,
@@ -398,7 +443,8 @@ class Spool:
         """Whether pending rows are waiting to be sealed and there is room to seal them."""
         oldest = self._oldest_pending
         return (
-            self._pending > 0
+            not self.held
+            and self._pending > 0
             and self._sealed < self.seal_ahead
             and (
                 self._pending >= self.batch_max_readings
@@ -460,6 +506,8 @@ class Spool:
             # Caches may have moved inside the failed transaction; re-read them.
             self._resync(db)
             raise
+        if result.sealed:
+            self.position = (self._next_seq - 1, self._prev, self._taken)
         if self._carrier is not None:  # the statements of earlier losses are in that batch
             self._stated = [
                 Stated(s.receipt, self._carrier if s.carrier is None else s.carrier)
@@ -498,6 +546,7 @@ class Spool:
             "SELECT count(*), min(t) FROM readings"
         ).fetchone()
         self._sealed = db.execute("SELECT count(*) FROM batches").fetchone()[0]
+        self.position = (self._next_seq - 1, self._prev, self._taken) if self._next_seq else None
 
     def _seal_due(
         self,
@@ -512,7 +561,7 @@ class Spool:
         """Seal every batch that is due; return the new records left to store as pending."""
         bmr = self.batch_max_readings
         total = self._pending + len(new)
-        if total == 0:
+        if total == 0 or self.held:
             return new
         oldest = self._oldest_pending
         if oldest is None or not self._pending:

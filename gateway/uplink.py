@@ -9,6 +9,9 @@
 - Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
   status) and hands each message to the daemon; `publish` sends the daemon's own messages
   (state, health, discovery) while connected.
+- Keeps the chain head on the broker (`gateway/head.py`): reads it back once before anything
+  is sealed, publishes it retained ahead of the batches it covers, and stops the gateway when
+  another process signs heads with this key.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import cose
+from gateway import cose, head
 from gateway.config import UplinkConfig
+from gateway.errors import KeyInUse
+from gateway.head import Head
 from gateway.health import Health
 
 log = logging.getLogger("gateway.uplink")
@@ -57,7 +62,10 @@ def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
     base = f"{prefix}/{device_id}"
-    names = ("batch", "birth", "status", "state", "health", "model", "model/result", "attestation")
+    names = (
+        "batch", "birth", "head", "status", "state", "health", "model", "model/result",
+        "attestation",
+    )  # fmt: skip
     return {k: f"{base}/{k}" for k in names}
 
 
@@ -88,6 +96,22 @@ def _abandon(client: aiomqtt.Client) -> None:
             paho.disconnect()
 
 
+class ChainHead(Protocol):
+    """What the uplink needs from the daemon to keep the chain head on the broker."""
+
+    boot: bytes
+
+    def current(self) -> tuple[int, bytes] | None:
+        """The seq of the last batch sealed and its signed head; None before the first."""
+
+    def read(self, message: bytes) -> Head | None:
+        """The head in a message on the head topic, if this device's key signed it."""
+
+    async def anchor(self, found: Head | None) -> int:
+        """Take the chain up after the head the broker kept (None: none) and start sealing;
+        returns the next seq to be sealed."""
+
+
 class Uplink:
     def __init__(
         self,
@@ -102,6 +126,7 @@ class Uplink:
         on_ack: Callable[[int, int], None],
         on_message: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None,
         on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        chain_head: ChainHead | None = None,
     ) -> None:
         self.cfg = cfg
         self.client_id = client_id
@@ -124,6 +149,13 @@ class Uplink:
         self._tasks: set[asyncio.Task[None]] = set()
         # "auto" starts with MQTT 5 and settles on 3.1.1 once a broker refused 5.
         self._protocol = cfg.protocol
+        self._chain_head = chain_head
+        # The first seq this process seals (known once anchored): a head from another process
+        # at or above it means two gateways sign with one key.
+        self._anchored_at: int | None = None
+        self._kept: Head | None = None  # the head the broker kept from an earlier process
+        self._retained_read = asyncio.Event()
+        self._head_sent = -1  # on this connection
 
     # --- called by the daemon -----------------------------------------------------------------
 
@@ -257,31 +289,81 @@ class Uplink:
                 "connected to %s:%s (MQTT %s)", self.cfg.host, self.cfg.port, self.health.protocol
             )
             props = self._props()
+            self._head_sent = -1
             await client.publish(
                 self.topics["status"], b"online", qos=1, retain=True, timeout=PUBLISH_TIMEOUT
             )
-            await self._publish_birth(client)
-            if self.subscriptions:
-                await client.subscribe(
-                    [(t, 1) for t in self.subscriptions], timeout=PUBLISH_TIMEOUT
-                )
-            if self._on_connect is not None:
-                self._spawn(self._on_connect(), "on-connect")
-            # Rebuild the outbox from the spool: whatever the broker did not acknowledge
-            # before is sent again, exactly as it was sealed.
-            for seq, message, n in await self._backlog():
-                self._outbox.setdefault(seq, (message, n))
-            self._wake.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._watch(client), name="uplink-watch")
+                filters = list(self.subscriptions)
+                if self._chain_head is not None:
+                    # In one SUBSCRIBE, head before status: the broker sends the retained
+                    # messages filter by filter, so once our own `online` is back, the head it
+                    # keeps (if any) is here too.
+                    filters = [self.topics["head"], self.topics["status"], *filters]
+                    self._retained_read.clear()
+                if filters:
+                    await client.subscribe([(t, 1) for t in filters], timeout=PUBLISH_TIMEOUT)
+                if self._chain_head is not None and self._anchored_at is None:
+                    await self._anchor(self._chain_head)
+                await self._publish_birth(client)
+                if self._on_connect is not None:
+                    self._spawn(self._on_connect(), "on-connect")
+                # Rebuild the outbox from the spool: whatever the broker did not acknowledge
+                # before is sent again, exactly as it was sealed.
+                for seq, message, n in await self._backlog():
+                    self._outbox.setdefault(seq, (message, n))
+                self._wake.set()
                 tg.create_task(self._sender(client, props, tg), name="uplink-sender")
+
+    async def _anchor(self, chain_head: ChainHead) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(head.WAIT):
+                await self._retained_read.wait()
+        kept = self._kept
+        if kept is None:
+            log.info("the broker keeps no chain head for this device")
+        else:
+            log.info("the broker's chain head for this device: seq %d", kept.seq)
+        self._anchored_at = await chain_head.anchor(kept)
+        # What the spool had sealed before (now gone if the chain moved) is not sent.
+        self._outbox.clear()
+
+    def _head_in(self, found: Head, retained: bool, chain_head: ChainHead) -> None:
+        if found.boot == chain_head.boot:
+            return  # our own, back from the broker
+        at = self._anchored_at
+        if at is None and retained:
+            if self._kept is None or found.seq > self._kept.seq:
+                self._kept = found  # an earlier process's, or a running copy's (seen below)
+            return
+        if at is None or found.seq >= at:
+            raise KeyInUse(
+                f"another gateway signs with this device's key: a process started elsewhere "
+                f"published its chain head at seq {found.seq}"
+                + ("" if at is None else f" (this one continued from seq {at})")
+                + "; stopped before signing more. One key, one running gateway: stop the "
+                "other one (a copied key file or image), then start this one again"
+            )
+        # Below our anchor: an old head of ours replayed by someone; it changes nothing.
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         # aiomqtt reports a lost connection through the message iterator.
+        chain_head = self._chain_head
+        head_topic, status_topic = self.topics["head"], self.topics["status"]
         async for msg in client.messages:
             payload = msg.payload
-            if self._on_message is not None and isinstance(payload, bytes | bytearray):
-                self._spawn(self._on_message(msg.topic.value, bytes(payload)), "message")
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            topic = msg.topic.value
+            if chain_head is not None and topic == head_topic:
+                found = chain_head.read(bytes(payload))
+                if found is not None:
+                    self._head_in(found, bool(msg.retain), chain_head)
+            elif chain_head is not None and topic == status_topic:
+                self._retained_read.set()
+            elif self._on_message is not None:
+                self._spawn(self._on_message(topic, bytes(payload)), "message")
         raise aiomqtt.MqttError("connection closed")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -319,10 +401,32 @@ class Uplink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._publish_head(client, todo[-1], tg)
             for seq in todo:
                 await slots.acquire()
                 self._inflight.add(seq)
                 tg.create_task(self._publish(client, seq, props, slots), name=f"publish-{seq}")
+
+    def _publish_head(self, client: aiomqtt.Client, upto: int, tg: asyncio.TaskGroup) -> None:
+        """Before batches up to `upto` go: the head, retained. Started first, so its PUBLISH
+        is written before theirs and the broker keeps it before any of them is delivered."""
+        if self._chain_head is None or upto <= self._head_sent:
+            return
+        current = self._chain_head.current()
+        if current is None or current[0] <= self._head_sent:
+            return
+        self._head_sent = current[0]
+        tg.create_task(
+            client.publish(
+                self.topics["head"],
+                current[1],
+                qos=1,
+                retain=True,
+                properties=self._props(),
+                timeout=PUBLISH_TIMEOUT,
+            ),
+            name="publish-head",
+        )
 
     async def _publish(
         self,

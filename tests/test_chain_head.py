@@ -1,0 +1,172 @@
+"""What the chain record beside the spool cannot see, the chain head on the broker does.
+
+Real gateway processes against a real mosquitto: the whole state directory lost, the spool and
+its record restored together from an old backup, and a copy of the key running as a second
+gateway. `verify` checks every batch the broker delivered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import cose, head, identity
+from gateway.verify import Verifier
+from tests import make_batches as mb
+from tests.brokers import Mosquitto
+from tests.collector import Collector, unique_batches
+from tests.gatewayproc import GatewayProcess, write_config
+from tests.test_faults import received_readings
+
+pytestmark = pytest.mark.slow
+
+STATE = ("spool.db", "spool.db-wal", "spool.db-shm", "spool.chain", "spool.lock")
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, mosquitto: Mosquitto) -> None:
+        self.cfg = write_config(tmp_path / "gw", mosquitto.port)
+        self.dir = self.cfg.parent
+        self.gw = GatewayProcess(self.cfg, tmp_path / "gw.log")
+        self.collector = Collector(mosquitto.port)
+        self.ident = identity.load(self.dir / "device.key")
+
+    def delivered(self) -> int:
+        return max((s for s, _, _ in unique_batches(self.collector.batches())), default=-1)
+
+    def run_until(self, seq: int) -> None:
+        self.gw.start()
+        assert self.collector.wait_for(lambda: self.delivered() >= seq, 30)
+        assert self.gw.terminate() == 0
+
+    def verdict(self) -> Verifier:
+        time.sleep(0.3)
+        v = Verifier()
+        for m in self.collector.batches():
+            v.check(m)
+        return v
+
+    def heads(self) -> list[head.Head]:
+        found = [
+            head.read(m.payload, self.ident)
+            for m in self.collector.messages
+            if m.topic.endswith("/head") and m.payload
+        ]
+        return [h for h in found if h is not None]
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Rig]:
+    r = Rig(tmp_path, mosquitto)
+    yield r
+    r.collector.close()
+    if r.gw.running():
+        r.gw.kill()
+
+
+def test_a_lost_state_directory_takes_the_chain_up_after_the_head_on_the_broker(
+    rig: Rig,
+) -> None:
+    rig.run_until(5)
+    before = rig.delivered()
+    heads = rig.heads()
+    assert heads and max(h.seq for h in heads) >= before  # published ahead of the batches
+    for name in STATE:  # a new SD card with the same key: nothing beside the spool survives
+        (rig.dir / name).unlink(missing_ok=True)
+    rig.run_until(before + 5)
+    assert "behind the chain head the broker keeps" in rig.gw.log.read_text()
+    v = rig.verdict()
+    assert v.counts["equivocation"] == 0
+    assert v.counts["prev-mismatch"] == 0
+    seqs = [s for s, _, _ in unique_batches(rig.collector.batches())]
+    assert seqs == sorted(set(seqs)) and seqs[0] == 0  # one chain, seq never reused
+    assert len(seqs) == seqs[-1] + 1  # and, with a clean stop, no gap either
+
+
+def test_a_spool_restored_with_its_record_from_a_backup_signs_no_seq_and_no_reading_twice(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.run_until(3)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for name in STATE[:4]:
+        if (rig.dir / name).exists():
+            shutil.copy2(rig.dir / name, backup / name)
+    rig.run_until(rig.delivered() + 6)
+    for name in STATE[:4]:  # the backup comes back, record and all
+        (rig.dir / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy2(backup / name, rig.dir / name)
+    top = rig.delivered()
+    rig.run_until(top + 4)
+    assert "behind the chain head the broker keeps" in rig.gw.log.read_text()
+    v = rig.verdict()
+    assert v.counts["equivocation"] == 0
+    batches = unique_batches(rig.collector.batches())
+    assert [s for s, _, _ in batches] == list(range(len(batches)))
+    twice = {k: n for k, n in received_readings(batches).items() if n > 1}
+    assert twice == {}
+
+
+def test_an_old_head_replayed_by_a_stranger_changes_nothing(rig: Rig) -> None:
+    rig.gw.start()
+    try:
+        assert rig.collector.wait_for(lambda: rig.delivered() >= 2, 30)
+        old = next(m.payload for m in rig.collector.messages if m.topic.endswith("/head"))
+        assert rig.collector.wait_for(lambda: rig.delivered() >= 6, 30)
+        topic = f"depin/v1/{rig.ident.device_id}/head"
+        rig.collector.client.publish(topic, old, qos=1, retain=False)
+        stranger = mb.identity(mb.SEED_B)  # a valid head, but signed by another key
+        forged = cose.sign1(
+            stranger,
+            cose.TYP_HEAD,
+            head.encode(rig.ident.did, head.Head(10**6, bytes(32), 0, bytes(16), "x")),
+        )
+        rig.collector.client.publish(topic, forged, qos=1, retain=False)
+        rig.collector.client.publish(topic, b"\x00" * 100_000, qos=1, retain=False)
+        top = rig.delivered()
+        assert rig.collector.wait_for(lambda: rig.delivered() >= top + 3, 30)
+        assert rig.gw.running()
+    finally:
+        assert rig.gw.terminate() == 0
+    assert "another gateway" not in rig.gw.log.read_text()
+
+
+def test_a_copy_of_the_key_started_elsewhere_is_caught_and_stopped(
+    rig: Rig, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A cloned image: same key (and so the same MQTT client id), its own spool. Whichever of
+    the two first sees the other's head stops with exit code 4 and says why; the survivor's
+    chain goes on alone, so the seqs both signed are only those of the few seconds before."""
+    other_cfg = write_config(tmp_path / "copy", mosquitto.port)
+    shutil.copy2(rig.dir / "device.key", other_cfg.parent / "device.key")
+    other = GatewayProcess(other_cfg, tmp_path / "copy.log")
+    pair = (rig.gw, other)
+    rig.gw.start()
+    try:
+        assert rig.collector.wait_for(lambda: rig.delivered() >= 3, 30)
+        other.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and all(g.running() for g in pair):
+            time.sleep(0.1)
+        stopped = [g for g in pair if not g.running()]
+        assert stopped, "neither gateway noticed the other"
+        after = rig.delivered()
+        survivors = [g for g in pair if g.running()]
+        if survivors:  # it goes on, alone
+            assert rig.collector.wait_for(lambda: rig.delivered() >= after + 5, 30)
+    finally:
+        for g in pair:
+            if g.running():
+                assert g.terminate() == 0
+    for g in stopped:
+        assert g.proc is not None and g.proc.returncode == 4
+        assert "another gateway signs with this device's key" in g.log.read_text()
+    v = Verifier()
+    clashes = [f.seq for f in map(v.check, rig.collector.batches()) if f.kind == "equivocation"]
+    assert all(s is not None and s <= after for s in clashes)
+    assert len(set(clashes)) <= 10
