@@ -15,6 +15,13 @@ Where the status file is, for a daemon and its `status` alike (`status_file`):
 
 Each file names its spool and its daemon's pid: `status` takes a file only if it is this
 configuration's spool and that process still runs, whichever directory it was found in.
+
+Of the configuration `status` shows three things: the gateway's name, its spool and its broker
+(`settings`). It reads them from the file itself rather than through the strict loader
+(`gateway.config`), which checks every `[[sensor]]` and `[[module]]` against its plug-in's
+options and so imports every driver and module named, more than the rest of `status` costs
+together; whenever one of the three is missing, malformed or not plainly valid, the strict
+loader takes over and reports every problem of the file, as it always did.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import sqlite3
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.config import Config
+if TYPE_CHECKING:  # the strict loader: imported only when `settings` falls back to it
+    from gateway.config import Config
 
 STATUS_FILE = "status.json"
 DEFAULT_RUNTIME = Path("/run/depin-gateway")
@@ -35,6 +43,91 @@ DEFAULT_RUNTIME = Path("/run/depin-gateway")
 #: a tmpfs on every Linux, not /tmp, which is on the SD card on Raspberry Pi OS Bookworm: the
 #: file is rewritten every `state_interval`, which there alone would write about 4 MB an hour
 TMP = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
+
+
+#: the defaults of the keys `settings` reads, as gateway/config_schema.py declares them
+#: (tests/test_cli_imports.py checks that the two agree)
+DEFAULT_SPOOL = "/var/lib/depin-gateway/spool.db"
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+
+
+class Settings(NamedTuple):
+    """What `status` shows of a configuration."""
+
+    name: str  # [device] name
+    spool: Path  # [spool] path, absolute
+    host: str  # the broker of [uplink] url
+    port: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> Settings:
+        return cls(cfg.device.name, cfg.spool.path, cfg.uplink.host, cfg.uplink.port)
+
+
+def settings(path: Path) -> Settings:
+    """The settings `status` shows of the configuration file `path`, the same as the strict
+    loader resolves them. Raises ConfigError listing every problem of the file when one of
+    them is not plainly valid (see the module's docstring)."""
+    try:
+        quick = _quick_settings(path)
+    except Exception:  # whatever this reading does not expect, the strict loader explains
+        quick = None
+    if quick is not None:
+        return quick
+    from gateway import config
+
+    return Settings.of(config.load(path))
+
+
+def _quick_settings(path: Path) -> Settings | None:
+    """The settings read straight from the file, by the rules of gateway/config_schema.py for
+    these keys; None where those rules would report a problem (or might: anything unusual)."""
+    import tomllib
+    from urllib.parse import urlsplit
+
+    doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    device, spool, uplink = doc.get("device"), doc.get("spool", {}), doc.get("uplink", {})
+    if not (isinstance(device, dict) and isinstance(spool, dict) and isinstance(uplink, dict)):
+        return None
+    name, where = device.get("name"), spool.get("path", DEFAULT_SPOOL)
+    url, insecure = uplink.get("url", DEFAULT_URL), uplink.get("insecure", False)
+    if not (isinstance(name, str) and name.strip() and isinstance(where, str) and where):
+        return None
+    if not (isinstance(url, str) and isinstance(insecure, bool)):
+        return None
+    parts = urlsplit(url)
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    if (
+        scheme not in ("mqtt", "mqtts")
+        or not host
+        or port == 0
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    tls = scheme == "mqtts"
+    if not tls and not insecure and not _is_loopback(host):
+        return None
+    spool_path = Path(where)
+    if not spool_path.is_absolute():  # relative paths are taken from the file's directory
+        spool_path = path.absolute().parent / spool_path
+    if port is None:
+        port = 8883 if tls else 1883
+    return Settings(name, Path(os.path.normpath(spool_path.absolute())), host, port)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def runtime_dir() -> Path | None:
@@ -206,10 +299,10 @@ def _latest(records: list[bytes]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def read_status(cfg: Config) -> dict[str, Any] | None:
+def read_status(cfg: Settings) -> dict[str, Any] | None:
     """The status file of this configuration's running daemon, or None."""
-    key = spool_key(cfg.spool.path)
-    for path in _candidates(cfg.spool.path):
+    key = spool_key(cfg.spool)
+    for path in _candidates(cfg.spool):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -233,8 +326,8 @@ def _age(t: float | None, now: float) -> str:
     return f"{s / 3600:.1f} h ago"
 
 
-def render(cfg: Config, spool: dict[str, Any], status: dict[str, Any] | None, now: float) -> str:
-    out = [f"gateway {cfg.device.name}"]
+def render(cfg: Settings, spool: dict[str, Any], status: dict[str, Any] | None, now: float) -> str:
+    out = [f"gateway {cfg.name}"]
     if "error" in spool:
         out.append(f"  spool: {spool['error']}")
         spool = {}
@@ -284,14 +377,14 @@ def render(cfg: Config, spool: dict[str, Any], status: dict[str, Any] | None, no
     if health:
         state_text = "connected" if health.get("connected") else "NOT connected"
         out.append(
-            f"  {state_text} to {cfg.uplink.host}:{cfg.uplink.port} (MQTT "
+            f"  {state_text} to {cfg.host}:{cfg.port} (MQTT "
             f"{health.get('protocol') or '?'}), {health.get('batches_acked', 0)} batches "
             f"acknowledged since start"
         )
         if health.get("last_error"):
             out.append(f"  last error: {health['last_error']}")
     else:
-        out.append(f"  broker {cfg.uplink.host}:{cfg.uplink.port}: unknown (no status file)")
+        out.append(f"  broker {cfg.host}:{cfg.port}: unknown (no status file)")
     out.append("chain")
     if spool:
         last = spool["next_seq"] - 1
@@ -311,13 +404,13 @@ def render(cfg: Config, spool: dict[str, Any], status: dict[str, Any] | None, no
     return "\n".join(out) + "\n"
 
 
-def main(cfg: Config, *, as_json: bool = False) -> str:
+def main(cfg: Settings, *, as_json: bool = False) -> str:
     now = time.time()
     status = read_status(cfg)
     # The spool's newest readings are shown when the daemon's status has no values (it is not
     # running, or has not published them yet), and always in the JSON.
     running_values = bool(((status or {}).get("state") or {}).get("sensors"))
-    spool = spool_facts(cfg.spool.path, latest=as_json or not running_values)
+    spool = spool_facts(cfg.spool, latest=as_json or not running_values)
     if as_json:
         return json.dumps({"spool": spool, "status": status}, indent=2, default=str) + "\n"
     return render(cfg, spool, status, now)
