@@ -804,6 +804,13 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await self.pipeline.commit(force_seal=True)
+        if self.spool.held:
+            st = await self._in_spool(self.spool.stats)
+            log.info(
+                "%d readings stay in the spool unsealed: the broker was not reached, and "
+                "nothing is sealed before its chain head for this device was read",
+                st.pending,
+            )
         if not await self.uplink.drain(self.shutdown_timeout):
             log.warning(
                 "%d batches not acknowledged yet; they stay in the spool for next time",
