@@ -213,9 +213,10 @@ class HighWater:
             f"chain record {self.path} {what}. It holds the last seq this device signed, so "
             f"that a lost or rolled-back spool never makes it sign a seq twice, and the gateway "
             f"does not start without it. Do not put an old copy back from a backup: a record "
-            f"older than what was published lets the gateway sign those seqs again. Only if "
-            f"the spool beside it is intact and was not restored or rolled back, delete it: the "
-            f"chain then continues from the spool."
+            f"older than what was published lets the gateway sign those seqs again. Move it "
+            f"aside: the chain then continues from the spool, or from the chain head the "
+            f"broker keeps for this device when that is further (it is read before anything "
+            f"is sealed); only a broker that lost its retained messages cannot tell."
         )
 
 
