@@ -494,19 +494,7 @@ class Overlay:
         self.scratch.mkdir()
         self.merged.mkdir()
         try:
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", "depin-arm64", self.scratch],
-                check=True,
-            )
-            (self.scratch / "upper").mkdir()
-            (self.scratch / "work").mkdir()
-            opts = (
-                f"lowerdir={self.lower},upperdir={self.scratch}/upper,workdir={self.scratch}/work"
-            )
-            subprocess.run(
-                ["mount", "-t", "overlay", "-o", opts, "depin-arm64-root", self.merged],
-                check=True,
-            )
+            nspawn.mount_overlay(self.lower, self.scratch, self.merged, name="depin-arm64-root")
         except BaseException:
             self.close()
             raise
@@ -516,9 +504,7 @@ class Overlay:
         self.close()
 
     def close(self) -> None:
-        for mount in (self.merged, self.scratch):
-            if os.path.ismount(mount):
-                subprocess.run(["umount", "-l", str(mount)], check=False)
+        nspawn.unmount(self.merged, self.scratch)
 
     def run(self, script: str, *, timeout: float, log: Path) -> tuple[int, str]:
         """`sh -ec script` in the root as root, in /root; (exit code, output). /proc/cpuinfo

@@ -193,17 +193,7 @@ class Container:
     def _mount(self) -> None:
         self.scratch.mkdir(parents=True)
         self.merged.mkdir(parents=True)
-        # upper and work dirs on a tmpfs: overlayfs cannot take them from another overlay
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", "depin-scratch", self.scratch],
-            check=True,
-        )
-        (self.scratch / "upper").mkdir()
-        (self.scratch / "work").mkdir()
-        opts = f"lowerdir={self.lower},upperdir={self.scratch}/upper,workdir={self.scratch}/work"
-        subprocess.run(
-            ["mount", "-t", "overlay", "-o", opts, "depin-root", self.merged], check=True
-        )
+        mount_overlay(self.lower, self.scratch, self.merged, name="depin-root")
 
     def _boot(self) -> None:
         cmd = [
@@ -262,9 +252,7 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        for mount in (self.merged, self.scratch):
-            if os.path.ismount(mount):
-                subprocess.run(["umount", "-l", mount], check=False)
+        unmount(self.merged, self.scratch)
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -329,3 +317,23 @@ class Container:
                 return
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def mount_overlay(lower: Path, scratch: Path, merged: Path, *, name: str) -> None:
+    """A throw-away copy of `lower` at `merged`: an overlay whose upper and work dirs are on a
+    tmpfs at `scratch` (overlayfs cannot take them from another overlay)."""
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", f"{name}-scratch", scratch],
+        check=True,
+    )
+    (scratch / "upper").mkdir()
+    (scratch / "work").mkdir()
+    opts = f"lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work"
+    subprocess.run(["mount", "-t", "overlay", "-o", opts, name, merged], check=True)
+
+
+def unmount(*mounts: Path | str) -> None:
+    """Lazily, in the order given (the overlay before the tmpfs under it); absent ones skipped."""
+    for mount in mounts:
+        if os.path.ismount(mount):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
