@@ -246,8 +246,13 @@ model = "temperature-ae"
         self.manifest, data = read_manifest(manifest_path(str(o["model"]), _dir(o["models_dir"])))
         m = self.manifest
         self._np = np = litert.numpy()
-        interp = new_interpreter(data, num_threads=1)
-        interp.allocate_tensors()
+        try:
+            interp = new_interpreter(data, num_threads=1)
+            interp.allocate_tensors()
+        finally:
+            # building and allocating ran the runtime's set-up code, which the invokes never
+            # run again: give its pages back (gateway/modules/litert.py says why and how)
+            litert.release_pages()
         ins, outs = interp.get_input_details(), interp.get_output_details()
         if len(ins) != 1 or list(ins[0]["shape"]) != [1, m.window]:
             got = [list(d["shape"]) for d in ins]
