@@ -47,14 +47,32 @@ MODULE_FAILED = re.compile(r"module \S+ failed")
 
 
 def status(pid: int) -> dict[str, int]:
-    """The Vm*/Rss* lines of /proc/PID/status, in bytes."""
+    """The Vm*/Rss* lines of /proc/PID/status, in bytes, and Threads."""
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key.startswith(("Vm", "Rss")):
                 out[key] = int(value.split()[0]) * 1024
+            elif key == "Threads":
+                out[key] = int(value)
     return out
+
+
+def rss_by_file(pid: int, top: int = 12) -> dict[str, int]:
+    """Where the resident set is: Rss per mapped file (its name) or kind of anonymous memory
+    ([heap], [anon] ...), from /proc/PID/smaps, in kB, the `top` largest."""
+    rss: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            key, _, value = line.partition(" ")
+            if not key.endswith(":"):
+                fields = line.split(maxsplit=5)
+                name = fields[5].strip().rpartition("/")[2] if len(fields) > 5 else "[anon]"
+            elif key == "Rss:":
+                rss[name] = rss.get(name, 0) + int(value.split()[0])
+    return dict(sorted(rss.items(), key=lambda kv: -kv[1])[:top])
 
 
 def modules(with_tflite: bool) -> list[str]:
@@ -154,6 +172,7 @@ class Gateway:
     def stop(self) -> dict[str, Any]:
         """Stop it as systemd would (SIGTERM) and collect its figures; `final` was read just
         before, while it still held its full state."""
+        where = rss_by_file(self.proc.pid)  # as `final`: still holding its full state
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(60)
         log = self.log.read_text()
@@ -164,6 +183,8 @@ class Gateway:
             "rss_bytes": self.final["VmRSS"],
             "rss_anon_bytes": self.final.get("RssAnon"),
             "rss_file_bytes": self.final.get("RssFile"),
+            "rss_kb_by_file": where,
+            "threads": self.final.get("Threads"),
             "readings": readings,
             "module_failures": len(MODULE_FAILED.findall(log)),
             "exit_code": code,
@@ -264,6 +285,7 @@ def main() -> int:
     ns = p.parse_args()
     result = run(ns)
     cur = result["current"]
+    base = result.get("baseline", {})
     limits = {"tflite": TARGET_RSS, "no_tflite": TARGET_RSS_NO_TFLITE}
     targets: dict[str, Any] = {}
     for variant, limit in limits.items():
@@ -272,6 +294,11 @@ def main() -> int:
         g = cur[variant]
         peak_mb = round(g["peak_rss_bytes"] / 1e6, 1)
         targets[f"{variant}.peak_rss_mb"] = target(peak_mb, limit / 1e6, False, "MB")
+        if variant in base:  # the same figure of the baseline revision, measured in this run
+            targets[f"{variant}.peak_rss_mb"]["baseline"] = {
+                "rev": ns.baseline,
+                "value": round(base[variant]["peak_rss_bytes"] / 1e6, 1),
+            }
         # a peak taken before the state filled would flatter the gateway
         targets[f"{variant}.replay_history_full"] = target(
             g["reads_per_sensor"], result["fill_reads_per_sensor"], True, "reads per sensor"
@@ -282,7 +309,9 @@ def main() -> int:
             "pass": g["module_failures"] == 0 and g["exit_code"] == 0,
         }
     for k, t in targets.items():
-        say(f"{k}: {t['value']} (target {t['target']})")
+        b = t.get("baseline")
+        against = f"; {b['rev']}: {b['value']}" if b else ""
+        say(f"{k}: {t['value']} (target {t['target']}{against})")
     out = {"bench": "gateway_rss", "machine": benchlib.machine(), **result, "targets": targets}
     return benchlib.finish(out, {k: t["pass"] for k, t in targets.items()})
 
