@@ -21,7 +21,9 @@ the spool) is not counted.
   the runtime directory the bench gives both trees), exec to exit: three times per round, once
   the daemon has written its values and settled (not while it competes with its own start);
 - `ready_rss_bytes`, `numpy_loaded`: the daemon's VmHWM when it said READY, and whether numpy
-  was mapped into it (sample config, no model).
+  was mapped into it (sample config, no model);
+- `stop_hangs`: daemons that were still running `STOP_S` after their SIGTERM (each is killed and
+  its log's end printed; its READY still counts). Not start-up, but a bug to look into.
 
 Figures are medians over `--repeat` rounds (min beside them); targets apply to the medians.
 Prints one JSON object on stdout (figures, baseline, ratios, targets, pass), progress on stderr.
@@ -49,6 +51,7 @@ TARGET_HELP_MS = 60.0
 TARGET_STATUS_MS = 100.0
 TARGET_READY_MS = 250.0
 SETTLE_S = 0.5  # after the daemon's values are in its status file, before `status` is timed
+STOP_S = 30.0  # a daemon stops within its shutdown timeout (10 s by default) after SIGTERM
 #: the sample configuration's gateway (`depin-gateway config sample`), written out here so that
 #: both trees run the same file whatever either's sample says
 MODULES = ("ranges", "spikes", "stuck", "replay", "dropout", "drift", "plausibility")
@@ -134,6 +137,7 @@ class Tree:
         }
         self.ready_rss: list[int] = []
         self.numpy: list[bool] = []
+        self.stop_hangs = 0
 
     def round(self, exe: Path, keep: bool) -> None:
         help_ms = timed([str(exe), "--help"], self.env)
@@ -175,9 +179,19 @@ class Tree:
                 status_ms = self.status(exe, cfg) if status else []
             finally:
                 proc.send_signal(signal.SIGTERM)
-                code = proc.wait(60)
+                try:
+                    code: int | None = proc.wait(STOP_S)
+                except subprocess.TimeoutExpired:
+                    # Left running it would outlive the bench; what it measured still holds.
+                    proc.kill()
+                    proc.wait()
+                    code = None
+                    self.stop_hangs += 1
                 log.close()
-            if code != 0:
+            if code is None:
+                tail = Path(log.name).read_text(errors="replace")[-3000:]
+                say(f"{self.name}: gateway running {STOP_S:g} s after SIGTERM, killed:\n{tail}")
+            elif code != 0:
                 raise RuntimeError(f"{self.name}: gateway exited with {code}; see {log.name}")
         return ready_ms, status_ms, rss, numpy
 
@@ -207,6 +221,7 @@ class Tree:
             out[k.replace("_ms", "_min_ms")] = round(min(values), 1)
         out["ready_rss_bytes"] = int(statistics.median(self.ready_rss))
         out["numpy_loaded"] = any(self.numpy)
+        out["stop_hangs"] = self.stop_hangs
         return out
 
 
