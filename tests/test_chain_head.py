@@ -160,9 +160,10 @@ def test_a_copy_of_the_key_started_elsewhere_is_caught_and_stopped(
         if survivors:  # it goes on, alone
             assert rig.collector.wait_for(lambda: rig.delivered() >= after + 5, 30)
     finally:
-        for g in pair:
-            if g.running():
-                assert g.terminate() == 0
+        codes = [g.terminate() for g in pair if g.running()]
+        if other.running():
+            other.kill()
+    assert codes in ([], [0])  # the survivor stops cleanly
     for g in stopped:
         assert g.proc is not None and g.proc.returncode == 4
         assert "another gateway signs with this device's key" in g.log.read_text()
