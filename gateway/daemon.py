@@ -800,9 +800,7 @@ class Gateway:
     ) -> None:
         log.info("stopping: sealing and flushing (at most %.0f s)", self.shutdown_timeout)
         sdnotify.notify("STOPPING=1", "STATUS=stopping: sealing and flushing")
-        for t in workers:
-            t.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*(_cancel_until_done(t) for t in workers))
         await self.pipeline.commit(force_seal=True)
         if self.spool.held:
             st = await self._in_spool(self.spool.stats)
@@ -817,15 +815,22 @@ class Gateway:
                 self.uplink.pending,
             )
         await self.uplink.close()
-        uplink.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await uplink
+        await _cancel_until_done(uplink)
         await self.pipeline.commit()  # forget what was acknowledged meanwhile
         log.info(
             "stopped: %d readings, %d batches acknowledged",
             self.health.readings,
             self.health.batches_acked,
         )
+
+
+async def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel `task` until it is done. Once is not always enough: on Python 3.11 a
+    cancellation that meets the completion of an `asyncio.wait_for` inside it (aiomqtt waits
+    for a PUBACK that way) is swallowed, and the task goes on as if never cancelled."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
 
 
 def _carry_windows(old: Any, new: Any, *, copy: bool) -> None:

@@ -7,12 +7,15 @@ must neither hang the shutdown nor forget what that commit stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import random
 from collections import Counter
 from pathlib import Path
 
 import cbor2
 
+import gateway
 from gateway import config, cose, identity, payloads
 from gateway.daemon import Gateway
 from gateway.spool import Spool
@@ -89,3 +92,60 @@ def test_stopping_at_random_moments_never_hangs_or_stores_twice(
     counts = _stored(tmp_path / "spool.db", ident)
     assert max(counts.values()) == 1, "a reading was stored twice"
     assert sum(counts.values()) == durable, "a durable reading went missing"
+
+
+def test_stopping_just_after_the_broker_answered_never_hangs(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The sample configuration, stopped in the first milliseconds of a connection, while the
+    chain head is read and the birth and Home Assistant's discovery go out and their PUBACKs
+    come back: the uplink must stop when told, however its cancellation meets a PUBACK."""
+    ident = identity.generate(tmp_path / "device.key")
+    sample = (Path(gateway.__file__).parent / "sample.toml").read_text()
+    text = sample.replace("mqtt://127.0.0.1:1883", f"mqtt://127.0.0.1:{mosquitto.port}")
+    assert text != sample
+    rng = random.Random(11)
+
+    async def once() -> None:
+        cfg = config.loads(text, base_dir=tmp_path)
+        gw = Gateway(cfg, ident=ident)
+        stop = asyncio.Event()
+        run = asyncio.create_task(gw.run(stop))
+        async with asyncio.timeout(15):
+            while not gw.health.connected:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(rng.uniform(0, 0.06))
+        stop.set()
+        done, _ = await asyncio.wait({run}, timeout=15)
+        if not done:  # the bug: say where each task waits
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            raise AssertionError("the gateway did not stop:\n" + stacks.getvalue())
+        run.result()
+
+    for _ in range(20):
+        asyncio.run(once())
+
+
+def test_a_task_that_swallows_its_cancellation_is_still_stopped() -> None:
+    """What the uplink task does on Python 3.11 when a cancellation meets the PUBACK an
+    `asyncio.wait_for` in aiomqtt was waiting for: it goes on as if never cancelled. The
+    shutdown cancels again until it is done."""
+    from gateway.daemon import _cancel_until_done
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+        t0 = loop.time()
+        await asyncio.wait_for(_cancel_until_done(task), 10)
+        assert task.cancelled()
+        return loop.time() - t0
+
+    assert asyncio.run(main()) < 5
