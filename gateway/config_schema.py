@@ -4,7 +4,6 @@ right below them the rules that span several of their fields.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config_check import Problems
+from gateway.hosts import is_loopback
 from gateway.schema import Field, placement_problem
 
 
@@ -300,15 +300,6 @@ SECTIONS: Mapping[str, Mapping[str, Field]] = {
 # --------------------------------------------------------------------------- cross-field rules
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_uplink(problems: Problems, up: dict[str, Any], given: Mapping[str, Any]) -> None:
     """Parse the URL into host/port/tls and check the rules between uplink keys."""
     url = up.get("url")
@@ -343,7 +334,7 @@ def check_uplink(problems: Problems, up: dict[str, Any], given: Mapping[str, Any
             up["host"] = host
             up["port"] = port if port is not None else (8883 if tls else 1883)
             up["tls"] = tls
-            if not tls and not up.get("insecure") and not _is_loopback(host):
+            if not tls and not up.get("insecure") and not is_loopback(host):
                 problems.add(
                     "uplink.url",
                     f"plain-text MQTT to {host!r}, which is not this machine, would send "

@@ -34,6 +34,8 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from gateway.hosts import is_loopback
+
 if TYPE_CHECKING:  # the strict loader: imported only when `settings` falls back to it
     from gateway.config import Config
 
@@ -109,7 +111,7 @@ def _quick_settings(path: Path) -> Settings | None:
     ):
         return None
     tls = scheme == "mqtts"
-    if not tls and not insecure and not _is_loopback(host):
+    if not tls and not insecure and not is_loopback(host):
         return None
     spool_path = Path(where)
     if not spool_path.is_absolute():  # relative paths are taken from the file's directory
@@ -117,17 +119,6 @@ def _quick_settings(path: Path) -> Settings | None:
     if port is None:
         port = 8883 if tls else 1883
     return Settings(name, Path(os.path.normpath(spool_path.absolute())), host, port)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def runtime_dir() -> Path | None:
