@@ -50,10 +50,6 @@ class SensorError(GatewayError, OSError):
     transient = True
 
 
-class ModuleError(GatewayError):
-    """A detection module failed; its readings get the `module-error` flag."""
-
-
 class UplinkError(GatewayError, ConnectionError):
     """The broker could not be reached or refused us; the uplink retries with backoff."""
 

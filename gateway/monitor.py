@@ -41,14 +41,6 @@ class StateMirror:
             self.updated = max(self.updated, r.t)
             self.changed = True
 
-    def forget(self, sensors: Iterable[str]) -> None:
-        """Keep only these sensors (the others were dropped from the configuration)."""
-        keep = set(sensors)
-        for sid in list(self.sensors):
-            if sid not in keep:
-                del self.sensors[sid]
-                self.changed = True
-
     def to_json(self) -> bytes:
         self.changed = False
         return json.dumps(

@@ -56,7 +56,6 @@ class Pipeline:
         self._buffer: list[PendingRecord] = []
         self._names: list[Reading] = []
         self._acked: set[int] = set()
-        self._acked_n = 0
         self._wake = asyncio.Event()
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Loop time at which the whole buffer last went to a commit. The next commit taking

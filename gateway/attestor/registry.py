@@ -79,11 +79,6 @@ def attestable(db: Database) -> list[tuple[str, float, float, int | None]]:
     return [(str(d), float(t), float(r), None if a is None else int(a)) for d, t, r, a in rows]
 
 
-def last_attested(db: Database, did: str) -> int | None:
-    row = db.execute("SELECT max(epoch_start) FROM attestations WHERE did = ?", (did,)).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
 def unpublished(db: Database) -> list[tuple[str, int, bytes]]:
     rows = db.execute(
         "SELECT did, epoch_start, message FROM attestations WHERE published = 0 "
