@@ -585,9 +585,16 @@ class Gateway:
         same step, on the spool's thread, and later batches name the new one.
 
         Refused (False, nothing changed) when the spool cannot seal all of them now: with the
-        broker behind, sealing is held back (`seal_ahead`), and readings left pending would be
-        sealed later under the wrong list. If the sealing commit fails, `undo` puts the old
-        modules back."""
+        broker behind, sealing is held back (`seal_ahead`), or not started yet (the chain head),
+        and readings left pending would be sealed later under the wrong list. If the sealing
+        commit fails, `undo` puts the old modules back."""
+        if self.spool.held:
+            log.warning(
+                "module change refused: nothing is sealed before the chain head on the broker "
+                "was read, so the readings judged so far could not be sealed under the modules "
+                "that judged them; try again once the broker was reached"
+            )
+            return False
         st = await self._in_spool(self.spool.stats)
         bmr = self.cfg.uplink.batch_max_readings
         room = max(0, self.spool.seal_ahead - st.sealed) + SWITCH_SLACK_BATCHES
@@ -805,8 +812,8 @@ class Gateway:
         if self.spool.held:
             st = await self._in_spool(self.spool.stats)
             log.info(
-                "%d readings stay in the spool unsealed: the broker was not reached, and "
-                "nothing is sealed before its chain head for this device was read",
+                "%d readings stay in the spool unsealed: nothing is sealed before the chain "
+                "head for this device was read from the broker, and it was not",
                 st.pending,
             )
         if not await self.uplink.drain(self.shutdown_timeout):

@@ -39,9 +39,10 @@ class SpoolError(GatewayError):
 
 
 class KeyInUse(GatewayError):
-    """Another running gateway signs with this device's key (seen on the broker)."""
+    """Another gateway signs with this device's key (seen on the broker). Its own exit code:
+    the systemd unit does not restart on it (a restart would take turns on one chain)."""
 
-    exit_code = 4
+    exit_code = 5
 
 
 class SensorError(GatewayError, OSError):

@@ -30,12 +30,11 @@ from gateway.identity import Identity
 
 log = logging.getLogger("gateway.head")
 
-#: A head is about 170 bytes; anything much larger on the topic is not one, and is not decoded.
+#: A head is about 280 bytes; anything much larger on the topic is not one, and is not decoded.
 MAX_HEAD_BYTES = 512
-#: How long after the broker acknowledged the subscription a retained head may take to come.
-#: The broker sends retained messages right after SUBACK, on the same connection, so they are
-#: in order behind it; the wait only covers the time to read them.
-WAIT = 1.0
+#: How long the gateway waits for its own message on the head topic to come back, behind the
+#: retained head (if any); without it, the connection is tried again, still sealing nothing.
+WAIT = 10.0
 _TYPS = frozenset({cose.TYP_HEAD})
 
 
@@ -73,7 +72,7 @@ def read(message: bytes, identity: Identity) -> Head | None:
     if not isinstance(m, dict) or set(m) != {1, 2, 3, 4, 5, 6} or m[1] != identity.did:
         return None
     seq, batch, taken, boot, spool = m[2], m[3], m[4], m[5], m[6]
-    if not (type(seq) is int and 0 <= seq < 2**63 and type(taken) is int and 0 <= taken < 2**63):
+    if not (type(seq) is int and 0 <= seq < 2**64 and type(taken) is int and 0 <= taken < 2**64):
         return None
     if not (isinstance(batch, bytes) and len(batch) == 32 and isinstance(boot, bytes)):
         return None

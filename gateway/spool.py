@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import cose, highwater, lockfile, payloads
-from gateway.errors import SpoolError
+from gateway.errors import KeyInUse, SpoolError
 from gateway.head import Head
 from gateway.highwater import Entry, HighWater, Record, Stated
 from gateway.identity import Identity
@@ -129,6 +129,9 @@ class Spool:
         # (seq, batch id, taken) of the last sealed batch as committed: read by the event loop
         # for the head it publishes, so replaced whole, never changed in place.
         self.position: tuple[int, bytes, int] | None = None
+        # Pending rows the spool held when it opened: only those can have gone into batches
+        # signed elsewhere (a head ahead of the spool), never the readings of this run.
+        self._pending_at_open = 0
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -252,6 +255,7 @@ class Spool:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._spool_id = meta["spool_id"]
         self._resync(conn)
+        self._pending_at_open = self._pending
 
     def _take_up(self, conn: sqlite3.Connection, record: Record | None) -> None:
         """Continue the chain after the chain record when the spool is behind it, then bring
@@ -276,40 +280,54 @@ class Spool:
     def anchor(self, head: Head | None) -> bool:
         """Release the hold, after taking the chain up after `head` (the chain head the broker
         keeps) when it is ahead of this spool: the spool and its record were lost, replaced or
-        restored together. True when the chain moved."""
+        restored together. True when the chain moved. Raises KeyInUse, still holding, when the
+        head names another batch at the spool's last seq: the chain has forked."""
         db = self._db()
-        try:
-            if head is None or head.seq < self._next_seq:
-                if head is not None and head.seq == self._next_seq - 1 and head.batch != self._prev:
-                    log.error(
-                        "the broker's chain head for this device names another batch at seq %d "
-                        "than spool %s: a copy of this device's key has signed batches",
-                        head.seq,
-                        self.path,
-                    )
-                return False
-            record = Record(
-                did=self.identity.did,
-                spool=head.spool,
-                seq=head.seq,
-                batch=head.batch,
-                sealed=None,
-                taken=head.taken,
-                stated=tuple(self._stated),
+        if head is not None and head.seq == self._next_seq - 1 and head.batch != self._prev:
+            raise KeyInUse(
+                f"the broker's chain head for this device names another batch at seq "
+                f"{head.seq} than spool {self.path}: the chain has forked (a copy of this "
+                f"device's key signed it, or this spool was restored and went on under an "
+                f"older version). Stop the other gateway if there is one; then move this spool "
+                f"aside with its -wal, -shm and .chain files: the gateway goes on after the "
+                f"broker's head"
             )
-            self._recover(db, record, behind="the chain head the broker keeps")
-            self._cover(db)
-            return True
-        finally:
+        if head is None or head.seq < self._next_seq:
             self.held = False
+            return False
+        record = Record(
+            did=self.identity.did,
+            spool=head.spool,
+            seq=head.seq,
+            batch=head.batch,
+            sealed=None,
+            taken=head.taken,
+            stated=tuple(self._stated),
+        )
+        self._recover(
+            db,
+            record,
+            behind="the chain head the broker keeps",
+            pending=min(self._pending, self._pending_at_open),
+        )
+        self._cover(db)
+        self.held = False
+        return True
 
-    def _recover(self, conn: sqlite3.Connection, record: Record, *, behind: str = "") -> None:
+    def _recover(
+        self,
+        conn: sqlite3.Connection,
+        record: Record,
+        *,
+        behind: str = "",
+        pending: int | None = None,
+    ) -> None:
         p = highwater.plan(
             record,
             spool_id=self._spool_id,
             next_seq=self._next_seq,
             taken=self._taken,
-            pending=self._pending,
+            pending=self._pending if pending is None else pending,
         )
         was = self._next_seq
         conn.execute("BEGIN IMMEDIATE")

@@ -155,6 +155,8 @@ class Uplink:
         self._anchored_at: int | None = None
         self._kept: Head | None = None  # the head the broker kept from an earlier process
         self._retained_read = asyncio.Event()
+        # Not a head (no COSE), and ours alone: marks the end of what the broker keeps.
+        self._sync = b"sync " + (chain_head.boot.hex().encode() if chain_head else b"")
         self._head_sent = -1  # on this connection
 
     # --- called by the daemon -----------------------------------------------------------------
@@ -297,15 +299,15 @@ class Uplink:
                 tg.create_task(self._watch(client), name="uplink-watch")
                 filters = list(self.subscriptions)
                 if self._chain_head is not None:
-                    # In one SUBSCRIBE, head before status: the broker sends the retained
-                    # messages filter by filter, so once our own `online` is back, the head it
-                    # keeps (if any) is here too.
-                    filters = [self.topics["head"], self.topics["status"], *filters]
+                    filters.insert(0, self.topics["head"])
                     self._retained_read.clear()
+                codes: Any = ()
                 if filters:
-                    await client.subscribe([(t, 1) for t in filters], timeout=PUBLISH_TIMEOUT)
+                    codes = await client.subscribe(
+                        [(t, 1) for t in filters], timeout=PUBLISH_TIMEOUT
+                    )
                 if self._chain_head is not None and self._anchored_at is None:
-                    await self._anchor(self._chain_head)
+                    await self._anchor(client, self._chain_head, codes[0])
                 await self._publish_birth(client)
                 if self._on_connect is not None:
                     self._spawn(self._on_connect(), "on-connect")
@@ -316,10 +318,29 @@ class Uplink:
                 self._wake.set()
                 tg.create_task(self._sender(client, props, tg), name="uplink-sender")
 
-    async def _anchor(self, chain_head: ChainHead) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def _anchor(self, client: aiomqtt.Client, chain_head: ChainHead, code: Any) -> None:
+        """Read the head the broker keeps, then let the spool seal. Until then nothing is
+        sealed: a broker that refuses the topic or does not answer ends this connection (the
+        next one tries again), it never counts as a broker that keeps no head."""
+        topic = self.topics["head"]
+        need = (
+            f"the device needs to subscribe and publish on {topic}; until it can, it seals "
+            f"nothing (its readings wait in the spool)"
+        )
+        if int(getattr(code, "value", code)) >= 0x80:
+            raise aiomqtt.MqttError(
+                f"the broker refused the chain head subscription ({code}): {need}"
+            )
+        # The end of what the broker keeps: our own message on the same topic comes back after
+        # the retained one (one topic, delivered in order), and it is not a head.
+        await client.publish(topic, self._sync, qos=1, retain=False, timeout=PUBLISH_TIMEOUT)
+        try:
             async with asyncio.timeout(head.WAIT):
                 await self._retained_read.wait()
+        except TimeoutError:
+            raise aiomqtt.MqttError(
+                f"no answer on the chain head topic within {head.WAIT:g} s: {need}"
+            ) from None
         kept = self._kept
         if kept is None:
             log.info("the broker keeps no chain head for this device")
@@ -329,19 +350,22 @@ class Uplink:
         # What the spool had sealed before (now gone if the chain moved) is not sent.
         self._outbox.clear()
 
-    def _head_in(self, found: Head, retained: bool, chain_head: ChainHead) -> None:
+    def _head_in(self, found: Head, chain_head: ChainHead) -> None:
         if found.boot == chain_head.boot:
             return  # our own, back from the broker
         at = self._anchored_at
-        if at is None and retained:
+        if at is None:
+            # Retained or not: an earlier process's, an old one replayed by anyone, or a
+            # running copy's. The chain goes on after the highest; a running copy then meets
+            # our heads above its own start, and stops.
             if self._kept is None or found.seq > self._kept.seq:
-                self._kept = found  # an earlier process's, or a running copy's (seen below)
+                self._kept = found
             return
-        if at is None or found.seq >= at:
+        if found.seq >= at:
             raise KeyInUse(
                 f"another gateway signs with this device's key: a process started elsewhere "
                 f"published its chain head at seq {found.seq}"
-                + ("" if at is None else f" (this one continued from seq {at})")
+                + f" (this one continued from seq {at})"
                 + "; stopped before signing more. One key, one running gateway: stop the "
                 "other one (a copied key file or image), then start this one again"
             )
@@ -350,18 +374,19 @@ class Uplink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         # aiomqtt reports a lost connection through the message iterator.
         chain_head = self._chain_head
-        head_topic, status_topic = self.topics["head"], self.topics["status"]
+        head_topic = self.topics["head"]
         async for msg in client.messages:
             payload = msg.payload
             if not isinstance(payload, bytes | bytearray):
                 continue
             topic = msg.topic.value
             if chain_head is not None and topic == head_topic:
+                if payload == self._sync:
+                    self._retained_read.set()
+                    continue
                 found = chain_head.read(bytes(payload))
                 if found is not None:
-                    self._head_in(found, bool(msg.retain), chain_head)
-            elif chain_head is not None and topic == status_topic:
-                self._retained_read.set()
+                    self._head_in(found, chain_head)
             elif self._on_message is not None:
                 self._spawn(self._on_message(topic, bytes(payload)), "message")
         raise aiomqtt.MqttError("connection closed")

@@ -7,6 +7,7 @@ gateway. `verify` checks every batch the broker delivered.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cose, head, identity
+from gateway import cose, head, identity, payloads
+from gateway.errors import KeyInUse
+from gateway.health import Health
 from gateway.verify import Verifier
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 from tests.collector import Collector, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
 from tests.test_faults import received_readings
+from tests.test_spool import make_spool, recs
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +144,7 @@ def test_a_copy_of_the_key_started_elsewhere_is_caught_and_stopped(
     rig: Rig, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     """A cloned image: same key (and so the same MQTT client id), its own spool. Whichever of
-    the two first sees the other's head stops with exit code 4 and says why; the survivor's
+    the two first sees the other's head stops with exit code 5 and says why; the survivor's
     chain goes on alone, so the seqs both signed are only those of the few seconds before."""
     other_cfg = write_config(tmp_path / "copy", mosquitto.port)
     shutil.copy2(rig.dir / "device.key", other_cfg.parent / "device.key")
@@ -165,9 +169,148 @@ def test_a_copy_of_the_key_started_elsewhere_is_caught_and_stopped(
             other.kill()
     assert codes in ([], [0])  # the survivor stops cleanly
     for g in stopped:
-        assert g.proc is not None and g.proc.returncode == 4
+        assert g.proc is not None and g.proc.returncode == 5
         assert "another gateway signs with this device's key" in g.log.read_text()
     v = Verifier()
     clashes = [f.seq for f in map(v.check, rig.collector.batches()) if f.kind == "equivocation"]
     assert all(s is not None and s <= after for s in clashes)
     assert len(set(clashes)) <= 10
+
+
+# --- the rules one by one, without a broker -------------------------------------------------
+
+
+def _head(seq: int, *, taken: int, batch: bytes = b"\x11" * 32) -> head.Head:
+    return head.Head(seq, batch, taken, b"\x22" * 16, "elsewhere")
+
+
+def test_readings_of_this_run_survive_a_head_ahead_and_older_ones_it_counts_do_not(
+    tmp_path: Path,
+) -> None:
+    """A fresh image whose network comes up late: what it read while it waited is sealed
+    after the head, and only the readings of an old spool that the head counts as gone are
+    not signed again."""
+    s = make_spool(tmp_path / "spool.db", seal_ahead=100)
+    s.held = True
+    s.commit(recs(3))  # pending from an earlier run of this spool (it never reached a broker)
+    s.close()
+    s = make_spool(tmp_path / "spool.db", seal_ahead=100)
+    s.held = True
+    assert s.commit(recs(25, start=3)).sealed == []  # held: nothing sealed
+    assert s.anchor(_head(9, taken=2)) is True  # 2 readings of the old spool went elsewhere
+    assert (s.next_seq, s.stats().pending) == (10, 1 + 25)
+    sealed = s.commit([], force_seal=True).sealed
+    assert [seq for seq, _, _ in sealed] == [10, 11, 12]
+    b = payloads.decode_batch(cose.verify1(sealed[0][1]).payload)
+    assert b.prev == b"\x11" * 32
+    s.close()
+
+
+def test_a_head_behind_the_spool_changes_nothing_and_a_fork_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    s = make_spool(tmp_path / "spool.db")
+    s.commit(recs(10))  # seq 0 sealed (10 readings a batch)
+    assert s.next_seq == 1
+    s.held = True
+    with pytest.raises(KeyInUse, match="forked") as e:
+        s.anchor(_head(0, taken=10))  # seq 0, but another batch than ours
+    assert e.value.exit_code == 5 and s.held
+    assert s.anchor(_head(0, taken=10, batch=s.position[1] if s.position else b"")) is False
+    assert not s.held and s.next_seq == 1
+    s.close()
+
+
+def test_a_module_change_before_the_head_was_read_is_refused(tmp_path: Path) -> None:
+    from gateway import config
+    from gateway.daemon import Gateway
+
+    cfg = write_config(tmp_path / "gw", 1)
+    gw = Gateway(config.load(cfg), ident=identity.load(tmp_path / "gw" / "device.key"))
+    changed: list[str] = []
+    assert gw.spool.held
+    assert asyncio.run(gw._switch(lambda: changed.append("x"), changed.clear)) is False
+    assert changed == []
+
+
+def test_heads_before_the_anchor_are_kept_and_only_later_ones_stop_the_gateway(
+    tmp_path: Path,
+) -> None:
+    """A head replayed live while the gateway reads the broker's (anyone can) is just another
+    old head; after the anchor, one at or above where this run went on is a running copy."""
+    from gateway import config
+    from gateway.uplink import Uplink
+
+    cfg = config.load(write_config(tmp_path / "gw", 1))
+
+    class Chain:
+        boot = b"\x33" * 16
+
+        def current(self) -> None:
+            return None
+
+        def read(self, message: bytes) -> head.Head | None:
+            return None
+
+        async def anchor(self, found: head.Head | None) -> int:
+            return 0
+
+    async def nothing() -> list[tuple[int, bytes, int]]:
+        return []
+
+    async def birth() -> bytes:
+        return b""
+
+    up = Uplink(
+        cfg.uplink,
+        device_id="d",
+        client_id="c",
+        password=None,
+        health=Health(),
+        backlog=nothing,
+        birth=birth,
+        on_ack=lambda seq, n: None,
+        chain_head=Chain(),
+    )
+    up._head_in(_head(3, taken=1), Chain())
+    up._head_in(_head(7, taken=1), Chain())
+    up._head_in(_head(5, taken=1), Chain())
+    assert up._kept is not None and up._kept.seq == 7
+    up._anchored_at = 8
+    up._head_in(_head(7, taken=1), Chain())  # below: replayed, ignored
+    with pytest.raises(KeyInUse, match="continued from seq 8"):
+        up._head_in(_head(8, taken=1), Chain())
+
+
+def test_a_broker_that_refuses_the_head_topic_gets_nothing_sealed(
+    tmp_path: Path,
+) -> None:
+    """The device may publish its head but not read it back: the gateway says which topic it
+    needs and seals nothing, rather than take the silence for "no head"."""
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic write depin/v1/+/head\n"
+        + "".join(
+            f"topic readwrite depin/v1/+/{t}\n"
+            for t in ("batch", "birth", "status", "state", "health", "attestation", "model")
+        )
+        + "topic readwrite homeassistant/#\n"
+    )
+    broker = Mosquitto(tmp_path / "broker", listener_extra=f"allow_anonymous true\nacl_file {acl}")
+    broker.start()
+    rig = Rig(tmp_path, broker)
+    try:
+        rig.gw.start()
+        assert rig.gw.wait_log("chain head", 30)
+        time.sleep(2)
+        assert rig.gw.running()
+        assert rig.gw.terminate() == 0
+    finally:
+        rig.collector.close()
+        if rig.gw.running():
+            rig.gw.kill()
+        broker.stop()
+    log = rig.gw.log.read_text()
+    assert "depin/v1/" in log and "/head" in log and "seals nothing" in log
+    assert "readings stay in the spool unsealed" in log
+    assert rig.collector.batches() == []
