@@ -51,10 +51,8 @@ DATASHEET = {
 
 @pytest.fixture
 def clock() -> Iterator[VirtualClock]:
-    clk = VirtualClock()
-    emulated.reset(clock=clk)
-    yield clk
-    emulated.reset()
+    with emulated.virtual_time() as clk:
+        yield clk
 
 
 def chip(

@@ -54,10 +54,8 @@ key_file = "device.key"
 
 @pytest.fixture
 def clock() -> Iterator[VirtualClock]:
-    clk = VirtualClock()
-    emulated.reset(clock=clk)
-    yield clk
-    emulated.reset()
+    with emulated.virtual_time() as clk:
+        yield clk
 
 
 def transport(dev: Any, clk: VirtualClock, **kw: Any) -> I2CTransport:

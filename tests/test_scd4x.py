@@ -39,11 +39,10 @@ GOLDEN = bytes.fromhex("01f433 6667a2 5eb93c")
 
 @pytest.fixture
 def clock() -> Iterator[VirtualClock]:
-    clk = VirtualClock()
-    emulated.reset(clock=clk)
-    emulated.air().fix(temperature=22.0, humidity=45.0, pressure=101325.0, co2=800.0)
-    yield clk
-    emulated.reset()
+    with emulated.virtual_time(
+        temperature=22.0, humidity=45.0, pressure=101325.0, co2=800.0
+    ) as clk:
+        yield clk
 
 
 def chip(clock: VirtualClock, variant: str = "scd41") -> SCD4xEmulator:

@@ -36,11 +36,8 @@ GOLDEN = bytes.fromhex("6667a2 8000a2")  # T word 0x6667, RH word 0x8000, with C
 
 @pytest.fixture
 def clock() -> Iterator[VirtualClock]:
-    clk = VirtualClock()
-    emulated.reset(clock=clk)
-    emulated.air().fix(temperature=21.0, humidity=50.0)
-    yield clk
-    emulated.reset()
+    with emulated.virtual_time(temperature=21.0, humidity=50.0) as clk:
+        yield clk
 
 
 def chip(clock: VirtualClock, address: int = 0x44) -> SHT4xEmulator:

@@ -23,12 +23,13 @@ on request.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -412,3 +413,17 @@ def ensure(address: int, chip: str) -> I2CEmulator:
         if dev is None:
             dev = _bus.devices[address] = create(chip, address)
         return dev
+
+
+@contextlib.contextmanager
+def virtual_time(**fixed: float) -> Iterator[VirtualClock]:
+    """For tests: the registry's emulators on a fresh `VirtualClock`, the air held at `fixed`
+    quantities (e.g. temperature=21.0), and everything back to real time afterwards."""
+    clk = VirtualClock()
+    reset(clock=clk)
+    if fixed:
+        air().fix(**fixed)
+    try:
+        yield clk
+    finally:
+        reset()
