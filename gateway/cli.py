@@ -14,7 +14,7 @@ import os
 import sys
 
 from gateway import __version__
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, ProofError
 
 # typing.TYPE_CHECKING without importing typing (~4 ms); mypy treats the name the same way.
 TYPE_CHECKING = False
@@ -156,7 +156,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _read_input(name: str, what: str, limit: int) -> bytes:
     """The bytes of file `name`, or of stdin for '-'; exit 2 with the file named otherwise."""
-    from gateway.proof import ProofError
 
     try:
         if name == "-":
@@ -178,9 +177,9 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from gateway import proof, verify
 
     if args.time is not None and args.reading is None:
-        raise proof.ProofError("prove: --time goes with --reading NAME", exit_code=2)
+        raise ProofError("prove: --time goes with --reading NAME", exit_code=2)
     if args.reading is not None and args.time is None:
-        raise proof.ProofError("prove: --reading needs --time T (Unix seconds)", exit_code=2)
+        raise ProofError("prove: --reading needs --time T (Unix seconds)", exit_code=2)
     source = "stdin" if args.batch == "-" else args.batch
     message = _read_input(args.batch, "a signed batch", verify.MAX_MESSAGE)
     try:
@@ -188,8 +187,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
         if args.reading is not None:
             index = proof.find_record(message, args.reading, args.time)
         doc = proof.make_proof(message, index, compact=args.compact)
-    except proof.ProofError as e:
-        raise proof.ProofError(f"{source}: {e}", exit_code=e.exit_code) from None
+    except ProofError as e:
+        raise ProofError(f"{source}: {e}", exit_code=e.exit_code) from None
     text = json.dumps(doc, indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)
@@ -197,7 +196,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(text)
         except OSError as e:
-            raise proof.ProofError(f"{args.output}: cannot write: {e.strerror or e}") from None
+            raise ProofError(f"{args.output}: cannot write: {e.strerror or e}") from None
         r = doc["reading"]
         print(
             f"proof of record {index} of {doc['size']} ({r['name']} at {r['time']}) "
@@ -217,7 +216,7 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     try:
         doc = proof.parse_proof(data)
     except (ValueError, RecursionError) as e:
-        raise proof.ProofError(f"{source}: not a JSON proof: {e}", exit_code=2) from None
+        raise ProofError(f"{source}: not a JSON proof: {e}", exit_code=2) from None
     result = proof.check_proof(doc)
     print("\n".join(proof.describe(result, source)))
     return 0 if result.ok else 1

@@ -6,6 +6,11 @@ Each error knows whether retrying can help (`transient`) and which exit code the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -64,3 +69,43 @@ class VerifyError(GatewayError, ValueError):
         self.kind = kind
         self.detail = detail
         super().__init__(f"{kind}: {detail}")
+
+
+class RuntimeMissing(GatewayError):
+    """No TFLite interpreter (or no numpy) is installed: the installation lacks an extra, which
+    is the configuration's business (it names a `tflite` module), hence exit code 2."""
+
+    exit_code = 2
+
+
+class ModelError(ConfigError):
+    """A model or its manifest is unusable; the message names the file, the check and the fix."""
+
+    def __init__(self, path: Path, check: str, fix: str) -> None:
+        self.path = path
+        self.check = check
+        super().__init__([f"{path}: {check} — {fix}"])
+
+
+class ProofError(GatewayError):
+    """A proof cannot be made (the batch does not verify, no such record, unreadable input)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class PathNotFoundError(GatewayError, FileNotFoundError):
+    """A file or directory given to `verify_paths` does not exist: a usage error, not a finding."""
+
+    exit_code = 2
+
+
+class ModelBundleError(GatewayError, ValueError):
+    """A bundle was refused; `kind` is one of "bad-signature", "untrusted-signer",
+    "sha-mismatch", "malformed", "name-mismatch"."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"model bundle refused ({kind}): {detail}")

@@ -44,9 +44,9 @@ from typing import Any, Literal
 import cbor2
 
 from gateway import cose, dcbor
-from gateway.errors import ConfigError, GatewayError, VerifyError
+from gateway.errors import ConfigError, ModelBundleError, ModelError, VerifyError
 from gateway.identity import Identity, did_of, public_key_of_did
-from gateway.modules.tflite import ModelError, read_manifest
+from gateway.modules.tflite import read_manifest
 
 Mode = Literal["active", "shadow"]
 MODES: tuple[Mode, ...] = ("active", "shadow")
@@ -55,16 +55,6 @@ MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 #: a model name becomes a file name: no separators, no leading dot, nothing exotic
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEYS = frozenset(range(1, 8))
-
-
-class ModelBundleError(GatewayError, ValueError):
-    """A bundle was refused; `kind` is one of "bad-signature", "untrusted-signer",
-    "sha-mismatch", "malformed", "name-mismatch"."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        self.kind = kind
-        self.detail = detail
-        super().__init__(f"model bundle refused ({kind}): {detail}")
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,9 @@ class ModelStore:
 
     def _verified(self, paths: list[Path], mode: Mode) -> dict[str, Installed]:
         """The installed models of these bundles that still verify and match their files."""
-        from gateway.model_bundle import ModelBundleError, open_bundle
-        from gateway.modules.tflite import ModelError, read_manifest
+        from gateway.errors import ModelBundleError, ModelError
+        from gateway.model_bundle import open_bundle
+        from gateway.modules.tflite import read_manifest
 
         found: dict[str, Installed] = {}
         for path in paths:
@@ -138,7 +139,8 @@ class ModelStore:
         """Check, try, install. `trial(manifest)` loads the model the way the chain will (it
         raises if the interpreter refuses it) and runs on a staged copy before anything
         installed is touched. Blocking file I/O with fsyncs: call it from a thread."""
-        from gateway.model_bundle import ModelBundleError, install, open_bundle
+        from gateway.errors import ModelBundleError
+        from gateway.model_bundle import install, open_bundle
 
         at = time.time() if now is None else now
         if not self.enabled:

@@ -23,7 +23,7 @@ from typing import Any
 import cbor2
 
 from gateway import dcbor, merkle, payloads, verify
-from gateway.errors import GatewayError
+from gateway.errors import ProofError
 from gateway.identity import public_key_of_did
 
 FORMAT = "depin-proof-v1"
@@ -38,14 +38,6 @@ _OPTIONAL = frozenset({"batch", "note"})
 _READING_KEYS = frozenset({"name", "unit", "value", "time", "score", "flags"})
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _MAX_PATH = 64  # a batch holds fewer than 2**64 records
-
-
-class ProofError(GatewayError):
-    """A proof cannot be made (the batch does not verify, no such record, unreadable input)."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # --- making proofs ----------------------------------------------------------------------------

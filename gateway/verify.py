@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import cbor2
 
 from gateway import cose, dcbor, payloads
-from gateway.errors import ConfigError, GatewayError, UplinkError, VerifyError
+from gateway.errors import ConfigError, PathNotFoundError, UplinkError, VerifyError
 from gateway.identity import device_id_of, did_of, public_key_of_did
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -486,12 +486,6 @@ def first_tag(data: bytes) -> int | None:
 
 
 # --- files ------------------------------------------------------------------------------------
-
-
-class PathNotFoundError(GatewayError, FileNotFoundError):
-    """A file or directory given to `verify_paths` does not exist: a usage error, not a finding."""
-
-    exit_code = 2
 
 
 def _files(path: Path) -> list[Path]:

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.errors import GatewayError
+from gateway.errors import RuntimeMissing
 
 if TYPE_CHECKING:
     from gateway.config import ModuleConfig
@@ -56,13 +56,6 @@ FIX = (
     f"install the litert extra ({INSTALL}), or tflite-runtime where ai-edge-litert has no "
     "wheel (32-bit ARM)"
 )
-
-
-class RuntimeMissing(GatewayError):
-    """No TFLite interpreter (or no numpy) is installed: the installation lacks an extra, which
-    is the configuration's business (it names a `tflite` module), hence exit code 2."""
-
-    exit_code = 2
 
 
 def _installed(name: str) -> bool:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gateway.errors import ConfigError
+from gateway.errors import ModelError
 from gateway.modules import litert
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.litert import new_interpreter
@@ -59,15 +59,6 @@ def _default_models_dir() -> Path:
 
 DEFAULT_MODELS_DIR = _default_models_dir()
 FLAG = "model"
-
-
-class ModelError(ConfigError):
-    """A model or its manifest is unusable; the message names the file, the check and the fix."""
-
-    def __init__(self, path: Path, check: str, fix: str) -> None:
-        self.path = path
-        self.check = check
-        super().__init__([f"{path}: {check} — {fix}"])
 
 
 @dataclass(frozen=True)
