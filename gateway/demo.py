@@ -40,7 +40,7 @@ from gateway.config import Config, SensorConfig
 from gateway.daemon import Gateway
 from gateway.errors import GatewayError, UplinkError
 from gateway.health import Health
-from gateway.verify import Examined, Finding, Verifier, examine
+from gateway.verify import LINKED, Examined, Finding, Verifier, examine
 
 log = logging.getLogger("gateway.demo")
 
@@ -65,7 +65,6 @@ NO_BROKER = (
     "no MQTT broker for the demo: install depin-gateway[demo] (the embedded amqtt broker) or "
     "mosquitto, or pass --broker mqtt://HOST:PORT"
 )
-_BATCH_KINDS = frozenset({"valid", "gap", "reordered"})  # a batch accepted into the chain
 
 
 # --- the broker -------------------------------------------------------------------------------
@@ -462,7 +461,7 @@ class Watch:
             self.others += 1
         elif f.forged:
             self.forged.append(f)
-        elif f.kind in _BATCH_KINDS:
+        elif f.kind in LINKED:
             self.batches += 1
             self.readings += f.records
             self._count_flags(payload)

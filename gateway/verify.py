@@ -41,6 +41,8 @@ MAX_MESSAGE = 16 * 1024 * 1024
 _CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable
 # Kinds that leave the message acceptable; every other kind makes it invalid ("forged").
 ACCEPTED = frozenset({"valid", "duplicate", "gap", "reordered", "birth", "attestation"})
+# Of those, the kinds of a batch that becomes a new link of its device's chain.
+LINKED = frozenset({"valid", "gap", "reordered"})
 KIND_ORDER = (
     "valid", "duplicate", "gap", "reordered", "birth", "attestation",
     "equivocation", "replay", "prev-mismatch", "bad-signature", "did-mismatch", "unknown-device",

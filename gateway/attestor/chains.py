@@ -21,9 +21,8 @@ import cbor2
 
 from gateway import cose, payloads
 from gateway.attestor.db import Database, Tx
-from gateway.verify import Examined, Finding, decide, is_finite_number
+from gateway.verify import LINKED, Examined, Finding, decide, is_finite_number
 
-ACCEPTED_KINDS = ("valid", "gap", "reordered")
 EVIDENCE_KINDS = ("equivocation", "replay", "prev-mismatch")
 
 
@@ -79,7 +78,7 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
             b.seq, b.prev, x.batch_id, last=last, link=lambda s: links.get(s), stated=b.dropped
         )
         count(tx, did, kind)
-        if kind in ACCEPTED_KINDS:
+        if kind in LINKED:
             readings, synced, flagged = tallies(b)
             tx.execute(
                 "INSERT INTO batches(did, seq, batch_id, prev, sealed, kind, readings, synced, "
