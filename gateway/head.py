@@ -18,7 +18,6 @@ nothing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,8 +26,6 @@ import cbor2
 
 from gateway import cose, dcbor
 from gateway.identity import Identity
-
-log = logging.getLogger("gateway.head")
 
 #: A head is about 280 bytes; anything much larger on the topic is not one, and is not decoded.
 MAX_HEAD_BYTES = 512

@@ -525,7 +525,7 @@ class Spool:
             self._resync(db)
             raise
         if result.sealed:
-            self.position = (self._next_seq - 1, self._prev, self._taken)
+            self._note_position()
         if self._carrier is not None:  # the statements of earlier losses are in that batch
             self._stated = [
                 Stated(s.receipt, self._carrier if s.carrier is None else s.carrier)
@@ -564,6 +564,10 @@ class Spool:
             "SELECT count(*), min(t) FROM readings"
         ).fetchone()
         self._sealed = db.execute("SELECT count(*) FROM batches").fetchone()[0]
+        self._note_position()
+
+    def _note_position(self) -> None:
+        """The last sealed batch as committed, for the head (replaced whole: read elsewhere)."""
         self.position = (self._next_seq - 1, self._prev, self._taken) if self._next_seq else None
 
     def _seal_due(

@@ -154,7 +154,7 @@ class Uplink:
         # at or above it means two gateways sign with one key.
         self._anchored_at: int | None = None
         self._kept: Head | None = None  # the head the broker kept from an earlier process
-        self._retained_read = asyncio.Event()
+        self._synced = asyncio.Event()
         # Not a head (no COSE), and ours alone: marks the end of what the broker keeps.
         self._sync = b"sync " + (chain_head.boot.hex().encode() if chain_head else b"")
         self._head_sent = -1  # on this connection
@@ -300,7 +300,7 @@ class Uplink:
                 filters = list(self.subscriptions)
                 if self._chain_head is not None:
                     filters.insert(0, self.topics["head"])
-                    self._retained_read.clear()
+                    self._synced.clear()
                 codes: Any = ()
                 if filters:
                     codes = await client.subscribe(
@@ -336,7 +336,7 @@ class Uplink:
         await client.publish(topic, self._sync, qos=1, retain=False, timeout=PUBLISH_TIMEOUT)
         try:
             async with asyncio.timeout(head.WAIT):
-                await self._retained_read.wait()
+                await self._synced.wait()
         except TimeoutError:
             raise aiomqtt.MqttError(
                 f"no answer on the chain head topic within {head.WAIT:g} s: {need}"
@@ -382,7 +382,7 @@ class Uplink:
             topic = msg.topic.value
             if chain_head is not None and topic == head_topic:
                 if payload == self._sync:
-                    self._retained_read.set()
+                    self._synced.set()
                     continue
                 found = chain_head.read(bytes(payload))
                 if found is not None:
