@@ -10,7 +10,7 @@ path of one message, spec section 9 steps 1-4 (`examine`) and step 5 with storin
 
 - baseline: the same messages through the signature check alone (`cose.verify1`), through
   `payloads.decode_batch` and its reference (`decode_batch_reference`), and through the
-  stand-alone `gateway.verify.Verifier` (steps 1-5, chain in memory, nothing stored);
+  stand-alone `gateway.wire.verify.Verifier` (steps 1-5, chain in memory, nothing stored);
 - one worker on SQLite, one worker on PostgreSQL;
 - two worker processes on one PostgreSQL database, splitting the batches as a shared
   subscription does (any batch to any worker, so a device's consecutive batches go to both
@@ -51,8 +51,8 @@ if str(benchlib.REPO) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from gateway import cose, payloads  # noqa: E402
-from gateway.identity import Identity  # noqa: E402
+from gateway.wire import cose, payloads  # noqa: E402
+from gateway.wire.identity import Identity  # noqa: E402
 
 # The issue's target: per worker, at 1,000 readings per batch, on this machine.
 TARGET_PER_WORKER = 100_000
@@ -250,7 +250,7 @@ def _rate(fn: Any, items: list[Any], readings: int, repeat: int = 3) -> dict[str
 def measure_baseline(ns: argparse.Namespace) -> dict[str, Any]:
     """The same messages without a store: signature alone, decoding (fast and reference), the
     tag walk `examine` does, steps 1-4, and the in-memory Verifier (steps 1-5)."""
-    from gateway import verify
+    from gateway.wire import verify
 
     benchlib.pin(ns.cpu)
     batches = pickle.loads(ns.data.read_bytes())

@@ -78,7 +78,7 @@ def rss_by_file(pid: int, top: int = 12) -> dict[str, int]:
 def modules(with_tflite: bool) -> list[str]:
     if str(benchlib.REPO) not in sys.path:
         sys.path.insert(0, str(benchlib.REPO))
-    from gateway import plugins
+    from gateway.core import plugins
 
     return [k for k in plugins.modules() if with_tflite or k != "tflite"]
 
@@ -89,8 +89,8 @@ def fill_reads(interval: float) -> tuple[int, list[str]]:
     only windows that pass the variation gate are remembered and the gate's pass rate is the
     simulator's (at 10 ms, pm1 is too coarse to pass often: it stays far from full)."""
     from drivers.simulated import SimulatedSensor
+    from gateway.core.reading import Reading
     from gateway.modules.replay import ReplayModule
-    from gateway.reading import Reading
 
     mod = ReplayModule(module_id="replay", options={})
     sensors = [
@@ -114,7 +114,7 @@ def fill_reads(interval: float) -> tuple[int, list[str]]:
 def write_config(workdir: Path, port: int, interval: float, kinds: list[str]) -> Path:
     """Defaults everywhere except what the bench must say: where things are, the sensors'
     interval, `clock.mode = synced` (no NTP probing on a bench machine)."""
-    from gateway import identity
+    from gateway.wire import identity
 
     workdir.mkdir(parents=True, exist_ok=True)
     identity.generate(workdir / "device.key")

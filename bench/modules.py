@@ -25,13 +25,13 @@ TARGET_RSS = 80e6
 
 
 def worker(readings: int) -> dict[str, object]:
-    import gateway.daemon  # noqa: F401  - the process as the daemon has it
+    import gateway.device.daemon  # noqa: F401  - the process as the daemon has it
     from drivers.simulated import SimulatedSensor
-    from gateway import plugins
-    from gateway.config import ModuleConfig
-    from gateway.health import Health
+    from gateway.config.settings import ModuleConfig
+    from gateway.core import plugins
+    from gateway.core.health import Health
+    from gateway.core.reading import Reading
     from gateway.modules.chain import ModuleChain
-    from gateway.reading import Reading
 
     configs = []
     for kind in plugins.modules():

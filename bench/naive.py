@@ -30,10 +30,10 @@ def run(workdir: Path, port: int, seconds: float, max_readings: int) -> dict[str
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from drivers.simulated import SimulatedSensor
-    from gateway.health import Health
+    from gateway.core.health import Health
+    from gateway.core.reading import Reading
     from gateway.modules.chain import ModuleChain
     from gateway.modules.ranges import RangeModule
-    from gateway.reading import Reading
 
     benchlib.check_disk(workdir)
     db = sqlite3.connect(workdir / "naive.db", isolation_level=None)

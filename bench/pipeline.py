@@ -58,7 +58,7 @@ TARGET_DRAIN_S = 60.0  # a backlog of BACKLOG_READINGS delivered, at default set
 
 def gateway_config(workdir: Path, port: int, sensors: str) -> Path:
     """A config with default settings, except where the bench must say where things are."""
-    from gateway import identity
+    from gateway.wire import identity
 
     key = workdir / "device.key"
     if not key.exists():
@@ -108,15 +108,17 @@ async def full_speed(
     window: int,
     stop_at_once: bool = False,
 ) -> dict[str, Any]:
-    """The real Gateway (gateway/daemon.py), its one simulated sensor read as fast as it goes.
+    """The real Gateway (gateway/device/daemon.py), its one simulated sensor read as fast as it
+    goes.
 
     Everything is the daemon's own: the objects it wires, its run loop (pipeline, uplink,
     clock and health tasks), its `_accept`, and its shutdown (forced seal, drain, final
     commit). Only the sensor task's `run` (read, accept, sleep until the next interval) is
     replaced by a loop without the sleep, using the same `read_once`. Two callbacks the daemon
     passes in are wrapped to timestamp: `pipeline.on_sealed` and the uplink's `on_ack`."""
-    from gateway import config, identity
-    from gateway.daemon import Gateway
+    from gateway.config import settings as config
+    from gateway.device.daemon import Gateway
+    from gateway.wire import identity
 
     cfg = config.load(gateway_config(workdir, port, FAST_SENSOR))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=120.0)
@@ -281,9 +283,10 @@ seed = 2
 
 
 async def realistic(workdir: Path, port: int, minutes: float) -> dict[str, Any]:
-    """gateway.daemon.Gateway as `depin-gateway run` builds it, with default settings."""
-    from gateway import config, identity
-    from gateway.daemon import Gateway
+    """gateway.device.daemon.Gateway as `depin-gateway run` builds it, with default settings."""
+    from gateway.config import settings as config
+    from gateway.device.daemon import Gateway
+    from gateway.wire import identity
 
     cfg = config.load(gateway_config(workdir, port, REALISTIC_SENSORS))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file))
@@ -374,8 +377,9 @@ async def backlog(
     as pending rows); once they are all durable the broker is started again, and the clock
     runs until the broker has acknowledged every one of them. No reading is fed after the
     outage, so nothing but the backlog is delivered and the drain ends at zero."""
-    from gateway import config, identity
-    from gateway.daemon import Gateway
+    from gateway.config import settings as config
+    from gateway.device.daemon import Gateway
+    from gateway.wire import identity
 
     perf = time.perf_counter
     with benchlib.broker(workdir / "broker", broker_cpus) as b:

@@ -66,7 +66,7 @@ def console_script() -> Path:
 
 
 def write_config(workdir: Path, port: int, *, tflite: bool) -> Path:
-    from gateway import identity
+    from gateway.wire import identity
 
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "device.key").exists():

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from gateway.schema import Field
+from gateway.core.fields import Field
 
 
 @dataclass(frozen=True, slots=True)

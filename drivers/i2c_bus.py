@@ -31,9 +31,9 @@ from typing import Any, ClassVar, Protocol
 from smbus2 import SMBus, i2c_msg
 
 from drivers.base import SensorDriver
-from gateway.errors import ConfigError, SensorError
-from gateway.schema import Field
-from gateway.units import parse_duration
+from gateway.core.errors import ConfigError, SensorError
+from gateway.core.fields import Field
+from gateway.core.units import parse_duration
 
 __all__ = [
     "BUS_FIELD",

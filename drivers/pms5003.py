@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from drivers.serial_bus import FrameSpec, Sample, SerialSensor, Transport, serial_config
-from gateway.schema import Field
+from gateway.core.fields import Field
 
 __all__ = [
     "FRAME",

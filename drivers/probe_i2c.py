@@ -22,7 +22,7 @@ from typing import Any
 from drivers import bme280, scd4x, sht4x
 from drivers.i2c_bus import I2CTransport, open_transport
 from drivers.sensirion import unpack_words
-from gateway.errors import SensorError
+from gateway.core.errors import SensorError
 
 __all__ = ["Found", "probe_i2c", "render_toml"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from drivers import pms5003, sds011
 from drivers.serial_bus import FrameParser, SerialTransport
-from gateway.errors import SensorError
-from gateway.units import format_duration
+from gateway.core.errors import SensorError
+from gateway.core.units import format_duration
 
 __all__ = ["Found", "default_ports", "probe_serial", "sensor_snippet"]
 

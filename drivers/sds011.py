@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from drivers.serial_bus import FrameSpec, Sample, SerialSensor, Transport, serial_config
-from gateway.errors import SensorError
-from gateway.schema import Field
+from gateway.core.errors import SensorError
+from gateway.core.fields import Field
 
 __all__ = [
     "FRAME",

@@ -8,7 +8,7 @@ never taken from a word with a bad CRC.
 
 from __future__ import annotations
 
-from gateway.errors import SensorError
+from gateway.core.errors import SensorError
 
 __all__ = ["CRCError", "crc8", "pack_words", "unpack_words"]
 

@@ -32,9 +32,9 @@ from typing import Any, ClassVar, Protocol
 import serial
 
 from drivers.base import Measurement, SensorDriver
-from gateway.errors import ConfigError, SensorError
-from gateway.schema import Field
-from gateway.units import parse_duration
+from gateway.core.errors import ConfigError, SensorError
+from gateway.core.fields import Field
+from gateway.core.units import parse_duration
 
 __all__ = [
     "ATTEMPTS",

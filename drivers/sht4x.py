@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 from drivers.base import Measurement
 from drivers.i2c_bus import BUS_FIELD, I2CDriver, I2CTransport
 from drivers.sensirion import CRCError, unpack_words
-from gateway.errors import SensorError
-from gateway.schema import Field
+from gateway.core.errors import SensorError
+from gateway.core.fields import Field
 
 __all__ = [
     "SHT4x",

@@ -24,8 +24,8 @@ from random import Random
 from typing import Any, ClassVar
 
 from drivers.base import Measurement, SensorDriver
-from gateway.errors import ConfigError, SensorError
-from gateway.schema import Field
+from gateway.core.errors import ConfigError, SensorError
+from gateway.core.fields import Field
 
 __all__ = ["FAULTS", "KIND_QUANTITIES", "QUANTITY_UNITS", "SimulatedSensor", "units_for"]
 

@@ -58,11 +58,11 @@ try:
     import numpy as np
     import river  # noqa: F401  (the hst baseline imports it later; fail here, at once)
 
-    from gateway import config as gconfig
-    from gateway import plugins
-    from gateway.health import Health
+    from gateway.config import settings as gconfig
+    from gateway.core import plugins
+    from gateway.core.health import Health
+    from gateway.core.reading import Reading
     from gateway.modules.chain import ModuleChain
-    from gateway.reading import Reading
 except ModuleNotFoundError as e:
     if __name__ != "__main__":
         raise

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway import plugins
+from gateway.core import plugins
+from gateway.core.reading import Reading
 from gateway.modules import litert
-from gateway.reading import Reading
 
 HOUR = 3600.0
 #: runtime module -> its distribution's name

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from gateway import cose, payloads
+from gateway.wire import cose, payloads
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import identity
+from gateway.wire import identity
 
 DURABLE = re.compile(r"durable (\S+) t=(\S+) v=")
 

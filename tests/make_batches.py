@@ -16,8 +16,8 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import cose, dcbor, merkle, payloads
-from gateway.identity import Identity, did_of
+from gateway.wire import cose, dcbor, merkle, payloads
+from gateway.wire.identity import Identity, did_of
 
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(32, 64))
@@ -398,7 +398,7 @@ def birth_with_sensors(
 
 
 def model_bundle_message(ident: Identity) -> bytes:
-    """A signed model bundle (typ model, spec of gateway/model_bundle.py), no files needed."""
+    """A signed model bundle (typ model, spec of gateway/models/bundle.py), no files needed."""
     model = b"TFL3 not really a model"
     manifest = b'{"name": "anomaly", "version": "1.0"}'
     payload = dcbor.dumps(

@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 from drivers.emulators import i2c as emulated
-from gateway import config, identity
-from gateway.daemon import Gateway
+from gateway.config import settings as config
+from gateway.device.daemon import Gateway
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 
 CONFIG = """

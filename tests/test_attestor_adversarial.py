@@ -16,12 +16,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway import cose, dcbor, merkle, payloads
 from gateway.attestor import registry
 from gateway.attestor.config import loads
 from gateway.attestor.service import Worker
-from gateway.identity import Identity
-from gateway.verify import ACCEPTED, MAX_MESSAGE, Finding, Verifier, format_finding
+from gateway.wire import cose, dcbor, merkle, payloads
+from gateway.wire.identity import Identity
+from gateway.wire.verify import ACCEPTED, MAX_MESSAGE, Finding, Verifier, format_finding
 from tests import make_batches as mb
 
 EPOCH = 3600

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cose, payloads
 from gateway.attestor import registry
 from gateway.attestor.config import loads
-from gateway.attestor.epochs import explain, score
 from gateway.attestor.service import Worker
-from gateway.identity import Identity
+from gateway.wire import cose, payloads
+from gateway.wire.identity import Identity
+from gateway.wire.score import explain, score
 from tests import make_batches as mb
 
 EPOCH = 3600

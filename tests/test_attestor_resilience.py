@@ -24,13 +24,13 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import cose, payloads
 from gateway.attestor import registry
 from gateway.attestor.config import loads
 from gateway.attestor.db import Database
 from gateway.attestor.epochs import expected_readings
 from gateway.attestor.service import Worker
-from gateway.verify import Finding
+from gateway.wire import cose, payloads
+from gateway.wire.verify import Finding
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 from tests.pg import SERVER, database
@@ -261,7 +261,7 @@ def test_supervisor_restarts_a_dead_worker_and_stops_all_on_sigterm(
     with database() as url:
         cfg = tmp_path / "attestor.toml"
         key = tmp_path / "attestor.key"
-        from gateway import identity
+        from gateway.wire import identity
 
         identity.generate(key)
         cfg.write_text(

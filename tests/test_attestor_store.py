@@ -11,11 +11,11 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from gateway import cose, merkle, payloads
 from gateway.attestor import registry
 from gateway.attestor.config import loads
-from gateway.attestor.epochs import score
 from gateway.attestor.service import Worker
+from gateway.wire import cose, merkle, payloads
+from gateway.wire.score import score
 from tests import make_batches as mb
 
 EPOCH = 3600

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import cose, identity, payloads
 from gateway.attestor import registry
 from gateway.attestor.db import Database
+from gateway.wire import cose, identity, payloads
 from tests.brokers import Mosquitto
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config

@@ -34,8 +34,9 @@ from drivers.emulators.bme280 import (
 )
 from drivers.emulators.i2c import EmulatedBus, VirtualClock
 from drivers.i2c_bus import I2CTransport
-from gateway import config, plugins
-from gateway.errors import ConfigError, SensorError
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.errors import ConfigError, SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cose, head, identity, payloads
-from gateway.errors import KeyInUse
-from gateway.health import Health
-from gateway.verify import Verifier
+from gateway.core.errors import KeyInUse
+from gateway.core.health import Health
+from gateway.device import head
+from gateway.wire import cose, identity, payloads
+from gateway.wire.verify import Verifier
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 from tests.collector import Collector, unique_batches
@@ -222,8 +223,8 @@ def test_a_head_behind_the_spool_changes_nothing_and_a_fork_stops_the_start(
 
 
 def test_a_module_change_before_the_head_was_read_is_refused(tmp_path: Path) -> None:
-    from gateway import config
-    from gateway.daemon import Gateway
+    from gateway.config import settings as config
+    from gateway.device.daemon import Gateway
 
     cfg = write_config(tmp_path / "gw", 1)
     gw = Gateway(config.load(cfg), ident=identity.load(tmp_path / "gw" / "device.key"))
@@ -238,8 +239,8 @@ def test_heads_before_the_anchor_are_kept_and_only_later_ones_stop_the_gateway(
 ) -> None:
     """A head replayed live while the gateway reads the broker's (anyone can) is just another
     old head; after the anchor, one at or above where this run went on is a running copy."""
-    from gateway import config
-    from gateway.uplink import Uplink
+    from gateway.config import settings as config
+    from gateway.device.uplink import Uplink
 
     cfg = config.load(write_config(tmp_path / "gw", 1))
 

@@ -2,7 +2,7 @@
 
 The gateway runs as a real subprocess against a real mosquitto and is killed with SIGKILL; its
 spool is then rolled back (an older WAL, a deleted -wal, an old backup) or moved aside, the way
-a card, a person or a restore script does it. `verify` (gateway/verify.py) then checks every
+a card, a person or a restore script does it. `verify` (gateway/wire/verify.py) then checks every
 batch the broker delivered: no equivocation, no invalid batch, and each gap carries the reason
 the device stated for it.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import identity
-from gateway.highwater import HighWater
-from gateway.verify import Finding, Verifier
+from gateway.device.highwater import HighWater
+from gateway.wire import identity
+from gateway.wire.verify import Finding, Verifier
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import identity
-from gateway.spool import Spool
+from gateway.device.spool import Spool
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
@@ -199,7 +199,7 @@ def test_verify_live_from_a_broker(tmp_path: Path, mosquitto: Mosquitto) -> None
 def test_every_command_has_help_text() -> None:
     import argparse
 
-    from gateway.cli import build_parser
+    from gateway.cli.main import build_parser
 
     def walk(p: argparse.ArgumentParser, path: str) -> list[str]:
         missing = []
@@ -220,7 +220,7 @@ def test_every_command_has_help_text() -> None:
 def test_help_lists_every_command_without_loading_their_modules() -> None:
     """`depin-gateway --help` stands in stubs for the attestor, dashboard and firstboot parsers
     (their modules are imported only to run them): the text is the full parser's."""
-    from gateway.cli import build_parser
+    from gateway.cli.main import build_parser
 
     full = build_parser().format_help()
     assert build_parser(None, lazy=True).format_help() == full

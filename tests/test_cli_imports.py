@@ -16,23 +16,25 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config, config_schema, status
-from gateway.errors import ConfigError
+from gateway.config import sections as config_schema
+from gateway.config import settings as config
+from gateway.core.errors import ConfigError
+from gateway.monitor import status
 
 SENSOR = '[[sensor]]\nid = "s"\ndriver = "simulated"\n'
 MODULE = '[[module]]\nid = "ranges"\nkind = "ranges"\n'
 
 #: nothing `status` of a valid configuration needs (prefixes of module names)
 NOT_FOR_STATUS = (
-    "gateway.config",
-    "gateway.config_check",
-    "gateway.config_schema",
-    "gateway.schema",
-    "gateway.plugins",
+    "gateway.config.settings",
+    "gateway.config.check",
+    "gateway.config.sections",
+    "gateway.core.fields",
+    "gateway.core.plugins",
     "gateway.modules",
-    "gateway.daemon",
-    "gateway.spool",
-    "gateway.payloads",
+    "gateway.device.daemon",
+    "gateway.device.spool",
+    "gateway.wire.payloads",
     "drivers",
     "asyncio",
     "ssl",
@@ -45,12 +47,12 @@ NOT_FOR_STATUS = (
 #: nor `--help`, which reads no configuration at all
 NOT_FOR_HELP = (
     *NOT_FOR_STATUS,
-    "gateway.status",
+    "gateway.monitor.status",
     "tomllib",
     "sqlite3",
     "gateway.attestor",
     "gateway.dashboard",
-    "gateway.firstboot",
+    "gateway.cli.firstboot",
 )
 
 

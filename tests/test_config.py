@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import plugins
-from gateway.config import (
+from gateway.config.settings import (
     MODULE,
     SECTIONS,
     SENSOR,
@@ -28,8 +27,9 @@ from gateway.config import (
     render,
     sample_text,
 )
-from gateway.errors import ConfigError
-from gateway.units import format_duration, format_size, parse_duration, parse_size
+from gateway.core import plugins
+from gateway.core.errors import ConfigError
+from gateway.core.units import format_duration, format_size, parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = "cfg.toml"
@@ -704,7 +704,7 @@ THIRD_PARTY = """
 from typing import Any
 from drivers.base import Measurement, SensorDriver
 from gateway.modules.base import DetectionModule
-from gateway.schema import Field
+from gateway.core.fields import Field
 
 
 def _even(value: Any) -> str | None:

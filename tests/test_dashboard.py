@@ -31,10 +31,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import cose, dcbor, merkle
 from gateway.dashboard import server as dash_server
 from gateway.dashboard.model import POINTS, WINDOW, Fleet, Series, dumps
 from gateway.dashboard.subscriber import Broker, parse_broker
+from gateway.wire import cose, dcbor, merkle
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 
@@ -434,7 +434,7 @@ def test_arguments() -> None:
         "mqtts://broker.example:8883",
     )
     assert parse_broker("127.0.0.1:1884").label == "mqtt://127.0.0.1:1884"
-    from gateway.errors import ConfigError
+    from gateway.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         parse_broker("mqtt://user:secret@broker.example")
@@ -893,7 +893,7 @@ def test_a_first_look_on_a_phone(tmp_path: Path, mosquitto: Mosquitto) -> None:
     gw = GatewayProcess(
         write_config(tmp_path / "gw", mosquitto.port, interval="1 s"), tmp_path / "gw.log"
     )
-    from gateway import identity
+    from gateway.wire import identity
 
     real = identity.load(tmp_path / "gw" / "device.key").device_id
     logs = [tmp_path / "dashboard.log", tmp_path / "gw.log"]

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import dcbor, merkle, payloads
-from gateway.verify import first_tag
+from gateway.wire import dcbor, merkle, payloads
+from gateway.wire.verify import first_tag
 from tests import make_batches as mb
 
 A = mb.identity()

@@ -19,7 +19,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway import config, demo, identity
+from gateway.cli import demo
+from gateway.config import settings as config
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,8 @@ class NoAmqtt:
         return None
 
 sys.meta_path.insert(0, NoAmqtt())
-from gateway import cli, demo
+from gateway.cli import main as cli
+from gateway.cli import demo
 if sys.argv[1] == "no-mosquitto":
     demo.MOSQUITTO_PATHS = ()
 code = cli.main(sys.argv[2:])
@@ -273,7 +276,7 @@ def test_on_a_terminal_the_live_line_is_rewritten_within_80_columns() -> None:
 
 
 def test_daemon_and_cli_never_load_amqtt() -> None:
-    code = "import sys, gateway.cli, gateway.daemon; print('amqtt' in sys.modules)"
+    code = "import sys, gateway.cli.main, gateway.device.daemon; print('amqtt' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )

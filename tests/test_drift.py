@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway import plugins
+from gateway.core import plugins
+from gateway.core.reading import Reading
 from gateway.modules.base import DetectionModule
 from gateway.modules.drift import DriftModule
 from gateway.modules.plausibility import PlausibilityModule
-from gateway.reading import Reading
 from tests.test_rules import (
     HOUR,
     RES,

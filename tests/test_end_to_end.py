@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cbor2
 
-from gateway import cose, payloads
-from gateway.identity import did_of
+from gateway.wire import cose, payloads
+from gateway.wire.identity import did_of
 from tests.brokers import Mosquitto
 from tests.collector import Collector, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import payloads
+from gateway.wire import payloads
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config

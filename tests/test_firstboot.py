@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from gateway import config, firstboot
+from gateway.cli import firstboot
+from gateway.config import settings as config
 from tests.nspawn import CHECKOUT
 
 USER_DATA = CHECKOUT / "examples/cloud-init/user-data"

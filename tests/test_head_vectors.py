@@ -10,8 +10,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from gateway import cose, head
-from gateway.verify import Verifier
+from gateway.device import head
+from gateway.wire import cose
+from gateway.wire.verify import Verifier
 from tests import make_batches as mb
 from tests.vectors import make_head_vectors as hv
 

@@ -1,5 +1,5 @@
-"""Home Assistant MQTT discovery payloads (gateway/homeassistant.py), checked against the rules
-Home Assistant applies to them.
+"""Home Assistant MQTT discovery payloads (gateway/monitor/homeassistant.py), checked against
+the rules Home Assistant applies to them.
 
 The rules below are transcribed from Home Assistant core; each names the file it comes from.
 Templates are rendered by a small evaluator of the Jinja subset the module generates (the venv
@@ -23,7 +23,7 @@ from drivers.scd4x import SCD4x
 from drivers.sds011 import SDS011
 from drivers.sht4x import SHT4x
 from drivers.simulated import QUANTITY_UNITS, SimulatedSensor
-from gateway import homeassistant as ha
+from gateway.monitor import homeassistant as ha
 
 DEVICE = "z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 OTHER = "z6MkpTHR8VNsBxYAAWHut2Geadd9jSwuBV8xRoAnwWsdvktH"

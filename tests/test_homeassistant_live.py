@@ -16,7 +16,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from drivers.simulated import SimulatedSensor
-from gateway import __version__, homeassistant, identity
+from gateway import __version__
+from gateway.monitor import homeassistant
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config

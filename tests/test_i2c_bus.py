@@ -36,14 +36,14 @@ from drivers.i2c_bus import (
 from drivers.probe_i2c import probe_i2c
 from drivers.sensirion import CRCError, crc8, pack_words, unpack_words
 from drivers.sht4x import SHT4x
-from gateway import config
-from gateway.config import SensorConfig
-from gateway.errors import ConfigError, SensorError
-from gateway.health import Health
+from gateway.config import settings as config
+from gateway.config.settings import SensorConfig
+from gateway.core.errors import ConfigError, SensorError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.sampler import SensorTask
 from gateway.modules.chain import ModuleChain
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
-from gateway.sampler import SensorTask
 
 HEADER = """\
 [device]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import identity
-from gateway.errors import SpoolError
+from gateway.core.errors import SpoolError
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config

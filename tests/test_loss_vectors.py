@@ -14,8 +14,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from gateway import verify
-from gateway.verify import Verifier
+from gateway.wire import verify
+from gateway.wire.verify import Verifier
 from tests.vectors import make_loss_vectors as lv
 
 VECTORS = Path(__file__).parent / "vectors"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import merkle
+from gateway.wire import merkle
 from tests.vectors.reference import ref_mth, ref_path
 
 LEAVES = [i.to_bytes(2, "big") * (i % 3) for i in range(64)]  # some empty, some not

@@ -1,4 +1,4 @@
-"""Signed model bundles (gateway/model_bundle.py): sign -> open -> install -> the tflite module
+"""Signed model bundles (gateway/models/bundle.py): sign -> open -> install -> the tflite module
 loads it; every kind of bad bundle is refused and the installed model keeps working."""
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import cose, dcbor
-from gateway.errors import ConfigError, GatewayError
-from gateway.identity import Identity
-from gateway.model_bundle import (
+from gateway.core.errors import ConfigError, GatewayError
+from gateway.models.bundle import (
     Bundle,
     ModelBundleError,
     install,
@@ -25,6 +23,8 @@ from gateway.model_bundle import (
     open_bundle,
 )
 from gateway.modules import tflite
+from gateway.wire import cose, dcbor
+from gateway.wire.identity import Identity
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -310,7 +310,7 @@ def test_install_refuses_a_hand_made_inconsistent_bundle(tmp_path: Path) -> None
 
 
 def test_the_batch_verifier_does_not_take_a_model_bundle(tmp_path: Path) -> None:
-    from gateway.verify import Verifier
+    from gateway.wire.verify import Verifier
 
     ident = Identity.from_private_key(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
     message = make_bundle(ident, SHIPPED)
@@ -322,7 +322,7 @@ def test_model_sign_command_makes_a_bundle_that_opens(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from gateway import identity
+    from gateway.wire import identity
 
     op = identity.generate(tmp_path / "operator.key")
     out = tmp_path / "bundle.cose"

@@ -19,12 +19,13 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import config, cose, dcbor, identity, payloads
-from gateway.daemon import Gateway
-from gateway.identity import Identity
-from gateway.model_bundle import make_bundle
-from gateway.model_updates import ModelStore
+from gateway.config import settings as config
+from gateway.device.daemon import Gateway
+from gateway.models.bundle import make_bundle
+from gateway.models.store import ModelStore
 from gateway.modules.tflite import TFLiteModule, read_manifest
+from gateway.wire import cose, dcbor, identity, payloads
+from gateway.wire.identity import Identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess

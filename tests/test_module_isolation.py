@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.health import Health
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules import chain as chain_mod
 from gateway.modules.base import DetectionModule, Verdict
 from gateway.modules.chain import ModuleChain
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
 
 
 class Crashing(DetectionModule):

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from gateway import config, identity
-from gateway.daemon import Gateway
-from gateway.health import Health
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
+from gateway.config import settings as config
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.daemon import Gateway
+from gateway.device.pipeline import Pipeline
+from gateway.wire import identity
 from tests.brokers import free_port
 from tests.gatewayproc import write_config
 from tests.test_spool import T0, decode, make_spool

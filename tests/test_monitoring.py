@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway import cose, dcbor, identity, merkle
+from gateway.wire import cose, dcbor, identity, merkle
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 from tests.collector import Collector
@@ -88,7 +88,7 @@ def test_state_and_health_are_published_and_carry_the_attestation(
 
 
 def test_an_attestation_about_another_device_or_forged_is_ignored() -> None:
-    from gateway.monitor import read_attestation
+    from gateway.monitor.report import read_attestation
 
     a, other = mb.identity(mb.SEED_B), mb.identity(mb.SEED_A)
     good = dcbor.dumps({1: a.did, 2: other.did, 3: 0, 4: 1, 5: 1, 6: 1, 7: 0, 8: "ok", 9: 1.0,
@@ -163,8 +163,8 @@ def test_an_odd_attestation_never_reaches_health(changes: dict[int, Any]) -> Non
     health message (strict JSON) can always be built."""
     import sys as _sys
 
-    from gateway.health import Health
-    from gateway.monitor import HealthReport, read_attestation
+    from gateway.core.health import Health
+    from gateway.monitor.report import HealthReport, read_attestation
 
     limit = _sys.get_int_max_str_digits()
     _sys.set_int_max_str_digits(0)  # let cbor2 encode the huge integer at all

@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gateway import config, identity
-from gateway.daemon import Gateway
-from gateway.health import Health
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
-from gateway.spool import Spool
+from gateway.config import settings as config
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.daemon import Gateway
+from gateway.device.pipeline import Pipeline
+from gateway.device.spool import Spool
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.test_spool import make_spool, recs
 

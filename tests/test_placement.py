@@ -18,11 +18,13 @@ import pytest
 from drivers.emulators import i2c
 from drivers.emulators.i2c import VirtualClock
 from drivers.simulated import SimulatedSensor
-from gateway import config, demo, plugins
-from gateway.health import Health
+from gateway.cli import demo
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules.chain import ModuleChain
 from gateway.modules.plausibility import PlausibilityModule
-from gateway.reading import Reading
 
 MINUTE = 60.0
 # 2024-01-15 00:00 UTC: a winter day, when indoor and outdoor air differ the most

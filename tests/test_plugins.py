@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import plugins
+from gateway.core import plugins
 
 GROUPS = (plugins.DRIVER_GROUP, plugins.MODULE_GROUP)
 

@@ -21,14 +21,14 @@ from drivers.emulators.pms5003 import PMS5003Chip
 from drivers.emulators.pty import PtyServer
 from drivers.pms5003 import PMS5003, FrameError
 from drivers.serial_bus import ATTEMPTS, FrameParser
-from gateway import plugins
-from gateway.config import SensorConfig, loads
-from gateway.errors import SensorError
-from gateway.health import Health
+from gateway.config.settings import SensorConfig, loads
+from gateway.core import plugins
+from gateway.core.errors import SensorError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.sampler import SensorTask
 from gateway.modules.chain import ModuleChain
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
-from gateway.sampler import SensorTask
 
 NAMES = ("pm1_cf1", "pm2_5_cf1", "pm10_cf1", "pm1", "pm2_5", "pm10")
 COUNTS = ("n0_3", "n0_5", "n1_0", "n2_5", "n5_0", "n10")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import payloads, proof
+from gateway.wire import payloads, proof
 from tests import make_batches as mb
 
 A, B = mb.identity(mb.SEED_A), mb.identity(mb.SEED_B)

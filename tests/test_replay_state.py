@@ -9,8 +9,8 @@ from collections import deque
 
 import pytest
 
+from gateway.core.reading import Reading
 from gateway.modules.replay import ReplayModule
-from gateway.reading import Reading
 
 
 class DictReplay:

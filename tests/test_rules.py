@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from gateway import config, plugins
-from gateway.health import Health
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules import rules
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
-from gateway.reading import Reading
 
 # Real hourly weather, in the repository (models/data, with its licence)
 TMY = Path(__file__).resolve().parent.parent / "models/data/weather/723170TYA.CSV"

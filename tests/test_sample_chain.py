@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from drivers.simulated import SimulatedSensor
-from gateway import config
-from gateway.health import Health
+from gateway.config import settings as config
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules.chain import ModuleChain
-from gateway.reading import Reading
 
 T0 = 1_700_000_000.0
 # Flags a reading gets whatever its value, not a finding of the modules: a warming sensor's

@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from drivers.base import Measurement, SensorDriver
-from gateway.config import SensorConfig
-from gateway.errors import SensorError
-from gateway.health import Health
+from gateway.config.settings import SensorConfig
+from gateway.core.errors import SensorError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.sampler import SensorTask
 from gateway.modules.chain import ModuleChain
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
-from gateway.sampler import SensorTask
 
 
 class SlowSerialLike(SensorDriver):

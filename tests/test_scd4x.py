@@ -27,8 +27,9 @@ from drivers.scd4x import (
     temperature_offset_word,
 )
 from drivers.sensirion import CRCError
-from gateway import config, plugins
-from gateway.errors import ConfigError, SensorError
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.errors import ConfigError, SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
 ROOT = Path(__file__).resolve().parent.parent

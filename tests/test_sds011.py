@@ -20,14 +20,14 @@ from drivers.emulators.pty import PtyServer
 from drivers.emulators.sds011 import SDS011Chip
 from drivers.sds011 import SDS011, FrameError
 from drivers.serial_bus import ATTEMPTS, FrameParser, SerialTransport
-from gateway import plugins
-from gateway.config import SensorConfig, loads
-from gateway.errors import SensorError
-from gateway.health import Health
+from gateway.config.settings import SensorConfig, loads
+from gateway.core import plugins
+from gateway.core.errors import SensorError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.sampler import SensorTask
 from gateway.modules.chain import ModuleChain
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
-from gateway.sampler import SensorTask
 
 EXAMPLE = bytes.fromhex("aa c0 d4 04 3a 0a a1 60 1d ab")  # sensors.md: 123.6 / 261.8, ID a160
 

@@ -24,8 +24,8 @@ from drivers.serial_bus import (
     make_transport,
     resolve_options,
 )
-from gateway.config import loads
-from gateway.errors import ConfigError, SensorError
+from gateway.config.settings import loads
+from gateway.core.errors import ConfigError, SensorError
 
 # The datasheet example report (sensors.md): PM2.5 123.6, PM10 261.8, ID a160.
 SDS_FRAME = bytes.fromhex("aa c0 d4 04 3a 0a a1 60 1d ab")

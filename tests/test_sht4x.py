@@ -25,8 +25,9 @@ from drivers.sht4x import (
     humidity_from_word,
     temperature_from_word,
 )
-from gateway import config, plugins
-from gateway.errors import SensorError
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.errors import SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,10 @@ from pathlib import Path
 import cbor2
 
 import gateway
-from gateway import config, cose, identity, payloads
-from gateway.daemon import Gateway
-from gateway.spool import Spool
+from gateway.config import settings as config
+from gateway.device.daemon import Gateway
+from gateway.device.spool import Spool
+from gateway.wire import cose, identity, payloads
 from tests.brokers import Mosquitto
 
 CONFIG = """
@@ -132,7 +133,7 @@ def test_a_task_that_swallows_its_cancellation_is_still_stopped() -> None:
     """What the uplink task does on Python 3.11 when a cancellation meets the PUBACK an
     `asyncio.wait_for` in aiomqtt was waiting for: it goes on as if never cancelled. The
     shutdown cancels again until it is done."""
-    from gateway.daemon import _cancel_until_done
+    from gateway.device.daemon import _cancel_until_done
 
     async def stubborn() -> None:
         with contextlib.suppress(asyncio.CancelledError):  # swallowed

@@ -15,10 +15,10 @@ import pytest
 
 from drivers.base import Measurement
 from drivers.simulated import FAULTS, KIND_QUANTITIES, QUANTITY_UNITS, SimulatedSensor, units_for
-from gateway import plugins
-from gateway.errors import ConfigError, SensorError
+from gateway.core import plugins
+from gateway.core.errors import ConfigError, SensorError
+from gateway.core.reading import Reading
 from gateway.modules.ranges import RangeModule
-from gateway.reading import Reading
 
 JAN_1 = 1_704_067_200.0  # 2024-01-01 00:00 UTC
 JUN_1 = 1_717_200_000.0  # 2024-06-01 00:00 UTC

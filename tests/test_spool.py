@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import cose, payloads
-from gateway.errors import SpoolError
-from gateway.identity import Identity
-from gateway.spool import PendingRecord, Spool
+from gateway.core.errors import SpoolError
+from gateway.device.spool import PendingRecord, Spool
+from gateway.wire import cose, payloads
+from gateway.wire.identity import Identity
 
 T0 = 1_764_000_000.0
 

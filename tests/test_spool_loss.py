@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cose, payloads
-from gateway.errors import SpoolError
-from gateway.highwater import HighWater
-from gateway.spool import CommitResult, Spool
-from gateway.verify import Finding, Verifier
+from gateway.core.errors import SpoolError
+from gateway.device.highwater import HighWater
+from gateway.device.spool import CommitResult, Spool
+from gateway.wire import cose, payloads
+from gateway.wire.verify import Finding, Verifier
 from tests.test_spool import T0, decode, ident, make_spool, recs
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config, daemon, identity, status
-from gateway.daemon import Gateway
+from gateway.config import settings as config
+from gateway.device import daemon
+from gateway.device.daemon import Gateway
+from gateway.monitor import status
+from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.gatewayproc import write_config
 

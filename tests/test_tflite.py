@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway import config, plugins
-from gateway.errors import ConfigError, GatewayError
-from gateway.health import Health
+from gateway.config import settings as config
+from gateway.core import plugins
+from gateway.core.errors import ConfigError, GatewayError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules import litert, tflite
 from gateway.modules.chain import ModuleChain
-from gateway.reading import Reading
 
 pytest.importorskip("ai_edge_litert.interpreter")
 

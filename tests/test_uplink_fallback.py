@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway import config, identity
-from gateway.daemon import Gateway
-from gateway.demo import start_embedded_broker
+from gateway.cli.demo import start_embedded_broker
+from gateway.config import settings as config
+from gateway.device.daemon import Gateway
+from gateway.wire import identity
 
 CONFIG = """
 [device]

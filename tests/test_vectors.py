@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cose, dcbor, identity, merkle
-from gateway.verify import Verifier
+from gateway.wire import cose, dcbor, identity, merkle
+from gateway.wire.verify import Verifier
 from tests import make_batches as mb
 from tests.vectors.reference import (
     CT_ROOTS,

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import cose, dcbor, merkle, payloads
-from gateway.errors import ConfigError, UplinkError
-from gateway.identity import Identity
-from gateway.verify import (
+from gateway.core.errors import ConfigError, UplinkError
+from gateway.wire import cose, dcbor, merkle, payloads
+from gateway.wire.identity import Identity
+from gateway.wire.verify import (
     MAX_MESSAGE,
     Finding,
     PathNotFoundError,

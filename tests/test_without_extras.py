@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.spool
+import gateway.device.spool
 from tests.brokers import Mosquitto
 from tests.gatewayproc import write_config
 
@@ -45,7 +45,7 @@ class NotInstalled:
 
 
 sys.meta_path.insert(0, NotInstalled())
-from gateway.cli import main
+from gateway.cli.main import main
 
 raise SystemExit(main(argv))
 """
@@ -95,7 +95,7 @@ class Watch:
 
 
 sys.meta_path.insert(0, Watch())
-import gateway.cli, gateway.daemon, gateway.status, gateway.model_updates
+import gateway.cli.main, gateway.device.daemon, gateway.monitor.status, gateway.models.store
 print("\\n".join(asked))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -105,12 +105,12 @@ print("\\n".join(asked))
 
 
 @pytest.mark.xfail(
-    HAS_NUMPY and hasattr(gateway.spool, "sqlite_utils"),
-    reason="gateway.spool imports sqlite_utils, which imports numpy whenever it is installed",
+    HAS_NUMPY and hasattr(gateway.device.spool, "sqlite_utils"),
+    reason="gateway.device.spool imports sqlite_utils, which imports numpy whenever installed",
     strict=True,
 )
 def test_numpy_is_not_loaded_by_a_gateway_without_models() -> None:
-    code = "import sys, gateway.cli, gateway.daemon; print('numpy' in sys.modules)"
+    code = "import sys, gateway.cli.main, gateway.device.daemon; print('numpy' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"

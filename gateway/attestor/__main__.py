@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gateway.attestor.cli import add_parser
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ The device's row is locked first, so two workers holding batches of one device t
 each sees the chain as the other left it: the chain is read by a second statement, which in
 PostgreSQL's read committed mode sees whatever committed before it started, the lock holder's
 batch included (one statement joining both would see the batches as of before the wait). The
-decision itself is `gateway.verify.decide`, the same rule the stand-alone verifier applies.
+decision itself is `gateway.wire.verify.decide`, the same rule the stand-alone verifier applies.
 Everything is idempotent: a batch stored once is a `duplicate` every later time, whichever
 worker gets it.
 """
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import cbor2
 
-from gateway import cose, payloads
 from gateway.attestor.db import Database, Tx
-from gateway.verify import LINKED, Examined, Finding, decide, is_finite_number
+from gateway.wire import cose, payloads
+from gateway.wire.verify import LINKED, Examined, Finding, decide, is_finite_number
 
 EVIDENCE_KINDS = ("equivocation", "replay", "prev-mismatch")
 

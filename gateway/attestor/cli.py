@@ -86,7 +86,7 @@ def _emit(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from gateway.attestor import registry
-    from gateway.verify import ACCEPTED
+    from gateway.wire.verify import ACCEPTED
 
     db = _db(args)
     try:
@@ -126,7 +126,8 @@ def _epoch_arg(text: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from gateway.attestor import registry
-    from gateway.attestor.epochs import attested_synced, epoch_of, explain
+    from gateway.attestor.epochs import attested_synced, epoch_of
+    from gateway.wire.score import explain
 
     cfg = _config(args)
     from gateway.attestor.db import Database
@@ -164,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from gateway.attestor import registry
-    from gateway.errors import GatewayError
+    from gateway.core.errors import GatewayError
 
     did = registry.normalise_did(args.device)
     db = _db(args)

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config_check import Problems, check_table, did_you_mean
-from gateway.config_locate import Locator
-from gateway.config_schema import UPLINK
-from gateway.errors import ConfigError
-from gateway.schema import Field
-from gateway.verify import _broker
+from gateway.config.check import Problems, check_table, did_you_mean
+from gateway.config.locate import Locator
+from gateway.config.sections import UPLINK
+from gateway.core.errors import ConfigError
+from gateway.core.fields import Field
+from gateway.wire.verify import _broker
 
 ATTESTOR: Mapping[str, Field] = {
     "key_file": Field(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import psycopg

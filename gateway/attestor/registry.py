@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway import verify
 from gateway.attestor.db import Database
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
+from gateway.wire import verify
 
 
 def normalise_did(entry: str) -> str:

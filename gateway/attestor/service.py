@@ -21,13 +21,13 @@ from collections import Counter
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import identity
 from gateway.attestor import chains, epochs, registry
 from gateway.attestor.config import AttestorConfig
 from gateway.attestor.db import Database
-from gateway.config import read_password
-from gateway.identity import Identity, device_id_of
-from gateway.verify import Examined, Finding, examine
+from gateway.config.settings import read_password
+from gateway.wire import identity
+from gateway.wire.identity import Identity, device_id_of
+from gateway.wire.verify import Examined, Finding, examine
 
 log = logging.getLogger("gateway.attestor")
 #: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gateway.core.errors import ConfigError, GatewayError
 from gateway.dashboard.cli import add_parser
-from gateway.errors import ConfigError, GatewayError
 
 
 def main(argv: list[str] | None = None) -> int:

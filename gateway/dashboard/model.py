@@ -3,7 +3,7 @@
 Pure and synchronous: `Fleet.handle(topic, payload)` takes one MQTT message, `take_update()`
 hands the server what changed since it last asked, `snapshot()` everything. Nothing here trusts
 a message: JSON from gateways is checked field by field, COSE messages go through the project's
-verifier (`gateway.verify.examine`) and are shown as "unverified" when they fail.
+verifier (`gateway.wire.verify.examine`) and are shown as "unverified" when they fail.
 
 Memory is bounded: at most `max_devices` gateways, `max_series` sparkline series per gateway,
 `points` points per series (one per `window / points` seconds: the newest reading of that
@@ -32,10 +32,10 @@ from typing import Any
 
 import cbor2
 
-from gateway import payloads
-from gateway.attestor.epochs import CHAIN_FACTOR, explain
-from gateway.identity import device_id_of
-from gateway.verify import Examined, Finding, examine
+from gateway.wire import payloads
+from gateway.wire.identity import device_id_of
+from gateway.wire.score import CHAIN_FACTOR, explain
+from gateway.wire.verify import Examined, Finding, examine
 
 WINDOW = 3600.0  # seconds of history behind each sparkline
 POINTS = 360  # points per series: one per 10 s over the hour
@@ -157,7 +157,7 @@ HEALTH_GAPS = 5  # health intervals remembered to tell how often a gateway publi
 
 
 def why_score(doc: Mapping[str, Any], verified_key: str = "verified") -> list[str] | None:
-    """Why an attestation's score is below 1, in words (gateway.attestor.epochs.explain),
+    """Why an attestation's score is below 1, in words (gateway.wire.score.explain),
     from the factors it carries; None when they are not all there."""
     expected, verified, flagged = (_int(doc.get(k)) for k in ("expected", verified_key, "flagged"))
     status, score = doc.get("status"), _num(doc.get("score"))

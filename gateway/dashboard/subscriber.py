@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from gateway.core.errors import ConfigError
 from gateway.dashboard.model import Fleet
-from gateway.errors import ConfigError
 
 log = logging.getLogger("gateway.dashboard")
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gateway.reading import Reading
-from gateway.schema import Field
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 
 #: one verdict per reading: (score in [0, 1], flags). (0.0, ()) means "no opinion".
 Verdict = tuple[float, tuple[str, ...]]

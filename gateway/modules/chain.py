@@ -4,7 +4,7 @@ A reading's score is the highest score any module gave it, and its flags are the
 that raises never stops the pipeline: its readings get the `module-error` flag and health counts
 the failure.
 
-Shadow modules (models on trial, `gateway.model_updates`) judge the same readings after the
+Shadow modules (models on trial, `gateway.models.store`) judge the same readings after the
 chain, but their verdicts only go to health: they never touch a reading, and the batches do not
 name them.
 """
@@ -17,11 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway import plugins
-from gateway.config import ModuleConfig
-from gateway.health import Health
+from gateway.config.settings import ModuleConfig
+from gateway.core import plugins
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules.base import DetectionModule
-from gateway.reading import Reading
 
 log = logging.getLogger("gateway.modules")
 

@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
     FALLBACK_RESOLUTION,
@@ -21,8 +23,6 @@ from gateway.modules.series import (
     module_options,
     resolutions,
 )
-from gateway.reading import Reading
-from gateway.schema import Field
 
 
 class _DriftState:

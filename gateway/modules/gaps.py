@@ -13,13 +13,13 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
     median,
     module_options,
 )
-from gateway.reading import Reading
-from gateway.schema import Field
 
 # --------------------------------------------------------------------------- dropout
 

@@ -40,10 +40,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.errors import RuntimeMissing
+from gateway.core.errors import RuntimeMissing
 
 if TYPE_CHECKING:
-    from gateway.config import ModuleConfig
+    from gateway.config.settings import ModuleConfig
 
 #: (module, what to `pip install`) in the order tried
 _CANDIDATES = (

@@ -14,14 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from gateway.core.fields import PLACEMENTS, Field, placement_key, placement_problem
+from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
     DEFAULT_TOLERANCE,
     check_number_table,
     module_options,
 )
-from gateway.reading import Reading
-from gateway.schema import PLACEMENTS, Field, placement_key, placement_problem
 
 # --------------------------------------------------------------------------- plausibility
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
-from gateway.reading import Reading
-from gateway.schema import Field
 
 # Limits of the supported chips' measuring ranges (datasheets), in the SenML units we emit.
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {

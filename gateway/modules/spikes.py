@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
     check_number_table,
@@ -22,8 +24,6 @@ from gateway.modules.series import (
     module_options,
     resolutions,
 )
-from gateway.reading import Reading
-from gateway.schema import Field
 
 # --------------------------------------------------------------------------- spikes
 

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gateway.errors import ModelError
+from gateway.core.errors import ModelError
+from gateway.core.fields import Field
+from gateway.core.reading import Reading
 from gateway.modules import litert
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.litert import new_interpreter
 from gateway.modules.series import module_options
-from gateway.reading import Reading
-from gateway.schema import Field
 
 if TYPE_CHECKING:
     import numpy as np

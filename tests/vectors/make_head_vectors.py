@@ -17,8 +17,8 @@ HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
 
-from gateway import cose  # noqa: E402
-from gateway.head import Head, encode  # noqa: E402
+from gateway.device.head import Head, encode  # noqa: E402
+from gateway.wire import cose  # noqa: E402
 from tests import make_batches as mb  # noqa: E402
 
 SPOOL = "5f0d2c4e8a9b1c3d"

@@ -20,7 +20,7 @@ if __name__ == "__main__":
 
 import cbor2  # noqa: E402
 
-from gateway.payloads import DropReceipt  # noqa: E402
+from gateway.wire.payloads import DropReceipt  # noqa: E402
 from tests import make_batches as mb  # noqa: E402
 
 SEQ6 = mb.SEALED + 60 * 6
@@ -150,7 +150,7 @@ def document(files: dict[str, bytes]) -> dict[str, Any]:
             "batch 5, stating the loss in key 9. Each sequence is what one verifier sees in "
             "order: the finding of each file; 'stated', the missing seqs the device stated lost "
             "(first, last, reason) as a verifier records them over the whole sequence; "
-            "'detail', what gateway/verify.py says of the last file. A v1 verifier gives the "
+            "'detail', what gateway/wire/verify.py says of the last file. A v1 verifier gives the "
             "same findings."
         ),
         "vectors": vectors,

@@ -2,7 +2,7 @@
 
 The COSE files come from tests/make_batches.py (deterministic: fixed seeds, Ed25519); the
 Merkle roots and proofs from the independent reference code in tests/test_vectors.py, not
-from gateway.merkle. tests/vectors/cbor.json is written by hand and not generated here.
+from gateway.wire.merkle. tests/vectors/cbor.json is written by hand and not generated here.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway import cose
-from gateway.health import Health
-from gateway.reading import Reading
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.wire import cose
 
 
 class StateMirror:
@@ -113,7 +113,7 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
     import cbor2
 
     # Here, not at the top: the verifier's module is not needed until an attestation comes.
-    from gateway.verify import is_finite_number
+    from gateway.wire.verify import is_finite_number
 
     try:
         s = cose.verify1(message)
@@ -149,6 +149,6 @@ def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
 
 
 def _did_of(key: bytes) -> str:
-    from gateway.identity import did_of
+    from gateway.wire.identity import did_of
 
     return did_of(key)

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway import payloads
-from gateway.errors import SpoolError
-from gateway.health import Health
-from gateway.reading import Reading
-from gateway.spool import CommitResult, PendingRecord, Spool
+from gateway.core.errors import SpoolError
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device.spool import CommitResult, PendingRecord, Spool
+from gateway.wire import payloads
 
 log = logging.getLogger("gateway.pipeline")
 

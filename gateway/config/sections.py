@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config_check import Problems
-from gateway.hosts import is_loopback
-from gateway.schema import Field, placement_problem
+from gateway.config.check import Problems
+from gateway.core.fields import Field, placement_problem
+from gateway.core.hosts import is_loopback
 
 
 def _nonempty(value: str) -> str | None:
@@ -186,7 +186,7 @@ LOG: Mapping[str, Field] = {
 
 def _signers(values: tuple[str, ...]) -> str | None:
     # Imported here: identity pulls in cryptography, which the schema itself does not need.
-    from gateway.identity import public_key_of_did
+    from gateway.wire.identity import public_key_of_did
 
     for n, did in enumerate(values):
         try:

@@ -31,11 +31,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway import cose, highwater, lockfile, payloads
-from gateway.errors import KeyInUse, SpoolError
-from gateway.head import Head
-from gateway.highwater import Entry, HighWater, Record, Stated
-from gateway.identity import Identity
+from gateway.core.errors import KeyInUse, SpoolError
+from gateway.device import highwater, lockfile
+from gateway.device.head import Head
+from gateway.device.highwater import Entry, HighWater, Record, Stated
+from gateway.wire import cose, payloads
+from gateway.wire.identity import Identity
 
 log = logging.getLogger("gateway.spool")
 

@@ -11,7 +11,7 @@ re-exports of the rest, which is split by what it holds:
 - `config_render`: the resolved configuration as TOML, and the Markdown reference of every key.
 
 A `[[sensor]]`'s `placement` is passed on to every module that declares a `placements` table
-option (`gateway.schema.PLACEMENTS`): the loader fills it in, sensor id -> placement, so a
+option (`gateway.core.fields.PLACEMENTS`): the loader fills it in, sensor id -> placement, so a
 module learns which sensors share the same air without a path of its own.
 """
 
@@ -27,8 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from gateway import plugins
-from gateway.config_check import (
+from gateway.config.check import (
     Problems,
     check_table,
     did_you_mean,
@@ -36,8 +35,8 @@ from gateway.config_check import (
     plugin_rules,
     typename,
 )
-from gateway.config_locate import Locator
-from gateway.config_schema import (
+from gateway.config.locate import Locator
+from gateway.config.sections import (
     CLOCK,
     DEVICE,
     LOG,
@@ -48,8 +47,9 @@ from gateway.config_schema import (
     UPLINK,
     check_uplink,
 )
-from gateway.errors import ConfigError
-from gateway.schema import PLACEMENTS, Field, placement_key
+from gateway.core import plugins
+from gateway.core.errors import ConfigError
+from gateway.core.fields import PLACEMENTS, Field, placement_key
 
 __all__ = [
     "CLOCK",
@@ -479,7 +479,9 @@ def _loads(text: str, *, source: str, base_dir: Path | None, file: Path | None) 
 def render(config: Config) -> str:
     """The resolved configuration as TOML: defaults filled in, durations in seconds, sizes in
     bytes, paths absolute. Loading it again gives the same configuration."""
-    from gateway import config_render  # here: only `config check` prints one, not `status`
+    from gateway.config import (
+        render as config_render,  # here: only `config check` prints one, not `status`
+    )
 
     return config_render.render(config)
 
@@ -487,7 +489,7 @@ def render(config: Config) -> str:
 def schema_reference() -> str:  # public, not in __all__
     """Markdown tables of every key: the gateway's sections, then each installed plug-in's
     options (the generated part of docs/configuration.md)."""
-    from gateway import config_render  # here: only the docs need it
+    from gateway.config import render as config_render  # here: only the docs need it
 
     return config_render.schema_reference()
 

@@ -20,33 +20,27 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from gateway import (
-    __version__,
-    config,
-    cose,
-    head,
-    homeassistant,
-    identity,
-    payloads,
-    plugins,
-    sdnotify,
-    status,
-)
-from gateway.clock import ClockState, detect
-from gateway.config import Config, ModuleConfig
-from gateway.errors import ConfigError, GatewayError
-from gateway.files import write_atomic
-from gateway.health import Health
-from gateway.model_updates import Installed, ModelStore, Outcome
+from gateway import __version__
+from gateway.config import settings as config
+from gateway.config.settings import Config, ModuleConfig
+from gateway.core import plugins
+from gateway.core.errors import ConfigError, GatewayError
+from gateway.core.files import write_atomic
+from gateway.core.health import Health
+from gateway.core.reading import Reading
+from gateway.device import head
+from gateway.device.clock import ClockState, detect
+from gateway.device.pipeline import Pipeline
+from gateway.device.sampler import SensorTask
+from gateway.device.spool import Spool
+from gateway.device.uplink import Uplink
+from gateway.models.store import Installed, ModelStore, Outcome
 from gateway.modules import litert
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
-from gateway.monitor import HealthReport, StateMirror, read_attestation
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
-from gateway.sampler import SensorTask
-from gateway.spool import Spool
-from gateway.uplink import Uplink
+from gateway.monitor import homeassistant, sdnotify, status
+from gateway.monitor.report import HealthReport, StateMirror, read_attestation
+from gateway.wire import cose, identity, payloads
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -119,7 +113,8 @@ class Gateway:
             modules=lambda: self._entries,
             key_file=cfg.device.key_file,
         )
-        # Nothing is sealed before the chain head the broker keeps was read (gateway/head.py).
+        # Nothing is sealed before the chain head the broker keeps was read
+        # (gateway/device/head.py).
         self.spool.held = True
         self.pipeline = Pipeline(
             self.spool,
@@ -250,7 +245,7 @@ class Gateway:
     async def _message(self, topic: str, payload: bytes) -> None:
         topics = self.uplink.topics
         if topic == topics["model"] and self.models.enabled:
-            from gateway.model_bundle import MAX_BUNDLE_BYTES
+            from gateway.models.bundle import MAX_BUNDLE_BYTES
 
             if len(payload) > MAX_BUNDLE_BYTES:  # refused before it waits for anything
                 too_big = Outcome(
@@ -345,7 +340,7 @@ class Gateway:
     async def _write_status(self) -> None:
         """`depin-gateway status` reads this, whether the gateway runs under systemd or was
         started by hand: in a runtime directory, on tmpfs wherever there is one
-        (`gateway.status.status_file`)."""
+        (`gateway.monitor.status.status_file`)."""
         path = self._status_path
         parts = [f'"{k}": {v.decode()}' for k, v in sorted(self._status.items())]
         text = "{" + ", ".join([self._status_head, *parts]) + "}\n"

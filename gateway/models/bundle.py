@@ -1,6 +1,7 @@
 """Signed model bundles: how a TFLite model and its manifest travel to a gateway (issue 4, item 5).
 
-A bundle is one COSE_Sign1 (`gateway.cose`, EdDSA/Ed25519, typ `application/vnd.depin.model+cbor`)
+A bundle is one COSE_Sign1 (`gateway.wire.cose`, EdDSA/Ed25519,
+typ `application/vnd.depin.model+cbor`)
 whose kid is the signer's Ed25519 key and whose payload is a deterministic CBOR map (spec §7)::
 
     {1: name        text   the model's name; installed as <name>.tflite and <name>.json
@@ -43,10 +44,10 @@ from typing import Any, Literal
 
 import cbor2
 
-from gateway import cose, dcbor
-from gateway.errors import ConfigError, ModelBundleError, ModelError, VerifyError
-from gateway.identity import Identity, did_of, public_key_of_did
+from gateway.core.errors import ConfigError, ModelBundleError, ModelError, VerifyError
 from gateway.modules.tflite import read_manifest
+from gateway.wire import cose, dcbor
+from gateway.wire.identity import Identity, did_of, public_key_of_did
 
 Mode = Literal["active", "shadow"]
 MODES: tuple[Mode, ...] = ("active", "shadow")

@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway.config_locate import Locator, join_key
-from gateway.schema import Field
-from gateway.units import format_duration, format_size, parse_duration, parse_size
+from gateway.config.locate import Locator, join_key
+from gateway.core.fields import Field
+from gateway.core.units import format_duration, format_size, parse_duration, parse_size
 
 # --------------------------------------------------------------------------- problems
 
@@ -282,7 +282,7 @@ def find_plugin(
         if not isinstance(config, Mapping) or not all(
             isinstance(k, str) and isinstance(f, Field) for k, f in config.items()
         ):
-            raise TypeError("its CONFIG is not a mapping of str to gateway.schema.Field")
+            raise TypeError("its CONFIG is not a mapping of str to gateway.core.fields.Field")
     except Exception as exc:
         problems.add(path, f"{what} {name!r} failed to load: {type(exc).__name__}: {exc}")
         return None

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 
 import cbor2
 
-from gateway import cose, dcbor, payloads
-from gateway.errors import ConfigError, PathNotFoundError, UplinkError, VerifyError
-from gateway.identity import device_id_of, did_of, public_key_of_did
+from gateway.core.errors import ConfigError, PathNotFoundError, UplinkError, VerifyError
+from gateway.wire import cose, dcbor, payloads
+from gateway.wire.identity import device_id_of, did_of, public_key_of_did
 
 MAX_MESSAGE = 16 * 1024 * 1024
 _CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable

@@ -35,12 +35,14 @@ from typing import Any, TextIO
 
 import aiomqtt
 
-from gateway import config, homeassistant, identity, payloads
-from gateway.config import Config, SensorConfig
-from gateway.daemon import Gateway
-from gateway.errors import GatewayError, UplinkError
-from gateway.health import Health
-from gateway.verify import LINKED, Examined, Finding, Verifier, examine
+from gateway.config import settings as config
+from gateway.config.settings import Config, SensorConfig
+from gateway.core.errors import GatewayError, UplinkError
+from gateway.core.health import Health
+from gateway.device.daemon import Gateway
+from gateway.monitor import homeassistant
+from gateway.wire import identity, payloads
+from gateway.wire.verify import LINKED, Examined, Finding, Verifier, examine
 
 log = logging.getLogger("gateway.demo")
 

@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import plugins
-from gateway.config_check import show
-from gateway.config_locate import BARE_KEY
-from gateway.config_schema import MODULE, SECTIONS, SENSOR
-from gateway.schema import Field
+from gateway.config.check import show
+from gateway.config.locate import BARE_KEY
+from gateway.config.sections import MODULE, SECTIONS, SENSOR
+from gateway.core import plugins
+from gateway.core.fields import Field
 
-if TYPE_CHECKING:  # a type only: gateway.config imports this module
-    from gateway.config import Config
+if TYPE_CHECKING:  # a type only: gateway.config.settings imports this module
+    from gateway.config.settings import Config
 
 
 def _toml_key(key: str) -> str:

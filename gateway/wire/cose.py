@@ -15,9 +15,9 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway import dcbor
-from gateway.errors import VerifyError
-from gateway.identity import MULTICODEC_ED25519, Identity
+from gateway.core.errors import VerifyError
+from gateway.wire import dcbor
+from gateway.wire.identity import MULTICODEC_ED25519, Identity
 
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
@@ -25,8 +25,8 @@ ALG_ED25519 = -19  # RFC 9864 fully specified Ed25519; accepted, never produced
 TYP_BATCH = "application/vnd.depin.batch+cbor"
 TYP_BIRTH = "application/vnd.depin.birth+cbor"
 TYP_ATTESTATION = "application/vnd.depin.attestation+cbor"
-TYP_MODEL = "application/vnd.depin.model+cbor"  # gateway/model_bundle.py
-TYP_HEAD = "application/vnd.depin.head+cbor"  # gateway/head.py; only on its own topic
+TYP_MODEL = "application/vnd.depin.model+cbor"  # gateway/models/bundle.py
+TYP_HEAD = "application/vnd.depin.head+cbor"  # gateway/device/head.py; only on its own topic
 KNOWN_TYPS = frozenset({TYP_BATCH, TYP_BIRTH, TYP_ATTESTATION, TYP_MODEL})
 CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 

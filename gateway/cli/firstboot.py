@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.errors import ConfigError
-from gateway.files import fsync_dir, write_atomic
+from gateway.core.errors import ConfigError
+from gateway.core.files import fsync_dir, write_atomic
 
 BOOT_DIR = Path("/boot/firmware")
 ETC_DIR = Path("/etc/depin-gateway")
@@ -68,7 +68,7 @@ def _config_gid(target: Path) -> int | None:
 
 def check(text: str, *, source: str, etc: Path) -> list[str]:
     """Every problem in `text` as the gateway would find it once it lives in `etc`."""
-    from gateway import config
+    from gateway.config import settings as config
 
     try:
         config.loads(text, source=source, base_dir=etc)

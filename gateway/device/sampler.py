@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.base import Measurement, SensorDriver
-from gateway.config import SensorConfig
-from gateway.health import Health
+from gateway.config.settings import SensorConfig
+from gateway.core.health import Health
+from gateway.core.reading import Reading
 from gateway.modules.chain import ModuleChain
-from gateway.reading import Reading
 
 log = logging.getLogger("gateway.sampler")
 

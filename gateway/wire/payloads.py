@@ -17,7 +17,7 @@ from typing import Any
 
 import cbor2
 
-from gateway import dcbor, merkle
+from gateway.wire import dcbor, merkle
 
 # SenML CBOR labels (RFC 8428 section 6) and the spec's extension labels.
 N, U, V, T = 0, 1, 2, 6

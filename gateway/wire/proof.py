@@ -22,9 +22,9 @@ from typing import Any
 
 import cbor2
 
-from gateway import dcbor, merkle, payloads, verify
-from gateway.errors import ProofError
-from gateway.identity import public_key_of_did
+from gateway.core.errors import ProofError
+from gateway.wire import dcbor, merkle, payloads, verify
+from gateway.wire.identity import public_key_of_did
 
 FORMAT = "depin-proof-v1"
 COMPACT_NOTE = (

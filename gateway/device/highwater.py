@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import SpoolError
-from gateway.files import write_atomic
-from gateway.payloads import DropReceipt
-from gateway.verify import LOSS_REPLACED, LOSS_ROLLED_BACK, loss_why
+from gateway.core.errors import SpoolError
+from gateway.core.files import write_atomic
+from gateway.wire.payloads import DropReceipt
+from gateway.wire.verify import LOSS_REPLACED, LOSS_ROLLED_BACK, loss_why
 
 log = logging.getLogger("gateway.spool")
 

@@ -19,7 +19,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from gateway.errors import SpoolError
+from gateway.core.errors import SpoolError
 
 
 class Held:

@@ -14,7 +14,7 @@ import os
 import sys
 
 from gateway import __version__
-from gateway.errors import ConfigError, GatewayError, ProofError
+from gateway.core.errors import ConfigError, GatewayError, ProofError
 
 # typing.TYPE_CHECKING without importing typing (~4 ms); mypy treats the name the same way.
 TYPE_CHECKING = False
@@ -45,7 +45,7 @@ def _key_path(args: argparse.Namespace) -> Path:
     if args.key is not None:
         return Path(args.key)
     if args.config is not None:
-        from gateway import config
+        from gateway.config import settings as config
 
         return config.load(Path(args.config)).device.key_file
     return Path(DEFAULT_KEY)
@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from gateway import config, daemon
+    from gateway.config import settings as config
+    from gateway.device import daemon
 
     cfg = config.load(Path(args.config))
     if args.key is not None:
@@ -73,10 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gateway import status
+    from gateway.monitor import status
 
     # Only the settings it shows: a file with a problem in one of them goes through the
-    # strict loader, which reports every problem of the file (gateway/status.py).
+    # strict loader, which reports every problem of the file (gateway/monitor/status.py).
     sys.stdout.write(status.main(status.settings(Path(args.config)), as_json=args.json))
     return 0
 
@@ -84,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gateway import config
+    from gateway.config import settings as config
     from gateway.modules import litert
 
     if args.file == "-":  # `config sample | config check -`: paths relative to here
@@ -98,14 +99,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_sample(args: argparse.Namespace) -> int:
-    from gateway import config
+    from gateway.config import settings as config
 
     sys.stdout.write(config.sample_text())
     return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from gateway import identity
+    from gateway.wire import identity
 
     path = _key_path(args)
     ident = identity.generate(path)
@@ -116,7 +117,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_identity_show(args: argparse.Namespace) -> int:
-    from gateway import identity
+    from gateway.wire import identity
 
     path = _key_path(args)
     ident = identity.load(path)
@@ -130,7 +131,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from gateway import verify
+    from gateway.wire import verify
 
     verifier = verify.Verifier(allowed_dids=args.allow or None)
     findings: list[verify.Finding] = []
@@ -174,7 +175,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from gateway import proof, verify
+    from gateway.wire import proof, verify
 
     if args.time is not None and args.reading is None:
         raise ProofError("prove: --time goes with --reading NAME", exit_code=2)
@@ -208,7 +209,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
-    from gateway import proof, verify
+    from gateway.wire import proof, verify
 
     source = "stdin" if args.proof == "-" else args.proof
     # A full proof holds the batch in base64: 4/3 of the largest message, plus the JSON around it.
@@ -227,7 +228,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from drivers.probe_i2c import probe_i2c
     from drivers.probe_serial import default_ports, probe_serial
-    from gateway.errors import SensorError
+    from gateway.core.errors import SensorError
 
     buses: list[int | str] = list(args.i2c_bus or [])
     if not buses and not args.serial:
@@ -263,8 +264,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_model_sign(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gateway import identity
-    from gateway.model_bundle import make_bundle
+    from gateway.models.bundle import make_bundle
+    from gateway.wire import identity
 
     ident = identity.load(Path(args.key))
     bundle = make_bundle(ident, Path(args.manifest), mode="shadow" if args.shadow else "active")
@@ -275,7 +276,7 @@ def cmd_model_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway.cli import demo
 
     return int(demo.main(args))
 
@@ -496,7 +497,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]
     "dashboard": ("serve a live web page of every gateway on a broker", "gateway.dashboard.cli"),
     "firstboot": (
         "take over a configuration left on the boot partition (run at boot by systemd)",
-        "gateway.firstboot",
+        "gateway.cli.firstboot",
     ),
     "model": ("detection model bundles", _model),
     "probe": ("find supported sensors and print [[sensor]] tables ready to paste", _probe),

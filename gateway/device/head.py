@@ -24,8 +24,8 @@ from typing import Protocol
 
 import cbor2
 
-from gateway import cose, dcbor
-from gateway.identity import Identity
+from gateway.wire import cose, dcbor
+from gateway.wire.identity import Identity
 
 #: A head is about 280 bytes; anything much larger on the topic is not one, and is not decoded.
 MAX_HEAD_BYTES = 512

@@ -9,7 +9,7 @@
 - Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
   status) and hands each message to the daemon; `publish` sends the daemon's own messages
   (state, health, discovery) while connected.
-- Keeps the chain head on the broker (`gateway/head.py`): reads it back once before anything
+- Keeps the chain head on the broker (`gateway/device/head.py`): reads it back once before anything
   is sealed, publishes it retained ahead of the batches it covers, and stops the gateway when
   another process signs heads with this key.
 """
@@ -28,11 +28,12 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import cose, head
-from gateway.config import UplinkConfig
-from gateway.errors import KeyInUse
-from gateway.head import Head
-from gateway.health import Health
+from gateway.config.settings import UplinkConfig
+from gateway.core.errors import KeyInUse
+from gateway.core.health import Health
+from gateway.device import head
+from gateway.device.head import Head
+from gateway.wire import cose
 
 log = logging.getLogger("gateway.uplink")
 

@@ -1,6 +1,6 @@
 """Model updates over MQTT: what the gateway keeps of the signed bundles it accepted.
 
-An operator publishes a bundle (`depin-gateway model sign`, format in `gateway.model_bundle`) on
+An operator publishes a bundle (`depin-gateway model sign`, format in `gateway.models.bundle`) on
 `<prefix>/<device id>/model`. The gateway opens it against `[models] trusted_model_signers`,
 tries the model in the interpreter, installs it, and only then runs it: as the model of every
 `tflite` module whose model has that name ("active"), or beside them with its scores kept out of
@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from gateway.files import write_atomic
+from gateway.core.files import write_atomic
 
 if TYPE_CHECKING:
-    from gateway.model_bundle import Bundle, Mode
+    from gateway.models.bundle import Bundle, Mode
 
-# gateway.model_bundle and gateway.modules.tflite are imported where a bundle is handled: a
+# gateway.models.bundle and gateway.modules.tflite are imported where a bundle is handled: a
 # gateway that has not received one (most) does not load them at start.
 
 log = logging.getLogger("gateway.models")
@@ -102,8 +102,8 @@ class ModelStore:
 
     def _verified(self, paths: list[Path], mode: Mode) -> dict[str, Installed]:
         """The installed models of these bundles that still verify and match their files."""
-        from gateway.errors import ModelBundleError, ModelError
-        from gateway.model_bundle import open_bundle
+        from gateway.core.errors import ModelBundleError, ModelError
+        from gateway.models.bundle import open_bundle
         from gateway.modules.tflite import read_manifest
 
         found: dict[str, Installed] = {}
@@ -139,8 +139,8 @@ class ModelStore:
         """Check, try, install. `trial(manifest)` loads the model the way the chain will (it
         raises if the interpreter refuses it) and runs on a staged copy before anything
         installed is touched. Blocking file I/O with fsyncs: call it from a thread."""
-        from gateway.errors import ModelBundleError
-        from gateway.model_bundle import install, open_bundle
+        from gateway.core.errors import ModelBundleError
+        from gateway.models.bundle import install, open_bundle
 
         at = time.time() if now is None else now
         if not self.enabled:
@@ -198,7 +198,7 @@ class ModelStore:
         return out("shadow", f"{b.name} {b.version} runs in shadow mode"), inst
 
     def _install(self, message: bytes, b: Bundle) -> Installed:
-        from gateway.model_bundle import install
+        from gateway.models.bundle import install
 
         folder = self.root / b.mode
         install(b, folder)

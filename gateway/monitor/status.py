@@ -18,7 +18,7 @@ configuration's spool and that process still runs, whichever directory it was fo
 
 Of the configuration `status` shows three things: the gateway's name, its spool and its broker
 (`settings`). It reads them from the file itself rather than through the strict loader
-(`gateway.config`), which checks every `[[sensor]]` and `[[module]]` against its plug-in's
+(`gateway.config.settings`), which checks every `[[sensor]]` and `[[module]]` against its plug-in's
 options and so imports every driver and module named, more than the rest of `status` costs
 together; whenever one of the three is missing, malformed or not plainly valid, the strict
 loader takes over and reports every problem of the file, as it always did.
@@ -34,10 +34,10 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.hosts import is_loopback
+from gateway.core.hosts import is_loopback
 
 if TYPE_CHECKING:  # the strict loader: imported only when `settings` falls back to it
-    from gateway.config import Config
+    from gateway.config.settings import Config
 
 STATUS_FILE = "status.json"
 DEFAULT_RUNTIME = Path("/run/depin-gateway")
@@ -47,7 +47,7 @@ DEFAULT_RUNTIME = Path("/run/depin-gateway")
 TMP = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
 
 
-#: the defaults of the keys `settings` reads, as gateway/config_schema.py declares them
+#: the defaults of the keys `settings` reads, as gateway/config/sections.py declares them
 #: (tests/test_cli_imports.py checks that the two agree)
 DEFAULT_SPOOL = "/var/lib/depin-gateway/spool.db"
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
@@ -76,13 +76,13 @@ def settings(path: Path) -> Settings:
         quick = None
     if quick is not None:
         return quick
-    from gateway import config
+    from gateway.config import settings as config
 
     return Settings.of(config.load(path))
 
 
 def _quick_settings(path: Path) -> Settings | None:
-    """The settings read straight from the file, by the rules of gateway/config_schema.py for
+    """The settings read straight from the file, by the rules of gateway/config/sections.py for
     these keys; None where those rules would report a problem (or might: anything unusual)."""
     import tomllib
     from urllib.parse import urlsplit
@@ -277,7 +277,7 @@ def _latest(records: list[bytes]) -> dict[str, dict[str, Any]]:
     # without the CBOR stack.
     import cbor2
 
-    from gateway import payloads
+    from gateway.wire import payloads
 
     found: dict[str, dict[str, Any]] = {}
     for record in records:

@@ -1,0 +1,1 @@
+"""The command line: depin-gateway's subcommands, the demo and first boot."""
