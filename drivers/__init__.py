@@ -3,3 +3,8 @@
 Drivers register through the `depin_gateway.drivers` entry-point group, the built-in ones exactly
 like a third party's.
 """
+
+#: Who this package belongs to. `drivers` is a generic name: another distribution installing a
+#: package of that name into the same environment would overwrite ours, and the gateway checks
+#: this mark at start (gateway/core/own_packages.py) to say so instead of failing on an import.
+OWNER = "depin-gateway"

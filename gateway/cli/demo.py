@@ -50,7 +50,8 @@ PREFIX = "depin/v1"
 SHUTDOWN_TIMEOUT = 5.0  # seconds the gateway waits for the last PUBACKs when stopping
 # The gateway's uplink protocol against the embedded amqtt broker. amqtt speaks MQTT 3.1.1 only
 # and does not answer an MQTT 5 CONNECT: "auto" would fall back only after its CONNACK timeout,
-# so the demo says what it knows (tests/test_uplink_fallback.py covers the fallback itself).
+# so the demo says what it knows (tests/integration/test_uplink_fallback.py covers the
+# fallback itself).
 EMBEDDED_PROTOCOL = "3.1.1"
 CATCH_UP = 5.0  # seconds the verifier may take to receive the last acknowledged batches
 CONNECT_TIMEOUT = 10.0

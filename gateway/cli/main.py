@@ -483,7 +483,7 @@ def _demo(d: argparse.ArgumentParser) -> None:
 
 #: every subcommand in the order `--help` lists them: its help line, and what builds its parser
 #: (a function here, or the module whose `add_parser` adds it; that module's help line is
-#: repeated here so the stub needs no import, and tests/test_cli.py checks the two agree)
+#: repeated here so the stub needs no import, and tests/system/test_cli.py checks the two agree)
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | str]] = {
     "run": ("run the gateway daemon", _run),
     "status": ("the local gateway at a glance: sensors, queue, uplink", _status),
@@ -550,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     args = build_parser(_command(argv), lazy=True).parse_args(argv)
     try:
+        from gateway.core import own_packages
+
+        own_packages.check()
         return int(args.fn(args))
     except ConfigError as e:
         for line in e.problems:

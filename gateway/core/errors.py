@@ -1,7 +1,24 @@
-"""The gateway's small, classified error set.
+"""The gateway's errors, in one place and in families, the way gpiozero arranges its own.
 
-Library code raises these; only the edges (CLI, daemon) turn them into one line and an exit code.
-Each error knows whether retrying can help (`transient`) and which exit code the CLI uses.
+Library code raises these; only the edges (the CLI, the daemon) turn them into one line and an
+exit code. Each family also derives from the built-in exception a caller would expect, so
+`except ValueError` around a parse still works::
+
+    GatewayError                      exit 1 unless a class says otherwise
+     +-- ConfigError (ValueError)     exit 2: the configuration, with every problem's place
+     |    +-- ModelError              a model or manifest the configuration names is unusable
+     +-- RuntimeMissing               exit 2: an extra the configuration needs is not installed
+     +-- PathNotFoundError (FileNotFoundError)  exit 2: a path given on the command line
+     +-- IdentityError                exit 3: the device key
+     |    +-- KeyInUse                exit 5: another gateway signs with this key
+     +-- SpoolError                   exit 4: the spool cannot be used
+     +-- SensorError (OSError)        a read failed; the sampler retries with backoff
+     +-- UplinkError (ConnectionError)  the broker; the uplink retries with backoff
+     +-- VerifyError (ValueError)     a message failed verification; `kind` names the finding
+     +-- ModelBundleError (ValueError)  a model bundle was refused; `kind` names why
+     +-- ProofError                   a proof cannot be made
+
+Which errors are retried is decided where they are caught (the sampler, the uplink), by class.
 """
 
 from __future__ import annotations
@@ -15,7 +32,6 @@ if TYPE_CHECKING:
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 
-    transient = False
     exit_code = 1
 
 
@@ -43,7 +59,7 @@ class SpoolError(GatewayError):
     exit_code = 4
 
 
-class KeyInUse(GatewayError):
+class KeyInUse(IdentityError):
     """Another gateway signs with this device's key (seen on the broker). Its own exit code:
     the systemd unit does not restart on it (a restart would take turns on one chain)."""
 
@@ -53,13 +69,9 @@ class KeyInUse(GatewayError):
 class SensorError(GatewayError, OSError):
     """A sensor did not deliver a valid reading this time; the sampler retries with backoff."""
 
-    transient = True
-
 
 class UplinkError(GatewayError, ConnectionError):
     """The broker could not be reached or refused us; the uplink retries with backoff."""
-
-    transient = True
 
 
 class VerifyError(GatewayError, ValueError):

@@ -7,7 +7,7 @@ same plug-in name, the last one found), but without importing `importlib.metadat
 (the email package comes with it) and its scan of every distribution's metadata cost more than
 the rest of `depin-gateway status`, and every start of the daemon pays them
 (bench/startup.py). Distributions inside zip files on sys.path are not looked into.
-tests/test_plugins.py checks that the two ways agree.
+tests/unit/test_plugins.py checks that the two ways agree.
 """
 
 from __future__ import annotations

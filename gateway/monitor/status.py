@@ -48,7 +48,7 @@ TMP = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
 
 
 #: the defaults of the keys `settings` reads, as gateway/config/sections.py declares them
-#: (tests/test_cli_imports.py checks that the two agree)
+#: (tests/integration/test_cli_imports.py checks that the two agree)
 DEFAULT_SPOOL = "/var/lib/depin-gateway/spool.db"
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 

@@ -3,7 +3,7 @@
 Device A (tests/make_batches.py's seed) has sealed batches 0-5 of the loss vectors' chain;
 `head/a-5.cbor` is the head it keeps on the broker after batch 5. The others are what a gateway
 must not take for its own head: one signed by device B about A, and A's head under another typ.
-Deterministic (fixed seeds, Ed25519); tests/test_head_vectors.py checks every byte.
+Deterministic (fixed seeds, Ed25519); tests/unit/test_head_vectors.py checks every byte.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Device A (tests/make_batches.py's seed) seals batches 0-5, then loses its spool and goes on at
 seq 6, linked to batch 5, stating what it lost in key 9. Each `loss/*.cbor` is one message; each
 sequence is what one verifier sees, in order, and what it must say. Deterministic (fixed seed,
-Ed25519), so every byte is reproducible; tests/test_loss_vectors.py checks that they are.
+Ed25519), so every byte is reproducible; tests/unit/test_loss_vectors.py checks that they are.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Write the spec vectors: python tests/vectors/make_vectors.py (from the repository root).
 
 The COSE files come from tests/make_batches.py (deterministic: fixed seeds, Ed25519); the
-Merkle roots and proofs from the independent reference code in tests/test_vectors.py, not
+Merkle roots and proofs from the independent reference code in tests/unit/test_vectors.py, not
 from gateway.wire.merkle. tests/vectors/cbor.json is written by hand and not generated here.
 """
 

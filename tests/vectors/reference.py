@@ -1,5 +1,6 @@
 """Independent reference code for the spec vectors: written from the RFCs, sharing nothing with
-the gateway's implementation, used by tests/test_vectors.py and tests/vectors/make_vectors.py."""
+the gateway's implementation, used by tests/unit/test_vectors.py and
+tests/vectors/make_vectors.py."""
 
 from __future__ import annotations
 

@@ -143,9 +143,8 @@ def test_a_chip_that_is_gone_raises_after_the_retries(clock: VirtualClock) -> No
     dev = BME280Emulator(clock=clock)
     t = transport(dev, clock)
     dev.unplug()
-    with pytest.raises(SensorError, match="no ACK after 4 attempts") as info:
+    with pytest.raises(SensorError, match="no ACK after 4 attempts"):
         t.read_register(0xD0, 1)
-    assert info.value.transient
     assert t.counters == {"nack": 4, "retry": 3}
     dev.replug()
     assert t.read_register(0xD0, 1) == b"\x60"

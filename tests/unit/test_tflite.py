@@ -22,8 +22,8 @@ from gateway.modules.chain import ModuleChain
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-VECTORS = Path(__file__).resolve().parent / "vectors" / "tflite"
+MODELS = Path(__file__).resolve().parents[2] / "models"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "tflite"
 TMY = MODELS / "data" / "weather" / "723170TYA.CSV"
 HOUR = 3600.0
 HEADER = """\

@@ -16,7 +16,7 @@ from gateway.wire.verify import Verifier
 from tests import make_batches as mb
 from tests.vectors import make_head_vectors as hv
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 DOC = json.loads((VECTORS / "head.json").read_text())
 LOSS = json.loads((VECTORS / "loss.json").read_text())
 

@@ -15,7 +15,7 @@ from gateway.wire import merkle
 from tests.vectors.reference import ref_mth, ref_path
 
 LEAVES = [i.to_bytes(2, "big") * (i % 3) for i in range(64)]  # some empty, some not
-MERKLE = json.loads((Path(__file__).parent / "vectors" / "merkle.json").read_text())
+MERKLE = json.loads((Path(__file__).parents[1] / "vectors" / "merkle.json").read_text())
 
 
 def _flip(b: bytes, i: int = 0) -> bytes:

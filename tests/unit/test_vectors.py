@@ -37,7 +37,7 @@ from tests.vectors.reference import (
     tstr,
 )
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 
 # --- deterministic CBOR ---------------------------------------------------------------------------
 

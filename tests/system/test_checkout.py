@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Where code and tests live; docs may well talk about other places.
 CODE = ("tests", "models", "bench", "scripts", "gateway", "drivers")
 # A path into a sibling folder or a particular machine works on one machine only; the data the

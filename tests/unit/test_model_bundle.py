@@ -28,7 +28,7 @@ from gateway.wire.identity import Identity
 
 pytest.importorskip("ai_edge_litert.interpreter")
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = MODELS / "temperature-ae.json"
 A = Identity.from_private_key(Ed25519PrivateKey.generate())  # the trusted operator
 B = Identity.from_private_key(Ed25519PrivateKey.generate())  # someone else

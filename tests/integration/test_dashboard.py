@@ -662,7 +662,7 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
     artifacts = Path(os.environ.get("DEPIN_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     logs = [tmp_path / "dashboard.log", tmp_path / "gw1.log", tmp_path / "gw2.log"]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
 
     def gateway(n: int) -> list[str]:
         work = str(tmp_path / f"gw{n}")
@@ -856,7 +856,7 @@ def test_a_first_look_on_a_phone(tmp_path: Path, mosquitto: Mosquitto) -> None:
 
     artifacts = Path(os.environ.get("DEPIN_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     now = time.time()
     roof, ghost = DEV.device_id, mb.identity(bytes(range(64, 96))).device_id
 

@@ -2,7 +2,7 @@
 
 `systemd-analyze verify` exits 0 even on unknown keys, so its output must be empty.
 `systemd-analyze security --offline=yes` scores the unit alone; the target is "OK", 1.5 or less.
-The same units running for real are in tests/test_install.py.
+The same units running for real are in tests/system/test_install.py.
 """
 
 from __future__ import annotations

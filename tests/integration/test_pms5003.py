@@ -426,7 +426,7 @@ def test_probe_finds_it(link: Path, tmp_path: Path) -> None:
 def test_the_documented_sample_loads_and_lists_every_option(tmp_path: Path) -> None:
     import re
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "sensors" / "pms5003.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sensors" / "pms5003.md").read_text()
     sample = re.search(r"```toml\n(.*?)```", doc, flags=re.S)
     assert sample is not None
     cfg = loads('[device]\nname = "t"\n' + sample[1], base_dir=tmp_path)

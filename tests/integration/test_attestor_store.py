@@ -144,7 +144,7 @@ def test_a_gap_the_device_stated_lost_carries_its_reason(store: str, tmp_path: P
     """Spec v1.1 loss receipts (tests/vectors/loss.json): the attestor, like `verify`, names the
     device's stated reason of a gap, and the batch is accepted as a gap, never an equivocation."""
     w = _worker(store, tmp_path)
-    folder = Path(__file__).parent / "vectors" / "loss"
+    folder = Path(__file__).parents[1] / "vectors" / "loss"
     messages = [(folder / f"chain-{i}.cbor").read_bytes() for i in range(3)]
     after = (folder / "rolled-back-6.cbor").read_bytes()
     did = cbor2.loads(cbor2.loads(messages[0]).value[2])[1]

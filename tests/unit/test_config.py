@@ -31,7 +31,7 @@ from gateway.core import plugins
 from gateway.core.errors import ConfigError
 from gateway.core.units import format_duration, format_size, parse_duration, parse_size
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = "cfg.toml"
 MARK = "# <-- here"
 

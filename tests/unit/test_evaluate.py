@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np  # the dev extra installs numpy and river for the evaluation and its tests
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models"))
 
 import baselines
 import datasets

@@ -18,7 +18,7 @@ from gateway.wire import verify
 from gateway.wire.verify import Verifier
 from tests.vectors import make_loss_vectors as lv
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 DOC = json.loads((VECTORS / "loss.json").read_text())
 FILES = {Path(e["file"]).stem: e for e in DOC["vectors"]}
 

@@ -24,7 +24,7 @@ from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
 
 # Real hourly weather, in the repository (models/data, with its licence)
-TMY = Path(__file__).resolve().parent.parent / "models/data/weather/723170TYA.CSV"
+TMY = Path(__file__).resolve().parents[2] / "models/data/weather/723170TYA.CSV"
 HOUR = 3600.0
 # TMY3 columns by header name, with the factor to our SenML units and the data's resolution
 COLUMNS = {

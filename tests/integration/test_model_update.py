@@ -31,7 +31,7 @@ from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess
 from tests.test_faults import received_readings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "temperature-ae.json"
 STRICT = ROOT / "tests" / "vectors" / "model-update" / "temperature-ae.json"
 OPERATOR = Identity.from_private_key(Ed25519PrivateKey.generate())

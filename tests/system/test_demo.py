@@ -24,7 +24,7 @@ from gateway.config import settings as config
 from gateway.wire import identity
 from tests.brokers import Mosquitto
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WIDTH = 80  # what the live line must fit
 
 # Runs the CLI with amqtt unimportable, as in a venv without the `demo` extra: a meta path

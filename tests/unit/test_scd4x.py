@@ -32,7 +32,7 @@ from gateway.core import plugins
 from gateway.core.errors import ConfigError, SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # co2 500 ppm, T word 0x6667, RH word 0x5EB9, each with its CRC
 GOLDEN = bytes.fromhex("01f433 6667a2 5eb93c")

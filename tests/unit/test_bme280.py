@@ -39,7 +39,7 @@ from gateway.core import plugins
 from gateway.core.errors import ConfigError, SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # BMP280 datasheet example (section 3.12): register images [V] in the reference sheet
 DATASHEET_0x88 = bytes.fromhex("706b436718fc7d8e43d6d00b270b8c00f9ff8c3cf8c67017")

@@ -24,7 +24,7 @@ from tests.gatewayproc import GatewayProcess, write_config
 from tests.test_cli import cli
 from tests.test_spool import make_spool, recs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def hold(lock_file: Path) -> subprocess.Popen[str]:

@@ -673,7 +673,7 @@ def test_verify_paths_oversized_file(tmp_path: Path) -> None:
 
 def test_vector_directory_verifies(tmp_path: Path) -> None:
     """The spec vectors directory as a capture: every forged vector is flagged."""
-    found = verify_paths([Path(__file__).parent / "vectors" / "cose"], Verifier())
+    found = verify_paths([Path(__file__).parents[1] / "vectors" / "cose"], Verifier())
     assert len(found) == len(mb.cose_vectors())
     assert exit_code(found) == 1
 

@@ -30,7 +30,7 @@ from gateway.core import plugins
 from gateway.core.errors import SensorError
 from tests.test_i2c_bus import HEADER, Harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 GOLDEN = bytes.fromhex("6667a2 8000a2")  # T word 0x6667, RH word 0x8000, with CRCs
 
