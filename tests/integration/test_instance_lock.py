@@ -21,8 +21,8 @@ from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.test_cli import cli
-from tests.test_spool import make_spool, recs
+from tests.integration.test_spool import make_spool, recs
+from tests.system.test_cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from gateway.wire.identity import Identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess
-from tests.test_faults import received_readings
+from tests.system.test_faults import received_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "temperature-ae.json"

@@ -20,7 +20,7 @@ from gateway.device.pipeline import Pipeline
 from gateway.wire import identity
 from tests.brokers import free_port
 from tests.gatewayproc import write_config
-from tests.test_spool import T0, decode, make_spool
+from tests.integration.test_spool import T0, decode, make_spool
 
 SPIKES = '\n[[module]]\nid = "spikes"\nkind = "spikes"\n'
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.test_faults import received_readings
+from tests.system.test_faults import received_readings
 
 SPIKES = '\n[[module]]\nid = "spikes"\nkind = "spikes"\n'
 

@@ -16,7 +16,7 @@ from gateway.core.reading import Reading
 from gateway.modules.base import DetectionModule
 from gateway.modules.drift import DriftModule
 from gateway.modules.plausibility import PlausibilityModule
-from tests.test_rules import (
+from tests.unit.test_rules import (
     HOUR,
     RES,
     SERIES,

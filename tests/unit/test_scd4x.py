@@ -30,7 +30,7 @@ from drivers.sensirion import CRCError
 from gateway.config import settings as config
 from gateway.core import plugins
 from gateway.core.errors import ConfigError, SensorError
-from tests.test_i2c_bus import HEADER, Harness
+from tests.unit.test_i2c_bus import HEADER, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
 
