@@ -13,7 +13,7 @@ from gateway.config.locate import Locator
 from gateway.config.sections import UPLINK
 from gateway.core.errors import ConfigError
 from gateway.core.fields import Field
-from gateway.wire.verify import _broker
+from gateway.mqtt import url as broker_url
 
 ATTESTOR: Mapping[str, Field] = {
     "key_file": Field(
@@ -113,9 +113,13 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
     host, port, tls = "", 0, False
     if "url" in b:
         try:
-            host, port, tls = _broker(b["url"])
-        except ConfigError as e:
-            problems.add("broker.url", e.problems[0])
+            host, port, tls = broker_url.parse(
+                b["url"],
+                where="broker.url",
+                credentials="set username and password_file or password_env",
+            )
+        except broker_url.BrokerUrlError as e:
+            problems.add("broker.url", e.reason)
     if problems:
         raise ConfigError(problems.sorted(), source=source)
     if "://" not in store and not Path(store).is_absolute():

@@ -41,6 +41,7 @@ from gateway.core.errors import GatewayError, UplinkError
 from gateway.core.health import Health
 from gateway.device.daemon import Gateway
 from gateway.monitor import homeassistant
+from gateway.mqtt import url as mqtt_url
 from gateway.wire import identity, payloads
 from gateway.wire.verify import LINKED, Examined, Finding, Verifier, examine
 
@@ -228,8 +229,9 @@ async def start_broker(url: str | None) -> DemoBroker:
     """The given broker, else amqtt if it is installed, else a private mosquitto; GatewayError
     saying what to install when there is neither."""
     if url is not None:
+        given = mqtt_url.parse(url, where="--broker", bare=True)
         return DemoBroker(
-            url=url,
+            url=given.label,  # in full: it goes into the gateway's configuration
             kind="external",
             detail=f"{url} (given with --broker)",
             uplink_protocol="auto",
@@ -399,20 +401,7 @@ def config_text(
 def _needs_insecure(url: str) -> bool:
     """A plain mqtt:// broker off this machine: the demo's readings are simulated and signed
     by a throwaway key, so sending them unencrypted is allowed (and said in the summary)."""
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "tcp"):
-        return False
-    host = (u.hostname or "localhost").lower()
-    if host == "localhost":
-        return False
-    import ipaddress
-
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    return mqtt_url.parse(url, where="--broker", bare=True).plain_off_machine
 
 
 def prepare(

@@ -9,11 +9,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.config.check import Problems
 from gateway.core.fields import Field, placement_problem
-from gateway.core.hosts import is_loopback
+from gateway.mqtt import url as broker_url
 
 
 def _nonempty(value: str) -> str | None:
@@ -305,39 +304,21 @@ def check_uplink(problems: Problems, up: dict[str, Any], given: Mapping[str, Any
     url = up.get("url")
     tls: bool | None = None
     if isinstance(url, str):
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or ""
         try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if scheme not in ("mqtt", "mqtts"):
-            shown = f"{scheme}://" if scheme else "no scheme"
-            problems.add(
-                "uplink.url", f"unsupported scheme {shown} in {url!r}; use mqtt:// or mqtts://"
+            broker = broker_url.parse(
+                url,
+                where="uplink.url",
+                credentials="set username and password_file or password_env",
             )
-        elif not host:
-            problems.add("uplink.url", f"no host in {url!r}; expected mqtt[s]://host[:port]")
-        elif port == -1 or port == 0:
-            problems.add("uplink.url", f"invalid port in {url!r}; expected 1..65535")
-        elif parts.username is not None or parts.password is not None:
-            problems.add(
-                "uplink.url",
-                "credentials do not belong in the url; set username and password_file or "
-                "password_env",
-            )
-        elif parts.path not in ("", "/") or parts.query or parts.fragment:
-            problems.add("uplink.url", f"unexpected path or query in {url!r}")
+        except broker_url.BrokerUrlError as e:
+            problems.add("uplink.url", e.reason)
         else:
-            tls = scheme == "mqtts"
-            up["host"] = host
-            up["port"] = port if port is not None else (8883 if tls else 1883)
-            up["tls"] = tls
-            if not tls and not up.get("insecure") and not is_loopback(host):
+            tls = broker.tls
+            up["host"], up["port"], up["tls"] = broker
+            if broker.plain_off_machine and not up.get("insecure"):
                 problems.add(
                     "uplink.url",
-                    f"plain-text MQTT to {host!r}, which is not this machine, would send "
+                    f"plain-text MQTT to {broker.host!r}, which is not this machine, would send "
                     "readings and credentials unencrypted; use mqtts:// or set insecure = true",
                 )
     if tls is False:

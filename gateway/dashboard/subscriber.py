@@ -13,12 +13,12 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiomqtt
 
-from gateway.core.errors import ConfigError
 from gateway.dashboard.model import Fleet
+from gateway.mqtt import url as broker_url
+from gateway.mqtt.url import BrokerUrl
 
 log = logging.getLogger("gateway.dashboard")
 
@@ -38,9 +38,7 @@ class Broker:
     @property
     def label(self) -> str:
         """Where, without credentials: for the log and the page."""
-        scheme = "mqtts" if self.tls else "mqtt"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return BrokerUrl(self.host, self.port, self.tls).label
 
 
 def parse_broker(
@@ -50,20 +48,16 @@ def parse_broker(
     password: str | None = None,
     ca_file: Path | None = None,
 ) -> Broker:
-    """mqtt://host[:port] or mqtts://host[:port] (a bare host:port means mqtt://)."""
-    u = urlsplit(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError([f"--broker {url!r}: scheme must be mqtt:// or mqtts://"])
-    if u.username or u.password:
-        raise ConfigError(["--broker: credentials go in --username and --password-file"])
-    tls = u.scheme in ("mqtts", "ssl") or ca_file is not None
-    try:
-        port = u.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError([f"--broker {url!r}: bad port"]) from None
-    if not u.hostname:
-        raise ConfigError([f"--broker {url!r}: no host"])
-    return Broker(u.hostname, port, tls, username, password, ca_file)
+    """`--broker`: what gateway/mqtt/url.py accepts, a bare host[:port] meaning mqtt://; a
+    CA file implies TLS."""
+    u = broker_url.parse(
+        url,
+        where="--broker",
+        bare=True,
+        tls=ca_file is not None,
+        credentials="use --username and --password-file",
+    )
+    return Broker(u.host, u.port, u.tls, username, password, ca_file)
 
 
 async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_MAX) -> None:

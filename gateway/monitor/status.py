@@ -34,7 +34,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from gateway.core.hosts import is_loopback
+from gateway.mqtt import url as broker_url  # light: no MQTT client, no ssl
 
 if TYPE_CHECKING:  # the strict loader: imported only when `settings` falls back to it
     from gateway.config.settings import Config
@@ -85,7 +85,6 @@ def _quick_settings(path: Path) -> Settings | None:
     """The settings read straight from the file, by the rules of gateway/config/sections.py for
     these keys; None where those rules would report a problem (or might: anything unusual)."""
     import tomllib
-    from urllib.parse import urlsplit
 
     doc = tomllib.loads(path.read_bytes().decode("utf-8"))
     device, spool, uplink = doc.get("device"), doc.get("spool", {}), doc.get("uplink", {})
@@ -97,28 +96,16 @@ def _quick_settings(path: Path) -> Settings | None:
         return None
     if not (isinstance(url, str) and isinstance(insecure, bool)):
         return None
-    parts = urlsplit(url)
-    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
-    if (
-        scheme not in ("mqtt", "mqtts")
-        or not host
-        or port == 0
-        or parts.username is not None
-        or parts.password is not None
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
+    try:
+        broker = broker_url.parse(url, where="uplink.url")
+    except ValueError:
         return None
-    tls = scheme == "mqtts"
-    if not tls and not insecure and not is_loopback(host):
+    if broker.plain_off_machine and not insecure:
         return None
     spool_path = Path(where)
     if not spool_path.is_absolute():  # relative paths are taken from the file's directory
         spool_path = path.absolute().parent / spool_path
-    if port is None:
-        port = 8883 if tls else 1883
-    return Settings(name, Path(os.path.normpath(spool_path.absolute())), host, port)
+    return Settings(name, Path(os.path.normpath(spool_path.absolute())), broker.host, broker.port)
 
 
 def runtime_dir() -> Path | None:

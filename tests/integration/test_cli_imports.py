@@ -60,7 +60,7 @@ def loaded(*argv: str) -> tuple[int, list[str]]:
     """Exit code of `depin-gateway ARGV` run in a fresh interpreter, and the modules it loaded."""
     code = (
         "import contextlib, io, json, sys\n"
-        "from gateway import cli\n"
+        "from gateway.cli import main as cli\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
         f"        rc = cli.main({list(argv)!r})\n"
