@@ -4,8 +4,9 @@ Decisions (docs/spool.md has the full story):
 - A reading counts as read only once a commit holding it has returned: either as a pending row
   or already sealed inside a batch. At full speed most readings are sealed in the same commit
   that makes them durable, so they are written once, as part of a batch.
-- A batch is sealed (seq, prev, root, signature) and stored in the same transaction that moves
-  `next_seq` and `prev` forward, so seq never repeats or skips, whatever moment power fails.
+- A batch is sealed (seq, prev, root, signature: `seal.py` builds and signs it) and stored in the
+  same transaction that moves `next_seq` and `prev` forward, so seq never repeats or skips,
+  whatever moment power fails.
 - Sealed batches are published byte for byte as stored, and deleted only after the broker's
   PUBACK (lazily, in a later commit: a crash in between re-publishes a duplicate, which
   verifiers accept idempotently).
@@ -20,7 +21,6 @@ Decisions (docs/spool.md has the full story):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -35,7 +35,8 @@ from gateway.core.errors import KeyInUse, SpoolError
 from gateway.device import highwater, lockfile
 from gateway.device.head import Head
 from gateway.device.highwater import Entry, HighWater, Record, Stated
-from gateway.wire import cose, payloads
+from gateway.device.seal import ModuleEntry, Seal, SealedBatch
+from gateway.wire import payloads
 from gateway.wire.identity import Identity
 
 log = logging.getLogger("gateway.spool")
@@ -67,7 +68,7 @@ class PendingRecord:
 @dataclass
 class CommitResult:
     durable: int = 0
-    sealed: list[tuple[int, bytes, int]] = field(default_factory=list)  # (seq, message, n)
+    sealed: list[SealedBatch] = field(default_factory=list)
     dropped: int = 0
 
 
@@ -93,7 +94,7 @@ class Spool:
         batch_max_readings: int,
         batch_max_age: float,
         seal_ahead: int,
-        modules: Callable[[], list[tuple[str, str, bytes]]],
+        modules: Callable[[], Sequence[ModuleEntry]],
         key_file: Path | None = None,
     ) -> None:
         self.path = path
@@ -104,12 +105,13 @@ class Spool:
         self.lock_path = highwater.beside(real, ".lock")
         self.chain = HighWater(highwater.beside(real, ".chain"))
         self.identity = identity
-        self.boot = boot
+        # Batches are sealed by the device key, for this process (`boot`), naming the modules
+        # `modules()` returns as each is sealed.
+        self.seal = Seal(identity, boot=boot, modules=modules)
         self.max_size = max_size
         self.batch_max_readings = batch_max_readings
         self.batch_max_age = batch_max_age
         self.seal_ahead = seal_ahead
-        self.modules = modules
         self.conn: sqlite3.Connection | None = None
         # Caches of what the file holds, kept exact by this object (the only writer).
         self._pending = 0
@@ -432,16 +434,13 @@ class Spool:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def unacked(self) -> list[tuple[int, bytes, int]]:
+    def unacked(self) -> list[SealedBatch]:
         """Sealed batches not yet acknowledged, oldest first, exactly as stored (those the
         chain record holds: normally all)."""
-        return (
-            self._db()
-            .execute(
-                "SELECT seq, message, n FROM batches WHERE seq <= ? ORDER BY seq", (self._covered,)
-            )
-            .fetchall()
+        rows = self._db().execute(
+            "SELECT seq, message, n FROM batches WHERE seq <= ? ORDER BY seq", (self._covered,)
         )
+        return [SealedBatch(*r) for r in rows]
 
     def stats(self) -> SpoolStats:
         db = self._db()
@@ -541,19 +540,20 @@ class Spool:
         return result
 
     def _record_and_release(
-        self, db: sqlite3.Connection, sealed: list[tuple[int, bytes, int]]
-    ) -> list[tuple[int, bytes, int]]:
+        self, db: sqlite3.Connection, sealed: list[SealedBatch]
+    ) -> list[SealedBatch]:
         """The batches the uplink may have now: the chain record first holds them all, so no
         later loss of the spool can make their seqs be signed again."""
         covered = self._covered
         if not self._cover(db):
             return []
-        if sealed and sealed[0][0] == covered + 1:
+        if sealed and sealed[0].seq == covered + 1:
             return sealed
         # An earlier record could not be written: hand over what it kept back as well.
-        return db.execute(
+        rows = db.execute(
             "SELECT seq, message, n FROM batches WHERE seq > ? ORDER BY seq", (covered,)
-        ).fetchall()
+        )
+        return [SealedBatch(*r) for r in rows]
 
     def _resync(self, db: sqlite3.Connection) -> None:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -629,7 +629,7 @@ class Spool:
             result.sealed.append(self._seal(db, recs, receipts, now))
         if drops:
             db.execute("DELETE FROM drops")
-            self._carrier = result.sealed[0][0]
+            self._carrier = result.sealed[0].seq
         used_db = min(consumed, from_db)
         if used_db:
             db.execute("DELETE FROM readings WHERE id <= ?", (rows[used_db - 1][0],))
@@ -647,35 +647,35 @@ class Spool:
         recs: Sequence[PendingRecord],
         receipts: Sequence[payloads.DropReceipt],
         now: float,
-    ) -> tuple[int, bytes, int]:
+    ) -> SealedBatch:
+        """Seal `recs` as the next batch and store it where the chain moves forward."""
         seq = self._next_seq
-        payload, _root = payloads.encode_batch(
-            did=self.identity.did,
+        signed = self.seal(
             seq=seq,
             prev=self._prev,
-            sealed=round(now, 3),
+            sealed=now,
             records=[r.record for r in recs],
             clock_synced=recs[0].synced,
             clock_source=recs[0].source,
-            modules=self.modules(),
             dropped=receipts,
-            boot=self.boot,
         )
-        message = cose.sign1(self.identity, cose.TYP_BATCH, payload)
-        batch_id = hashlib.sha256(payload).digest()
         db.execute(
             "INSERT INTO batches(seq, batch_id, sealed, n, first_t, message) VALUES (?,?,?,?,?,?)",
-            (seq, batch_id, now, len(recs), recs[0].t, message),
+            (seq, signed.batch_id, now, len(recs), recs[0].t, signed.message),
         )
         self._taken += len(recs)
         db.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
-            [(str(seq + 1), "next_seq"), (batch_id.hex(), "prev"), (str(self._taken), "taken")],
+            [
+                (str(seq + 1), "next_seq"),
+                (signed.batch_id.hex(), "prev"),
+                (str(self._taken), "taken"),
+            ],
         )
         self._next_seq = seq + 1
-        self._prev = batch_id
+        self._prev = signed.batch_id
         self._sealed += 1
-        return seq, message, len(recs)
+        return SealedBatch(seq, signed.message, len(recs))
 
     def _drop_oldest(self, db: sqlite3.Connection) -> int:
         """Past the cap: drop the oldest pending readings down to 90 % of it, with a receipt."""
