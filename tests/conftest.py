@@ -5,6 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from drivers.emulators.pms5003 import PMS5003Chip
+from drivers.emulators.pty import PtyServer
+from drivers.emulators.sds011 import SDS011Chip
+from drivers.emulators.serial_testing import (
+    PMS5003_LINK,
+    SDS011_LINK,
+    serve_pms5003,
+    serve_sds011,
+)
 from tests.brokers import Mosquitto
 from tests.pg import database
 
@@ -27,6 +36,34 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def sds011_link(tmp_path: Path) -> Path:
+    """Where a test plugs its SDS011: the link a udev rule would make for its USB adapter."""
+    return tmp_path / SDS011_LINK
+
+
+@pytest.fixture
+def sds011_server(sds011_link: Path) -> Iterator[PtyServer[SDS011Chip]]:
+    """An SDS011 in query mode (as its driver keeps it) behind `sds011_link`."""
+    s = serve_sds011(sds011_link, mode="query")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def pms5003_link(tmp_path: Path) -> Path:
+    """Where a test plugs its PMS5003: the link the Pi's UART has."""
+    return tmp_path / PMS5003_LINK
+
+
+@pytest.fixture
+def pms5003_server(pms5003_link: Path) -> Iterator[PtyServer[PMS5003Chip]]:
+    """A PMS5003 in passive mode (as its driver keeps it) behind `pms5003_link`."""
+    s = serve_pms5003(pms5003_link, mode="passive")
+    yield s
+    s.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

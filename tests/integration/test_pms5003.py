@@ -3,13 +3,9 @@ from bytes on a real pseudo-terminal through pyserial and the driver to values, 
 
 from __future__ import annotations
 
-import asyncio
-import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,35 +15,28 @@ from drivers import pms5003
 from drivers.base import Measurement
 from drivers.emulators.pms5003 import PMS5003Chip
 from drivers.emulators.pty import PtyServer
+from drivers.emulators.serial_testing import (
+    pms5003_ack,
+    pms5003_driver,
+    pms5003_frame,
+    pms5003_meant,
+    serve_pms5003,
+    values,
+)
 from drivers.pms5003 import PMS5003, FrameError
 from drivers.serial_bus import ATTEMPTS, FrameParser
-from gateway.config.settings import SensorConfig, loads
+from gateway.config.settings import loads
 from gateway.core import plugins
 from gateway.core.errors import SensorError
-from gateway.core.health import Health
-from gateway.core.reading import Reading
-from gateway.device.sampler import SensorTask
-from gateway.modules.chain import ModuleChain
-from gateway.modules.ranges import RangeModule
+from tests.sampler import unplug_and_replug
 
 NAMES = ("pm1_cf1", "pm2_5_cf1", "pm10_cf1", "pm1", "pm2_5", "pm10")
 COUNTS = ("n0_3", "n0_5", "n1_0", "n2_5", "n5_0", "n10")
 
 
-def frame(words: list[int], version: int = 0x97, error: int = 0) -> bytes:
-    """A data frame per the datasheet: 42 4D, length 28, 13 big-endian words, sum of bytes."""
-    body = struct.pack(">2sH12HBB", b"BM", 28, *words, version, error)
-    return body + struct.pack(">H", sum(body))
-
-
-def ack(cmd: int, data: int) -> bytes:
-    body = struct.pack(">2sHBB", b"BM", 4, cmd, data)
-    return body + struct.pack(">H", sum(body))
-
-
 # CF=1 above atmospheric at higher concentration, as Plantower's tables have it
 WORDS = [38, 61, 77, 30, 47, 60, 9021, 2667, 516, 54, 14, 3]
-EXAMPLE = frame(WORDS)
+EXAMPLE = pms5003_frame(WORDS)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -71,9 +60,9 @@ def test_decode_a_frame_built_per_the_datasheet() -> None:
 
 
 def test_warm_up_frames_are_recognised() -> None:
-    assert pms5003.decode(frame([3, 5, 6, 3, 5, 6, 0, 0, 0, 0, 0, 0])).warming_up
-    assert pms5003.decode(frame([0] * 12)).zero
-    assert not pms5003.decode(frame([0] * 12)).warming_up
+    assert pms5003.decode(pms5003_frame([3, 5, 6, 3, 5, 6, 0, 0, 0, 0, 0, 0])).warming_up
+    assert pms5003.decode(pms5003_frame([0] * 12)).zero
+    assert not pms5003.decode(pms5003_frame([0] * 12)).warming_up
 
 
 @pytest.mark.parametrize(
@@ -82,7 +71,7 @@ def test_warm_up_frames_are_recognised() -> None:
         EXAMPLE[:-1] + bytes([EXAMPLE[-1] ^ 1]),  # checksum
         EXAMPLE[:4] + bytes([EXAMPLE[4] ^ 0x10]) + EXAMPLE[5:],  # a data byte flipped
         EXAMPLE[:-2],  # short
-        ack(0xE1, 0),  # an acknowledgement carries no data
+        pms5003_ack(0xE1, 0),  # an acknowledgement carries no data
         b"BM\x00\x1d" + EXAMPLE[4:],  # wrong length
     ],
 )
@@ -106,13 +95,13 @@ def test_command_bytes(built: bytes, expected: str) -> None:
 
 
 def test_ack_frames_parse() -> None:
-    assert ack(0xE1, 0) == bytes.fromhex("42 4d 00 04 e1 00 01 74")
-    assert pms5003.check_frame(ack(0xE4, 0)) is None
+    assert pms5003_ack(0xE1, 0) == bytes.fromhex("42 4d 00 04 e1 00 01 74")
+    assert pms5003.check_frame(pms5003_ack(0xE4, 0)) is None
 
 
 # --------------------------------------------------------------------------- parser properties
 
-data_frames = st.builds(frame, st.lists(st.integers(0, 0xFFFF), min_size=12, max_size=12))
+data_frames = st.builds(pms5003_frame, st.lists(st.integers(0, 0xFFFF), min_size=12, max_size=12))
 no_start = st.binary(max_size=40).map(lambda b: b.replace(b"\x42", b""))
 
 
@@ -187,40 +176,6 @@ def test_the_emulator_survives_any_host_bytes(pieces: list[bytes]) -> None:
 # --------------------------------------------------------------------------- over a real PTY
 
 
-@pytest.fixture
-def link(tmp_path: Path) -> Path:
-    return tmp_path / "serial0"
-
-
-def serve(link: Path, **chip: Any) -> PtyServer[PMS5003Chip]:
-    chip.setdefault("warmup", 0.0)
-    chip.setdefault("zero_for", 0.0)
-    return PtyServer(PMS5003Chip(seed=5, **chip), link=link).start()
-
-
-def driver(port: str, **options: Any) -> PMS5003:
-    opts = {"port": port, "timeout": 0.3, "warmup": 0.0, "duty_cycle": False}
-    opts.update(options)
-    return PMS5003(sensor_id="pm", options=opts)
-
-
-def values(ms: list[Measurement]) -> dict[str, float | None]:
-    return {m.quantity: m.value for m in ms}
-
-
-def meant(chip: PMS5003Chip) -> dict[str, float | None]:
-    last = chip.last
-    assert last is not None and not last.warm
-    return {q: float(last.values[q]) for q in pms5003.QUANTITIES}
-
-
-@pytest.fixture
-def server(link: Path) -> Iterator[PtyServer[PMS5003Chip]]:
-    s = serve(link, mode="passive")
-    yield s
-    s.stop()
-
-
 def test_registered_and_configured_like_any_driver(tmp_path: Path) -> None:
     assert plugins.driver_class("pms5003") is PMS5003
     drv = PMS5003(sensor_id="x", options={})
@@ -240,17 +195,17 @@ def test_registered_and_configured_like_any_driver(tmp_path: Path) -> None:
         loads(bad, base_dir=tmp_path)
 
 
-def test_open_switches_a_streaming_sensor_to_passive_mode(link: Path) -> None:
-    server = serve(link, mode="active", report_every=0.02)
+def test_open_switches_a_streaming_sensor_to_passive_mode(pms5003_link: Path) -> None:
+    server = serve_pms5003(pms5003_link, mode="active", report_every=0.02)
     try:
         time.sleep(0.4)  # frames pile up in the port's buffer
         assert len(server.chip.reports) >= 5
-        drv = driver(server.path)
+        drv = pms5003_driver(server.path)
         drv.open()
         assert server.chip.mode == "passive"
         assert server.chip.commands[:2] == ["wake", "passive-mode"]
         for _ in range(3):
-            assert values(drv.read(time.time())) == meant(server.chip)
+            assert values(drv.read(time.time())) == pms5003_meant(server.chip)
         assert server.chip.commands[-1] == "passive-read"
         assert drv.last is not None and drv.last.version == 0x97
         drv.close()
@@ -258,10 +213,10 @@ def test_open_switches_a_streaming_sensor_to_passive_mode(link: Path) -> None:
         server.stop()
 
 
-def test_cf1_and_atmospheric_are_not_swapped(link: Path) -> None:
-    server = serve(link, mode="passive", level=80.0)  # well above 30 ug/m3
+def test_cf1_and_atmospheric_are_not_swapped(pms5003_link: Path) -> None:
+    server = serve_pms5003(pms5003_link, mode="passive", level=80.0)  # well above 30 ug/m3
     try:
-        drv = driver(server.path)
+        drv = pms5003_driver(server.path)
         drv.open()
         got = values(drv.read(time.time()))
         last = server.chip.last
@@ -275,10 +230,10 @@ def test_cf1_and_atmospheric_are_not_swapped(link: Path) -> None:
         server.stop()
 
 
-def test_warmup_frames_without_counts_are_discarded(link: Path) -> None:
-    server = serve(link, mode="passive", warmup=0.4, zero_for=0.4)
+def test_warmup_frames_without_counts_are_discarded(pms5003_link: Path) -> None:
+    server = serve_pms5003(pms5003_link, mode="passive", warmup=0.4, zero_for=0.4)
     try:
-        drv = driver(server.path)  # the driver's own warm-up is 0: the frames tell
+        drv = pms5003_driver(server.path)  # the driver's own warm-up is 0: the frames tell
         drv.open()
         first = drv.read(time.time())
         assert first == [Measurement(q, None, ("warmup",)) for q in pms5003.QUANTITIES]
@@ -286,98 +241,75 @@ def test_warmup_frames_without_counts_are_discarded(link: Path) -> None:
         warm = server.chip.last
         assert warm is not None and warm.values["pm2_5"] > 0 and warm.values["n0_3"] == 0
         time.sleep(0.5)
-        assert values(drv.read(time.time())) == meant(server.chip)
+        assert values(drv.read(time.time())) == pms5003_meant(server.chip)
         assert drv.counters["warmup"] == 1
         drv.close()
     finally:
         server.stop()
 
 
-def test_garbage_bad_checksums_and_cut_frames_are_survived(server: PtyServer[PMS5003Chip]) -> None:
-    chip = server.chip
-    drv = driver(server.path)
+def test_garbage_bad_checksums_and_cut_frames_are_survived(
+    pms5003_server: PtyServer[PMS5003Chip],
+) -> None:
+    chip = pms5003_server.chip
+    drv = pms5003_driver(pms5003_server.path)
     drv.open()
     drv.counters.clear()
     chip.inject("garbage", 2)
     chip.inject("bad_checksum", 1)
     chip.inject("truncated", 1)
     for _ in range(3):
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == pms5003_meant(chip)
     assert drv.counters == {"resync": 2, "checksum": 1, "truncated": 1}
     chip.inject("bad_checksum", ATTEMPTS)
     with pytest.raises(SensorError, match="passive read"):
         drv.read(time.time())
     assert drv.counters["timeout"] == 1
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == pms5003_meant(chip)
     drv.close()
 
 
-def test_silence_then_slow_bytes(server: PtyServer[PMS5003Chip]) -> None:
-    drv = driver(server.path, timeout=0.2)
+def test_silence_then_slow_bytes(pms5003_server: PtyServer[PMS5003Chip]) -> None:
+    drv = pms5003_driver(pms5003_server.path, timeout=0.2)
     drv.open()
-    server.chip.silent = True
+    pms5003_server.chip.silent = True
     started = time.monotonic()
     with pytest.raises(SensorError, match="no valid answer"):
         drv.read(time.time())
     assert time.monotonic() - started >= ATTEMPTS * 0.2 - 0.05
-    server.chip.silent = False
-    assert values(drv.read(time.time())) == meant(server.chip)
+    pms5003_server.chip.silent = False
+    assert values(drv.read(time.time())) == pms5003_meant(pms5003_server.chip)
 
     drv.timeout = 1.5
-    server.chip.byte_delay = 0.02
+    pms5003_server.chip.byte_delay = 0.02
     started = time.monotonic()
-    assert values(drv.read(time.time())) == meant(server.chip)
+    assert values(drv.read(time.time())) == pms5003_meant(pms5003_server.chip)
     assert time.monotonic() - started >= 31 * 0.02
     assert drv.counters == {"timeout": 1}
     drv.close()
 
 
 def test_a_reset_sensor_streaming_again_is_put_back_in_passive_mode(
-    server: PtyServer[PMS5003Chip],
+    pms5003_server: PtyServer[PMS5003Chip],
 ) -> None:
-    drv = driver(server.path)
+    drv = pms5003_driver(pms5003_server.path)
     drv.open()
-    chip = server.chip
+    chip = pms5003_server.chip
     with chip.lock:  # a brown-out: back to active mode, frames pile up
         chip.report_every = 0.02
         chip.power_cycle(chip.clock())
     time.sleep(0.2)
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == pms5003_meant(chip)
     assert drv.counters["unsolicited"] == 1
     assert chip.mode == "passive"
     drv.close()
 
 
-def test_unplug_and_replug_through_the_sampler(link: Path) -> None:
-    server = serve(link, mode="passive")
-    drv = driver(str(link), timeout=0.2)
-    health = Health()
-    out: list[Reading] = []
-    cfg = SensorConfig(id="pm", driver="pms5003", interval=0.05, options=drv.options)
-    chain = ModuleChain([RangeModule(module_id="physics", options={})], health=health)
-    task = SensorTask(
-        cfg, drv, chain=chain, health=health, accept=out.extend, clock=lambda: (True, "ntp")
-    )
-
-    async def main() -> None:
-        run = asyncio.create_task(task.run())
-        await asyncio.sleep(0.4)
-        server.unplug()
-        await asyncio.sleep(1.0)
-        unplugged = len(out)
-        server.replug()  # powers up in active mode: open() must set passive again
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if len(out) > unplugged and out[-1].value is not None:
-                break
-            await asyncio.sleep(0.05)
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+def test_unplug_and_replug_through_the_sampler(pms5003_link: Path) -> None:
+    server = serve_pms5003(pms5003_link, mode="passive")
+    drv = pms5003_driver(str(pms5003_link), timeout=0.2)
+    # the replug powers it up in active mode: open() must set passive again
+    out = unplug_and_replug(server, drv).out
     failed = [r for r in out if r.value is None]
     assert failed and all(r.flags == ["sensor-error"] for r in failed)
     assert {r.quantity for r in failed} == set(pms5003.QUANTITIES)
@@ -386,15 +318,15 @@ def test_unplug_and_replug_through_the_sampler(link: Path) -> None:
     assert server.chip.commands.count("passive-mode") >= 2
 
 
-def test_duty_cycle_sleeps_and_wakes(link: Path) -> None:
-    server = serve(link, mode="passive", warmup=0.15, zero_for=0.05)
+def test_duty_cycle_sleeps_and_wakes(pms5003_link: Path) -> None:
+    server = serve_pms5003(pms5003_link, mode="passive", warmup=0.15, zero_for=0.05)
     chip = server.chip
     try:
-        drv = driver(server.path, duty_cycle=True, warmup=0.3)
+        drv = pms5003_driver(server.path, duty_cycle=True, warmup=0.3)
         drv.open()
         assert drv.read(time.time())[0].flags == ("warmup",)
         time.sleep(1.3)
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == pms5003_meant(chip)
         assert chip.asleep
         assert chip.commands[-2:] == ["passive-read", "sleep"]
         time.sleep(0.4)
@@ -403,17 +335,17 @@ def test_duty_cycle_sleeps_and_wakes(link: Path) -> None:
         assert not chip.asleep
         assert chip.commands[-2:] == ["wake", "passive-mode"]
         time.sleep(0.05)
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == pms5003_meant(chip)
         assert chip.asleep
         drv.close()
     finally:
         server.stop()
 
 
-def test_probe_finds_it(link: Path, tmp_path: Path) -> None:
+def test_probe_finds_it(pms5003_link: Path, tmp_path: Path) -> None:
     from drivers.probe_serial import probe_serial
 
-    server = serve(link, mode="passive")
+    server = serve_pms5003(pms5003_link, mode="passive")
     try:
         found = probe_serial([server.path], 1.0)
     finally:

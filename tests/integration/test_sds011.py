@@ -3,12 +3,9 @@ pseudo-terminal through pyserial and the driver to values, with every fault mode
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,42 +15,37 @@ from drivers import sds011
 from drivers.base import Measurement
 from drivers.emulators.pty import PtyServer
 from drivers.emulators.sds011 import SDS011Chip
+from drivers.emulators.serial_testing import (
+    SDS011_EXAMPLE,
+    sds011_driver,
+    sds011_meant,
+    sds011_report,
+    serve_sds011,
+    values,
+)
 from drivers.sds011 import SDS011, FrameError
 from drivers.serial_bus import ATTEMPTS, FrameParser, SerialTransport
-from gateway.config.settings import SensorConfig, loads
+from gateway.config.settings import loads
 from gateway.core import plugins
 from gateway.core.errors import SensorError
-from gateway.core.health import Health
-from gateway.core.reading import Reading
-from gateway.device.sampler import SensorTask
-from gateway.modules.chain import ModuleChain
-from gateway.modules.ranges import RangeModule
-
-EXAMPLE = bytes.fromhex("aa c0 d4 04 3a 0a a1 60 1d ab")  # sensors.md: 123.6 / 261.8, ID a160
-
-
-def report(pm2_5_raw: int, pm10_raw: int, ident: bytes = b"\xa1\x60") -> bytes:
-    """A C0 report built per the datasheet, independently of the driver's code."""
-    payload = pm2_5_raw.to_bytes(2, "little") + pm10_raw.to_bytes(2, "little") + ident
-    return b"\xaa\xc0" + payload + bytes([sum(payload) % 256, 0xAB])
-
+from tests.sampler import unplug_and_replug
 
 # --------------------------------------------------------------------------- pure functions
 
 
 def test_decode_the_datasheet_example() -> None:
-    assert sds011.decode_pm(EXAMPLE) == (123.6, 261.8)
-    assert sds011.device_id(EXAMPLE) == b"\xa1\x60"
-    assert report(1236, 2618) == EXAMPLE
+    assert sds011.decode_pm(SDS011_EXAMPLE) == (123.6, 261.8)
+    assert sds011.device_id(SDS011_EXAMPLE) == b"\xa1\x60"
+    assert sds011_report(1236, 2618) == SDS011_EXAMPLE
 
 
 @pytest.mark.parametrize(
     "broken",
     [
-        EXAMPLE[:9] + b"\xaa",  # broken tail
-        EXAMPLE[:8] + b"\x1c\xab",  # broken checksum
-        EXAMPLE[:9],  # short
-        b"\xaa\xc5" + EXAMPLE[2:],  # a reply is not a report
+        SDS011_EXAMPLE[:9] + b"\xaa",  # broken tail
+        SDS011_EXAMPLE[:8] + b"\x1c\xab",  # broken checksum
+        SDS011_EXAMPLE[:9],  # short
+        b"\xaa\xc5" + SDS011_EXAMPLE[2:],  # a reply is not a report
     ],
 )
 def test_decode_rejects_broken_frames(broken: bytes) -> None:
@@ -93,13 +85,13 @@ def test_decode_reply() -> None:
     reply = sds011.decode_reply(frame)
     assert (reply.function, reply.data, reply.device_id) == (6, b"\x00\x01\x00", b"\xa1\x60")
     with pytest.raises(FrameError):
-        sds011.decode_reply(EXAMPLE)
+        sds011.decode_reply(SDS011_EXAMPLE)
 
 
 # --------------------------------------------------------------------------- parser properties
 
 reports = st.builds(
-    report, st.integers(0, 9999), st.integers(0, 9999), st.binary(min_size=2, max_size=2)
+    sds011_report, st.integers(0, 9999), st.integers(0, 9999), st.binary(min_size=2, max_size=2)
 )
 no_head = st.binary(max_size=40).map(lambda b: b.replace(b"\xaa", b""))
 
@@ -137,7 +129,7 @@ def test_a_corrupted_frame_never_yields_a_reading(
 def test_the_checksum_does_not_cover_the_command_byte() -> None:
     """A report whose C0 turned into C5 on the wire is a "valid" reply. It is never a reading:
     decode_pm refuses it, and the driver takes only C0 frames in answer to a query."""
-    flipped = EXAMPLE[:1] + b"\xc5" + EXAMPLE[2:]
+    flipped = SDS011_EXAMPLE[:1] + b"\xc5" + SDS011_EXAMPLE[2:]
     assert FrameParser(sds011.FRAME).feed(flipped) == [flipped]
     with pytest.raises(FrameError, match="not a data report"):
         sds011.decode_pm(flipped)
@@ -190,40 +182,6 @@ def test_the_emulator_survives_any_host_bytes(pieces: list[bytes]) -> None:
 # --------------------------------------------------------------------------- over a real PTY
 
 
-@pytest.fixture
-def link(tmp_path: Path) -> Path:
-    return tmp_path / "ttyUSB0"
-
-
-def serve(link: Path, **chip: Any) -> PtyServer[SDS011Chip]:
-    chip.setdefault("warmup", 0.0)
-    chip.setdefault("zero_for", 0.0)
-    return PtyServer(SDS011Chip(seed=3, **chip), link=link).start()
-
-
-def driver(port: str, **options: Any) -> SDS011:
-    opts = {"port": port, "timeout": 0.3, "warmup": 0.0, "duty_cycle": False}
-    opts.update(options)
-    return SDS011(sensor_id="pm", options=opts)
-
-
-def values(ms: list[Measurement]) -> dict[str, float | None]:
-    return {m.quantity: m.value for m in ms}
-
-
-def meant(chip: SDS011Chip) -> dict[str, float | None]:
-    last = chip.last
-    assert last is not None and not last.warm
-    return {"pm2_5": last.pm2_5, "pm10": last.pm10}
-
-
-@pytest.fixture
-def server(link: Path) -> Iterator[PtyServer[SDS011Chip]]:
-    s = serve(link, mode="query")
-    yield s
-    s.stop()
-
-
 def test_registered_and_configured_like_any_driver(tmp_path: Path) -> None:
     assert plugins.driver_class("sds011") is SDS011
     assert SDS011.blocking is True
@@ -248,29 +206,29 @@ def test_registered_and_configured_like_any_driver(tmp_path: Path) -> None:
     assert (drv.port, drv.warmup, drv.duty_cycle) == ("/dev/serial0", 20.0, True)
 
 
-def test_open_takes_over_a_sensor_left_in_active_mode_with_stale_frames(link: Path) -> None:
-    server = serve(link, mode="active", report_every=0.02)
+def test_open_takes_over_a_sensor_left_in_active_mode_with_stale_frames(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="active", report_every=0.02)
     try:
         time.sleep(0.4)  # ~20 reports pile up in the port's buffer
         stale = len(server.chip.reports)
         assert stale >= 5
-        drv = driver(server.path)
+        drv = sds011_driver(server.path)
         drv.open()
         assert server.chip.mode == "query"
         assert server.chip.period == 0
         assert server.chip.commands[:3] == ["get-state", "set-query-mode", "set-period 0"]
         for _ in range(3):
-            assert values(drv.read(time.time())) == meant(server.chip)
+            assert values(drv.read(time.time())) == sds011_meant(server.chip)
         assert server.chip.commands[-1] == "query"
         drv.close()
     finally:
         server.stop()
 
 
-def test_open_wakes_a_sleeping_sensor_and_resets_its_working_period(link: Path) -> None:
-    server = serve(link, mode="query", asleep=True, period=5)
+def test_open_wakes_a_sleeping_sensor_and_resets_its_working_period(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query", asleep=True, period=5)
     try:
-        drv = driver(server.path)
+        drv = sds011_driver(server.path)
         drv.open()
         chip = server.chip
         assert chip.commands[:5] == [
@@ -281,40 +239,40 @@ def test_open_wakes_a_sleeping_sensor_and_resets_its_working_period(link: Path) 
             "set-period 0",
         ]
         assert not chip.asleep and chip.period == 0
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == sds011_meant(chip)
         assert drv.device_id == b"\xa1\x60"
         drv.close()
     finally:
         server.stop()
 
 
-def test_another_device_id_is_not_our_sensor(link: Path) -> None:
-    server = serve(link, mode="query", device_id=b"\x12\x34")
+def test_another_device_id_is_not_our_sensor(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query", device_id=b"\x12\x34")
     try:
-        drv = driver(server.path)
+        drv = sds011_driver(server.path)
         drv.open()  # commands go to FFFF: every sensor answers
-        assert values(drv.read(time.time())) == meant(server.chip)
+        assert values(drv.read(time.time())) == sds011_meant(server.chip)
         assert drv.device_id == b"\x12\x34"
         drv.close()
     finally:
         server.stop()
 
 
-def test_injected_transport(server: PtyServer[SDS011Chip]) -> None:
+def test_injected_transport(sds011_server: PtyServer[SDS011Chip]) -> None:
     drv = SDS011(
         sensor_id="pm",
         options={"warmup": 0, "timeout": 0.3},
-        transport=SerialTransport(server.port),
+        transport=SerialTransport(sds011_server.port),
     )
     drv.open()
-    assert values(drv.read(time.time())) == meant(server.chip)
+    assert values(drv.read(time.time())) == sds011_meant(sds011_server.chip)
     drv.close()
 
 
-def test_warmup_readings_are_discarded(link: Path) -> None:
-    server = serve(link, mode="query", warmup=0.5, zero_for=0.25)
+def test_warmup_readings_are_discarded(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query", warmup=0.5, zero_for=0.25)
     try:
-        drv = driver(server.path, warmup=0.2)
+        drv = sds011_driver(server.path, warmup=0.2)
         drv.open()
         first = drv.read(time.time())  # within the driver's warm-up: not even asked
         assert first == [Measurement(q, None, ("warmup",)) for q in ("pm2_5", "pm10")]
@@ -332,7 +290,7 @@ def test_warmup_readings_are_discarded(link: Path) -> None:
         zero = [r for r in chip.reports if r.pm2_5 == 0 and r.pm10 == 0]
         assert zero, "the emulator sent all-zero warm-up reports"
         assert {"pm2_5": 0.0, "pm10": 0.0} not in got
-        assert got[-1] == meant(chip)
+        assert got[-1] == sds011_meant(chip)
         assert drv.counters["warmup"] >= 1 + len(zero)
         drv.close()
     finally:
@@ -342,26 +300,28 @@ def test_warmup_readings_are_discarded(link: Path) -> None:
 # --------------------------------------------------------------------------- faults
 
 
-def test_garbage_bad_checksums_and_cut_frames_are_survived(server: PtyServer[SDS011Chip]) -> None:
-    chip = server.chip
-    drv = driver(server.path)
+def test_garbage_bad_checksums_and_cut_frames_are_survived(
+    sds011_server: PtyServer[SDS011Chip],
+) -> None:
+    chip = sds011_server.chip
+    drv = sds011_driver(sds011_server.path)
     drv.open()
     drv.counters.clear()
     chip.inject("garbage", 3)
     for _ in range(3):
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == sds011_meant(chip)
     assert drv.counters == {"resync": 3}
 
     drv.counters.clear()
     chip.inject("bad_checksum", 2)  # two bad answers, the third try is good
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == sds011_meant(chip)
     assert drv.counters == {"checksum": 2}
     assert chip.commands[-3:] == ["query"] * 3
 
     drv.counters.clear()
     chip.inject("truncated", 1)
     started = time.monotonic()
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == sds011_meant(chip)
     assert drv.counters == {"truncated": 1}
     assert time.monotonic() - started < 1.5
 
@@ -370,14 +330,14 @@ def test_garbage_bad_checksums_and_cut_frames_are_survived(server: PtyServer[SDS
     with pytest.raises(SensorError, match="no valid answer to query data"):
         drv.read(time.time())
     assert drv.counters == {"checksum": ATTEMPTS, "timeout": 1}
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == sds011_meant(chip)
     drv.close()
 
 
-def test_random_faults_never_yield_a_bad_reading(server: PtyServer[SDS011Chip]) -> None:
-    chip = server.chip
+def test_random_faults_never_yield_a_bad_reading(sds011_server: PtyServer[SDS011Chip]) -> None:
+    chip = sds011_server.chip
     chip.fault_rates = {"garbage": 0.2, "truncated": 0.1, "bad_checksum": 0.2}
-    drv = driver(server.path)
+    drv = sds011_driver(sds011_server.path)
     drv.open()
     good = 0
     for _ in range(30):
@@ -385,86 +345,63 @@ def test_random_faults_never_yield_a_bad_reading(server: PtyServer[SDS011Chip]) 
             got = values(drv.read(time.time()))
         except SensorError:
             continue
-        assert got == meant(chip)
+        assert got == sds011_meant(chip)
         good += 1
     assert good >= 25
     assert drv.counters["checksum"] + drv.counters["truncated"] + drv.counters["resync"] > 0
     drv.close()
 
 
-def test_silence_fails_after_the_timeout_and_readings_resume(server: PtyServer[SDS011Chip]) -> None:
-    drv = driver(server.path, timeout=0.2)
+def test_silence_fails_after_the_timeout_and_readings_resume(
+    sds011_server: PtyServer[SDS011Chip],
+) -> None:
+    drv = sds011_driver(sds011_server.path, timeout=0.2)
     drv.open()
-    server.chip.silent = True
+    sds011_server.chip.silent = True
     started = time.monotonic()
     with pytest.raises(SensorError, match="no valid answer"):
         drv.read(time.time())
     took = time.monotonic() - started
     assert ATTEMPTS * 0.2 - 0.05 < took < ATTEMPTS * 0.2 + 1.0
     assert drv.counters["timeout"] == 1
-    server.chip.silent = False
-    assert values(drv.read(time.time())) == meant(server.chip)
+    sds011_server.chip.silent = False
+    assert values(drv.read(time.time())) == sds011_meant(sds011_server.chip)
     drv.close()
 
 
-def test_slow_bytes_are_still_read(server: PtyServer[SDS011Chip]) -> None:
-    drv = driver(server.path, timeout=1.0)
+def test_slow_bytes_are_still_read(sds011_server: PtyServer[SDS011Chip]) -> None:
+    drv = sds011_driver(sds011_server.path, timeout=1.0)
     drv.open()
-    server.chip.byte_delay = 0.03
+    sds011_server.chip.byte_delay = 0.03
     started = time.monotonic()
-    assert values(drv.read(time.time())) == meant(server.chip)
+    assert values(drv.read(time.time())) == sds011_meant(sds011_server.chip)
     assert time.monotonic() - started >= 9 * 0.03
     assert not drv.counters
     drv.close()
 
 
 def test_a_sensor_switched_to_active_mode_is_put_back_in_query_mode(
-    server: PtyServer[SDS011Chip],
+    sds011_server: PtyServer[SDS011Chip],
 ) -> None:
-    drv = driver(server.path)
+    drv = sds011_driver(sds011_server.path)
     drv.open()
-    chip = server.chip
+    chip = sds011_server.chip
     with chip.lock:  # another program switched it to active mode behind our back
         chip.report_every = 0.02
         chip.mode = "active"
     time.sleep(0.2)
-    assert values(drv.read(time.time())) == meant(chip)
+    assert values(drv.read(time.time())) == sds011_meant(chip)
     assert drv.counters["unsolicited"] == 1
     assert chip.mode == "query"
     assert chip.commands[-2:] == ["set-query-mode", "query"]
     drv.close()
 
 
-def test_unplug_and_replug_through_the_sampler(link: Path) -> None:
-    server = serve(link, mode="query")
-    drv = driver(str(link), timeout=0.2)
-    health = Health()
-    out: list[Reading] = []
-    cfg = SensorConfig(id="pm", driver="sds011", interval=0.05, options=drv.options)
-    chain = ModuleChain([RangeModule(module_id="physics", options={})], health=health)
-    task = SensorTask(
-        cfg, drv, chain=chain, health=health, accept=out.extend, clock=lambda: (True, "ntp")
-    )
-
-    async def main() -> None:
-        run = asyncio.create_task(task.run())
-        await asyncio.sleep(0.4)
-        server.unplug()
-        await asyncio.sleep(1.0)
-        unplugged = len(out)
-        server.replug()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if len(out) > unplugged and out[-1].value is not None:
-                break
-            await asyncio.sleep(0.05)
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+def test_unplug_and_replug_through_the_sampler(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query")
+    drv = sds011_driver(str(sds011_link), timeout=0.2)
+    h = unplug_and_replug(server, drv)
+    out, health = h.out, h.health
     failed = [r for r in out if r.value is None]
     assert failed and all(r.flags == ["sensor-error"] for r in failed)
     assert health.sensor_errors["pm"] >= 3
@@ -476,15 +413,15 @@ def test_unplug_and_replug_through_the_sampler(link: Path) -> None:
     assert server.replugs == 1
 
 
-def test_duty_cycle_sleeps_between_reads_and_wakes_ahead(link: Path) -> None:
-    server = serve(link, mode="query", warmup=0.15, zero_for=0.05)
+def test_duty_cycle_sleeps_between_reads_and_wakes_ahead(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query", warmup=0.15, zero_for=0.05)
     chip = server.chip
     try:
-        drv = driver(server.path, duty_cycle=True, warmup=0.3)
+        drv = sds011_driver(server.path, duty_cycle=True, warmup=0.3)
         drv.open()
         assert drv.read(time.time())[0].flags == ("warmup",)
         time.sleep(1.3)
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == sds011_meant(chip)
         # interval 1.3 s >= 4 x 0.3 s: it went to sleep, and the state was read back
         assert drv.cycling
         assert chip.asleep
@@ -495,7 +432,7 @@ def test_duty_cycle_sleeps_between_reads_and_wakes_ahead(link: Path) -> None:
         assert not chip.asleep, "woken warmup ahead of the next read"
         assert chip.commands[-2:] == ["work", "get-state"]
         time.sleep(0.05)
-        assert values(drv.read(time.time())) == meant(chip)
+        assert values(drv.read(time.time())) == sds011_meant(chip)
         assert chip.asleep
         assert drv.counters["warmup"] == 1
         drv.close()
@@ -504,11 +441,11 @@ def test_duty_cycle_sleeps_between_reads_and_wakes_ahead(link: Path) -> None:
         server.stop()
 
 
-def test_sleep_that_is_ignored_is_sent_again(link: Path) -> None:
-    server = serve(link, mode="query")
+def test_sleep_that_is_ignored_is_sent_again(sds011_link: Path) -> None:
+    server = serve_sds011(sds011_link, mode="query")
     chip = server.chip
     try:
-        drv = driver(server.path, duty_cycle=True, warmup=0.1)
+        drv = sds011_driver(server.path, duty_cycle=True, warmup=0.1)
         drv.open()
         drv.read(time.time())
         time.sleep(0.5)
@@ -525,21 +462,21 @@ def test_sleep_that_is_ignored_is_sent_again(link: Path) -> None:
         server.stop()
 
 
-def test_short_interval_keeps_the_sensor_running(server: PtyServer[SDS011Chip]) -> None:
-    drv = driver(server.path, duty_cycle=True, warmup=0.5)
+def test_short_interval_keeps_the_sensor_running(sds011_server: PtyServer[SDS011Chip]) -> None:
+    drv = sds011_driver(sds011_server.path, duty_cycle=True, warmup=0.5)
     drv.open()
     for _ in range(3):
         drv.read(time.time())
         time.sleep(0.1)
     assert not drv.cycling
-    assert "sleep" not in server.chip.commands
+    assert "sleep" not in sds011_server.chip.commands
     drv.close()
 
 
-def test_probe_finds_it(link: Path, tmp_path: Path) -> None:
+def test_probe_finds_it(sds011_link: Path, tmp_path: Path) -> None:
     from drivers.probe_serial import probe_serial
 
-    server = serve(link, mode="query")
+    server = serve_sds011(sds011_link, mode="query")
     try:
         found = probe_serial([server.path], 1.0)
     finally:

@@ -16,6 +16,7 @@ from drivers import pms5003, sds011
 from drivers.emulators.pms5003 import PMS5003Chip
 from drivers.emulators.pty import PtyServer
 from drivers.emulators.sds011 import SDS011Chip
+from drivers.emulators.serial_testing import SDS011_EXAMPLE, pms5003_frame
 from drivers.probe_serial import Found, default_ports, probe_serial
 from drivers.serial_bus import (
     FrameParser,
@@ -27,17 +28,7 @@ from drivers.serial_bus import (
 from gateway.config.settings import loads
 from gateway.core.errors import ConfigError, SensorError
 
-# The datasheet example report (sensors.md): PM2.5 123.6, PM10 261.8, ID a160.
-SDS_FRAME = bytes.fromhex("aa c0 d4 04 3a 0a a1 60 1d ab")
-
-
-def pms_frame(words: list[int], version: int = 0x97, error: int = 0) -> bytes:
-    body = b"\x42\x4d\x00\x1c" + b"".join(w.to_bytes(2, "big") for w in words)
-    body += bytes([version, error])
-    return body + (sum(body) & 0xFFFF).to_bytes(2, "big")
-
-
-PMS_FRAME = pms_frame([5, 8, 9, 5, 8, 9, 1200, 360, 70, 6, 2, 1])
+PMS_FRAME = pms5003_frame([5, 8, 9, 5, 8, 9, 1200, 360, 70, 6, 2, 1])
 
 
 @pytest.fixture
@@ -62,9 +53,9 @@ def test_parser_finds_frames_split_across_reads() -> None:
     counters: Counter[str] = Counter()
     p = FrameParser(sds011.FRAME, counters)
     out = []
-    for i in range(len(SDS_FRAME)):
-        out += p.feed(SDS_FRAME[i : i + 1])
-    assert out == [SDS_FRAME]
+    for i in range(len(SDS011_EXAMPLE)):
+        out += p.feed(SDS011_EXAMPLE[i : i + 1])
+    assert out == [SDS011_EXAMPLE]
     assert not counters
     assert p.pending == 0
 
@@ -72,23 +63,23 @@ def test_parser_finds_frames_split_across_reads() -> None:
 def test_parser_skips_garbage_once_per_run() -> None:
     counters: Counter[str] = Counter()
     p = FrameParser(sds011.FRAME, counters)
-    out = p.feed(b"\x01\x02\x03" + SDS_FRAME + b"\x10\x20" + SDS_FRAME)
-    assert out == [SDS_FRAME, SDS_FRAME]
+    out = p.feed(b"\x01\x02\x03" + SDS011_EXAMPLE + b"\x10\x20" + SDS011_EXAMPLE)
+    assert out == [SDS011_EXAMPLE, SDS011_EXAMPLE]
     assert counters == {"resync": 2}
     # a run of garbage arriving in pieces is still one loss of sync
     p.feed(b"\x05\x06")
     p.feed(b"\x07")
-    assert p.feed(SDS_FRAME) == [SDS_FRAME]
+    assert p.feed(SDS011_EXAMPLE) == [SDS011_EXAMPLE]
     assert counters == {"resync": 3}
 
 
 def test_parser_counts_checksum_and_truncated() -> None:
     counters: Counter[str] = Counter()
     p = FrameParser(sds011.FRAME, counters)
-    bad_cs = SDS_FRAME[:8] + b"\x1e" + SDS_FRAME[9:]
-    cut = SDS_FRAME[:6]
-    out = p.feed(bad_cs + cut + SDS_FRAME)
-    assert out == [SDS_FRAME]
+    bad_cs = SDS011_EXAMPLE[:8] + b"\x1e" + SDS011_EXAMPLE[9:]
+    cut = SDS011_EXAMPLE[:6]
+    out = p.feed(bad_cs + cut + SDS011_EXAMPLE)
+    assert out == [SDS011_EXAMPLE]
     assert counters == {"checksum": 1, "truncated": 1}
     assert p.rejected == 2
 
@@ -96,12 +87,12 @@ def test_parser_counts_checksum_and_truncated() -> None:
 def test_parser_bad_tail_and_impossible_header_are_resync() -> None:
     counters: Counter[str] = Counter()
     p = FrameParser(sds011.FRAME, counters)
-    assert p.feed(SDS_FRAME[:9] + b"\x00") == []
+    assert p.feed(SDS011_EXAMPLE[:9] + b"\x00") == []
     assert counters == {"resync": 1}
     counters.clear()
     p.reset()
     # AA B4 is a host command, not something a sensor sends
-    assert p.feed(b"\xaa\xb4" + SDS_FRAME) == [SDS_FRAME]
+    assert p.feed(b"\xaa\xb4" + SDS011_EXAMPLE) == [SDS011_EXAMPLE]
     assert counters == {"resync": 1}
 
 
@@ -229,13 +220,13 @@ def test_frame_reader_detects_a_cut_frame_by_the_gap(pty_pair: tuple[int, str]) 
     try:
         parser = FrameParser(sds011.FRAME)
         reader = FrameReader(t, parser, gap=0.1)
-        os.write(master, SDS_FRAME[:5])
+        os.write(master, SDS011_EXAMPLE[:5])
         started = time.monotonic()
         assert reader.read_frame(lambda f: True, 2.0) is None
         assert time.monotonic() - started < 1.0, "gave up on the gap, not the timeout"
         assert parser.counters == {"truncated": 1}
-        os.write(master, SDS_FRAME)
-        assert reader.read_frame(lambda f: True, 2.0) == SDS_FRAME
+        os.write(master, SDS011_EXAMPLE)
+        assert reader.read_frame(lambda f: True, 2.0) == SDS011_EXAMPLE
     finally:
         t.close()
 
@@ -297,7 +288,7 @@ def test_probe_is_not_fooled_by_start_bytes(pty_pair: tuple[int, str]) -> None:
 
     master, port = pty_pair
     stop = threading.Event()
-    bad = SDS_FRAME[:8] + b"\x00\xab" + PMS_FRAME[:-1] + b"\x00"
+    bad = SDS011_EXAMPLE[:8] + b"\x00\xab" + PMS_FRAME[:-1] + b"\x00"
 
     def chatter() -> None:
         while not stop.is_set():
