@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.emulators import i2c as emulated
+from drivers.emulators.i2c import VirtualClock
 from drivers.emulators.pms5003 import PMS5003Chip
 from drivers.emulators.pty import PtyServer
 from drivers.emulators.sds011 import SDS011Chip
@@ -36,6 +38,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def clock() -> Iterator[VirtualClock]:
+    """The emulated I2C bus in virtual time, its air as simulated (a module that needs the air
+    held at given values defines its own `clock` with `virtual_time(temperature=...)`)."""
+    with emulated.virtual_time() as clk:
+        yield clk
 
 
 @pytest.fixture

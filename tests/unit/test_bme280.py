@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,13 @@ from drivers.emulators.bme280 import (
     double_pressure,
     double_temperature,
 )
-from drivers.emulators.i2c import EmulatedBus, VirtualClock
-from drivers.i2c_bus import I2CTransport
+from drivers.emulators.i2c import VirtualClock
+from drivers.emulators.i2c_testing import read_values, transport_to
 from gateway.config import settings as config
 from gateway.core import plugins
 from gateway.core.errors import ConfigError, SensorError
-from tests.unit.test_i2c_bus import HEADER, Harness
+from tests.sampler import Harness
+from tests.snippets import HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,12 +50,6 @@ DATASHEET = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def clock() -> Iterator[VirtualClock]:
-    with emulated.virtual_time() as clk:
-        yield clk
-
-
 def chip(
     clock: VirtualClock, *, chip_id: int = 0x60, nvm: dict[int, bytes] | None = None
 ) -> BME280Emulator:
@@ -63,14 +57,7 @@ def chip(
 
 
 def driver(dev: BME280Emulator, clock: VirtualClock, **options: object) -> BME280:
-    bus = EmulatedBus()
-    bus.attach(dev.address, dev)
-    t = I2CTransport(bus, dev.address, wait=clock.sleep)
-    return BME280(sensor_id="climate", options=options, transport=t)
-
-
-def values(drv: BME280, now: float = 0.0) -> dict[str, float | None]:
-    return {m.quantity: m.value for m in drv.read(now)}
+    return BME280(sensor_id="climate", options=options, transport=transport_to(dev, clock))
 
 
 # --- decode functions against the datasheet --------------------------------------------------
@@ -194,7 +181,7 @@ def test_datasheet_vector_through_the_emulator(clock: VirtualClock) -> None:
     dev.force_adc(t=519888, p=415148)
     drv = driver(dev, clock)
     drv.open()
-    assert values(drv) == {"temperature": 25.08, "pressure": 100653.25}
+    assert read_values(drv) == {"temperature": 25.08, "pressure": 100653.25}
 
 
 @pytest.mark.parametrize(
@@ -209,7 +196,7 @@ def test_values_recovered_from_raw_registers(
     dev = chip(clock)
     drv = driver(dev, clock, oversampling=oversampling)
     drv.open()
-    got = values(drv)
+    got = read_values(drv)
     assert got["temperature"] == pytest.approx(t, abs=0.02)
     assert got["humidity"] == pytest.approx(rh, abs=0.15)
     assert got["pressure"] == pytest.approx(p, abs=2.5 if oversampling == 1 else 0.5)
@@ -222,7 +209,7 @@ def test_the_emulator_calibration_catches_the_sign_bug(clock: VirtualClock) -> N
     dev = chip(clock)
     drv = driver(dev, clock)
     drv.open()
-    assert values(drv)["humidity"] == pytest.approx(50.0, abs=0.15)
+    assert read_values(drv)["humidity"] == pytest.approx(50.0, abs=0.15)
     e = dev.regs[0xE1:0xE8]
     good = decode_calibration(bytes(dev.regs[0x88:0xA2]), bytes(e))
     buggy = Calibration(
@@ -241,10 +228,10 @@ def test_forced_mode_each_read(clock: VirtualClock) -> None:
     assert dev.measurements == 0
     emulated.air().fix(temperature=20.0)
     slept = clock.slept
-    assert values(drv)["temperature"] == pytest.approx(20.0, abs=0.02)
+    assert read_values(drv)["temperature"] == pytest.approx(20.0, abs=0.02)
     assert clock.slept - slept >= measurement_time_ms(4, 4, 4) / 1000 - 1e-9
     emulated.air().fix(temperature=21.0)
-    assert values(drv)["temperature"] == pytest.approx(21.0, abs=0.02)
+    assert read_values(drv)["temperature"] == pytest.approx(21.0, abs=0.02)
     assert dev.measurements == 2
     # ctrl_hum is written before the ctrl_meas that latches it, every time
     regs = [r for r, _ in dev.writes if r in (0xF2, 0xF4)]
@@ -269,7 +256,7 @@ def test_bmp280_runs_without_humidity_and_says_so(clock: VirtualClock) -> None:
     drv.open()
     assert dict(drv.quantities) == {"temperature": "Cel", "pressure": "Pa"}
     assert drv.counters["no_humidity"] == 1
-    got = values(drv)
+    got = read_values(drv)
     assert set(got) == {"temperature", "pressure"}
     assert not any(r == 0xF2 for r, _ in dev.writes)  # no ctrl_hum on a BMP280
 
@@ -301,7 +288,7 @@ def test_nack_burst_is_retried(clock: VirtualClock) -> None:
     drv = driver(dev, clock)
     drv.open()
     dev.nack_burst(3)
-    assert values(drv)["pressure"] is not None
+    assert read_values(drv)["pressure"] is not None
     assert drv.counters == {"nack": 3, "retry": 3}
 
 
@@ -314,7 +301,7 @@ def test_stuck_measurement_fails_then_recovers(clock: VirtualClock) -> None:
         drv.read(0.0)
     assert drv.counters["not_ready"] == 1
     dev.stick(False)
-    assert values(drv)["temperature"] is not None
+    assert read_values(drv)["temperature"] is not None
 
 
 def test_humidity_clamp_is_flagged(clock: VirtualClock) -> None:

@@ -6,11 +6,8 @@ errno classes the emulators do not produce) a bus object raising the kernel's er
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,8 @@ from drivers import scd4x
 from drivers.bme280 import BME280
 from drivers.emulators import i2c as emulated
 from drivers.emulators.bme280 import BME280Emulator
-from drivers.emulators.i2c import EmulatedBus, VirtualClock, sensirion_crc
+from drivers.emulators.i2c import VirtualClock, sensirion_crc
+from drivers.emulators.i2c_testing import transport_to
 from drivers.emulators.scd4x import SCD4xEmulator
 from drivers.emulators.sht4x import SHT4xEmulator
 from drivers.i2c_bus import (
@@ -37,32 +35,9 @@ from drivers.probe_i2c import probe_i2c
 from drivers.sensirion import CRCError, crc8, pack_words, unpack_words
 from drivers.sht4x import SHT4x
 from gateway.config import settings as config
-from gateway.config.settings import SensorConfig
 from gateway.core.errors import ConfigError, SensorError
-from gateway.core.health import Health
-from gateway.core.reading import Reading
-from gateway.device.sampler import SensorTask
-from gateway.modules.chain import ModuleChain
-from gateway.modules.ranges import RangeModule
-
-HEADER = """\
-[device]
-name = "probe-test"
-key_file = "device.key"
-"""
-
-
-@pytest.fixture
-def clock() -> Iterator[VirtualClock]:
-    with emulated.virtual_time() as clk:
-        yield clk
-
-
-def transport(dev: Any, clk: VirtualClock, **kw: Any) -> I2CTransport:
-    bus = EmulatedBus()
-    bus.attach(dev.address, dev)
-    return I2CTransport(bus, dev.address, wait=clk.sleep, **kw)
-
+from tests.sampler import Harness
+from tests.snippets import HEADER
 
 # --- Sensirion CRC-8 and words ---------------------------------------------------------------
 
@@ -141,7 +116,7 @@ def test_nack_burst_is_retried_with_backoff_and_counted(clock: VirtualClock) -> 
 
 def test_a_chip_that_is_gone_raises_after_the_retries(clock: VirtualClock) -> None:
     dev = BME280Emulator(clock=clock)
-    t = transport(dev, clock)
+    t = transport_to(dev, clock)
     dev.unplug()
     with pytest.raises(SensorError, match="no ACK after 4 attempts"):
         t.read_register(0xD0, 1)
@@ -189,7 +164,7 @@ def test_other_errors_fail_at_once(clock: VirtualClock) -> None:
 
 def test_command_waits_between_write_and_a_separate_read(clock: VirtualClock) -> None:
     dev = SHT4xEmulator(clock=clock)
-    t = transport(dev, clock)
+    t = transport_to(dev, clock)
     before = dev.transfers
     data = t.command(b"\x89", delay=0.01, length=6)
     assert dev.transfers - before == 2  # a write transfer, then a read transfer
@@ -199,7 +174,7 @@ def test_command_waits_between_write_and_a_separate_read(clock: VirtualClock) ->
 
 def test_a_read_before_the_chip_is_done_is_nacked_and_retried(clock: VirtualClock) -> None:
     dev = SHT4xEmulator(clock=clock)
-    t = transport(dev, clock)
+    t = transport_to(dev, clock)
     t.command(b"\xfd", delay=0.0)  # measure, and read at once: the chip is still busy
     data = t.read(6)
     assert len(unpack_words(data, 2)) == 2
@@ -323,49 +298,6 @@ def test_probe_of_a_missing_bus_raises() -> None:
 
 
 # --- through the sampler -------------------------------------------------------------------------
-
-
-class Harness:
-    """A driver run by the real SensorTask (worker threads, failures, re-open after three)."""
-
-    def __init__(self, driver: Any, *, interval: float = 0.01) -> None:
-        self.driver = driver
-        self.health = Health()
-        self.health.driver_counters[driver.sensor_id] = driver.counters
-        self.out: list[Reading] = []
-        chain = ModuleChain([RangeModule(module_id="physics", options={})], health=self.health)
-        cfg = SensorConfig(id=driver.sensor_id, driver=driver.name, interval=interval, options={})
-        self.task = SensorTask(
-            cfg,
-            driver,
-            chain=chain,
-            health=self.health,
-            accept=self.out.extend,
-            clock=lambda: (True, "ntp"),
-        )
-
-    def failed(self) -> list[Reading]:
-        return [r for r in self.out if r.value is None]
-
-    def good(self) -> list[Reading]:
-        return [r for r in self.out if r.value is not None]
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.005)
-
-    def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
-        async def main() -> None:
-            task = asyncio.create_task(self.task.run())
-            try:
-                await scenario(self)
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
-        asyncio.run(main())
 
 
 def test_unplug_and_replug_through_the_sampler(clock: VirtualClock) -> None:

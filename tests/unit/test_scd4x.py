@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from drivers import scd4x
 from drivers.emulators import i2c as emulated
 from drivers.emulators.i2c import EmulatedBus, VirtualClock, sensirion_crc
+from drivers.emulators.i2c_testing import read_values, transport_to
 from drivers.emulators.scd4x import SCD4xEmulator
 from drivers.i2c_bus import I2CTransport
 from drivers.scd4x import (
@@ -30,7 +31,8 @@ from drivers.sensirion import CRCError
 from gateway.config import settings as config
 from gateway.core import plugins
 from gateway.core.errors import ConfigError, SensorError
-from tests.unit.test_i2c_bus import HEADER, Harness
+from tests.sampler import Harness
+from tests.snippets import HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,15 +53,7 @@ def chip(clock: VirtualClock, variant: str = "scd41") -> SCD4xEmulator:
 
 
 def driver(dev: SCD4xEmulator, clock: VirtualClock, **options: object) -> SCD4x:
-    bus = EmulatedBus()
-    bus.attach(dev.address, dev)
-    return SCD4x(
-        sensor_id="co2", options=options, transport=I2CTransport(bus, 0x62, wait=clock.sleep)
-    )
-
-
-def values(drv: SCD4x, now: float = 0.0) -> dict[str, float | None]:
-    return {m.quantity: m.value for m in drv.read(now)}
+    return SCD4x(sensor_id="co2", options=options, transport=transport_to(dev, clock))
 
 
 # --- conversions -----------------------------------------------------------------------------
@@ -164,13 +158,13 @@ def test_periodic_readings_follow_the_air(clock: VirtualClock) -> None:
     drv = driver(dev, clock)
     drv.open()
     started = clock.now()
-    got = values(drv)
+    got = read_values(drv)
     assert clock.now() - started >= 5.0  # the first sample comes 5 s after the start
     assert got["co2"] == 800.0
     assert got["temperature"] == pytest.approx(22.0, abs=0.01)
     assert got["humidity"] == pytest.approx(45.0, abs=0.01)
     emulated.air().fix(co2=1200.0)
-    assert values(drv)["co2"] == 1200.0
+    assert read_values(drv)["co2"] == 1200.0
     assert dev.commands("get_data_ready_status")
 
 
@@ -180,8 +174,8 @@ def test_low_power_mode_samples_every_30_s(clock: VirtualClock) -> None:
     drv.open()
     assert dev.mode == "low-power" and dev.log[-1][0] == "start_low_power_periodic_measurement"
     t0 = clock.now()
-    values(drv)
-    values(drv)
+    read_values(drv)
+    read_values(drv)
     assert clock.now() - t0 >= 60.0
 
 
@@ -190,9 +184,9 @@ def test_single_shot_discards_the_first_measurement(clock: VirtualClock) -> None
     drv = driver(dev, clock, mode="single-shot")
     drv.open()
     assert "start_periodic_measurement" not in [n for n, _ in dev.log]
-    assert values(drv)["co2"] == 800.0
+    assert read_values(drv)["co2"] == 800.0
     assert len(dev.commands("measure_single_shot")) == 2  # the first one after power-up dropped
-    values(drv)
+    read_values(drv)
     assert len(dev.commands("measure_single_shot")) == 3
     assert dev.mode == "idle"
 
@@ -226,20 +220,20 @@ def test_ambient_pressure_from_another_sensor_reaches_the_chip(clock: VirtualClo
     drv = driver(dev, clock)
     drv.open()
     # the chip assumes sea level: the thinner air reads low
-    assert values(drv)["co2"] == pytest.approx(800.0 * 90_000 / 101_325, abs=1)
+    assert read_values(drv)["co2"] == pytest.approx(800.0 * 90_000 / 101_325, abs=1)
     drv.ambient("pressure", 90_012.0)  # what a BME280 on this gateway just measured, Pa
     assert dev.commands("ambient_pressure") == []  # stored only; sent before the next read
-    assert values(drv)["co2"] == pytest.approx(800.0, abs=1)
+    assert read_values(drv)["co2"] == pytest.approx(800.0, abs=1)
     assert dev.commands("ambient_pressure") == [(900,)]  # hPa
     assert drv.ambient_pressure_hpa == 900
     drv.ambient("pressure", 90_030.0)  # same hPa: nothing to send
-    values(drv)
+    read_values(drv)
     drv.ambient("pressure", 95_000.0)
-    values(drv)
+    read_values(drv)
     assert dev.commands("ambient_pressure") == [(900,), (950,)]
     drv.ambient("temperature", 20.0)  # not a quantity it compensates
     drv.ambient("pressure", 20_000.0)  # outside 700..1200 hPa: ignored
-    values(drv)
+    read_values(drv)
     assert dev.commands("ambient_pressure") == [(900,), (950,)]
 
 
@@ -261,7 +255,7 @@ def test_pressure_compensation_can_be_turned_off(clock: VirtualClock) -> None:
     drv = driver(dev, clock, pressure_compensation=False)
     drv.open()
     drv.ambient("pressure", 90_000.0)
-    values(drv)
+    read_values(drv)
     assert dev.commands("ambient_pressure") == []
 
 
@@ -272,12 +266,12 @@ def test_bad_crc_is_counted_and_the_reading_discarded(clock: VirtualClock) -> No
     dev = chip(clock)
     drv = driver(dev, clock)
     drv.open()
-    values(drv)
+    read_values(drv)
     dev.corrupt(1)
     with pytest.raises(SensorError, match=r"CRC mismatch.*discarded"):
         drv.read(0.0)
     assert drv.counters["crc"] == 1
-    assert values(drv)["co2"] == 800.0
+    assert read_values(drv)["co2"] == 800.0
 
 
 def test_stuck_data_not_ready_fails_then_recovers(clock: VirtualClock) -> None:
@@ -289,7 +283,7 @@ def test_stuck_data_not_ready_fails_then_recovers(clock: VirtualClock) -> None:
         drv.read(0.0)
     assert drv.counters["not_ready"] == 1
     dev.stall(False)
-    assert values(drv)["co2"] == 800.0
+    assert read_values(drv)["co2"] == 800.0
 
 
 def test_nack_burst_is_retried(clock: VirtualClock) -> None:
@@ -297,7 +291,7 @@ def test_nack_burst_is_retried(clock: VirtualClock) -> None:
     drv = driver(dev, clock)
     drv.open()
     dev.nack_burst(2)
-    assert values(drv)["co2"] == 800.0
+    assert read_values(drv)["co2"] == 800.0
     assert drv.counters == {"nack": 2, "retry": 2}
 
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from drivers import sht4x
 from drivers.emulators import i2c as emulated
-from drivers.emulators.i2c import EmulatedBus, VirtualClock, sensirion_crc
+from drivers.emulators.i2c import VirtualClock, sensirion_crc
+from drivers.emulators.i2c_testing import transport_to
 from drivers.emulators.sht4x import SHT4xEmulator
-from drivers.i2c_bus import I2CTransport
 from drivers.sensirion import CRCError
 from drivers.sht4x import (
     SHT4x,
@@ -28,7 +28,8 @@ from drivers.sht4x import (
 from gateway.config import settings as config
 from gateway.core import plugins
 from gateway.core.errors import SensorError
-from tests.unit.test_i2c_bus import HEADER, Harness
+from tests.sampler import Harness
+from tests.snippets import HEADER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,9 +47,7 @@ def chip(clock: VirtualClock, address: int = 0x44) -> SHT4xEmulator:
 
 
 def driver(dev: SHT4xEmulator, clock: VirtualClock, **options: object) -> SHT4x:
-    bus = EmulatedBus()
-    bus.attach(dev.address, dev)
-    t = I2CTransport(bus, dev.address, wait=clock.sleep)
+    t = transport_to(dev, clock)
     return SHT4x(sensor_id="rh", options={"address": dev.address, **options}, transport=t)
 
 
