@@ -16,20 +16,20 @@ from gateway.core.reading import Reading
 from gateway.modules.base import DetectionModule
 from gateway.modules.drift import DriftModule
 from gateway.modules.plausibility import PlausibilityModule
-from tests.unit.test_rules import (
+from tests.weather import (
     HOUR,
     RES,
     SERIES,
-    _alarms,
-    _caught,
-    _events,
-    _positions,
-    _sigma,
+    alarm_events,
+    event_starts,
+    flagged_at,
+    share_caught,
+    step_sigma,
 )
 
 
 def _drift(mod: DetectionModule, quantity: str, values: Sequence[float]) -> list[int]:
-    return _alarms(mod, quantity, values, "drift")
+    return flagged_at(mod, quantity, values, "drift")
 
 
 def _crafted(n: int, seed: int = 1) -> list[float]:
@@ -59,7 +59,7 @@ def test_a_level_shift_is_flagged_within_it_and_then_accepted() -> None:
     values[2000:] = [v + 6.0 for v in values[2000:]]  # a sensor that reads 6 Cel high from now
     alarms = _drift(_module(), "temperature", values)
     assert alarms and 2000 <= alarms[0] < 2012  # within hours
-    assert _events(alarms) == 1  # one alarm, not a flicker
+    assert alarm_events(alarms) == 1  # one alarm, not a flicker
     assert alarms[-1] < 2000 + 24 * 14  # the new level becomes the expected one
 
 
@@ -68,7 +68,7 @@ def test_a_slow_ramp_is_flagged_within_its_span() -> None:
     for i in range(2000, 2240):  # triangular, peak 14 Cel after five days
         values[i] += 14.0 * (1 - abs((i - 2120) / 120))
     alarms = _drift(_module(), "temperature", values)
-    assert _caught(alarms, [(2000, 2240)]) == 1.0
+    assert share_caught(alarms, [(2000, 2240)]) == 1.0
     assert all(2000 <= a < 2245 + 48 for a in alarms)
 
 
@@ -86,9 +86,9 @@ def test_concentrations_are_judged_on_a_log_scale() -> None:
         level = 0.97 * level + rng.gauss(0, 0.12)
         pm.append(round(25 * math.exp(level), 1))
     mod = _module("pm2_5")
-    assert _events(_drift(mod, "pm2_5", pm)) <= 1
+    assert alarm_events(_drift(mod, "pm2_5", pm)) <= 1
     doubled = pm[:2000] + [3 * v for v in pm[2000:2200]] + pm[2200:]
-    assert _caught(_drift(_module("pm2_5"), "pm2_5", doubled), [(2000, 2200)]) == 1.0
+    assert share_caught(_drift(_module("pm2_5"), "pm2_5", doubled), [(2000, 2200)]) == 1.0
 
 
 def test_loads_through_its_entry_point() -> None:
@@ -103,7 +103,7 @@ def test_loads_through_its_entry_point() -> None:
 def test_clean_weather_is_nearly_silent() -> None:
     for q in ("temperature", "dew_point", "humidity", "pressure"):
         alarms = _drift(_module(q, resolutions={q: RES[q]}), q, SERIES[q])
-        assert _events(alarms) * 1000 / len(SERIES[q]) <= 1.0, (q, alarms)
+        assert alarm_events(alarms) * 1000 / len(SERIES[q]) <= 1.0, (q, alarms)
 
 
 def test_a_failing_sensor_is_flagged_on_real_temperature() -> None:
@@ -113,14 +113,14 @@ def test_a_failing_sensor_is_flagged_on_real_temperature() -> None:
     rng = random.Random(8)
     values = list(SERIES["temperature"])
     events = []
-    for p in _positions(rng, 7, spacing=1000):
+    for p in event_starts(rng, 7, spacing=1000):
         n = rng.randint(96, 240)
         sign = rng.choice((-1, 1))
         for i in range(p, p + n):
             values[i] += sign * 30.0
         events.append((p, p + n))
     alarms = _drift(_module(), "temperature", values)
-    assert _caught(alarms, events) >= 0.8
+    assert share_caught(alarms, events) >= 0.8
     false = [a for a in alarms if not any(s <= a < e + 48 for s, e in events)]
     assert false == []
 
@@ -150,10 +150,10 @@ def test_protocol_drifts_in_a_weather_station_are_caught(quantity: str) -> None:
     weather's own swings for one series, but they break the dew point that temperature and
     humidity imply."""
     rng = random.Random(9)
-    sigma = _sigma(SERIES[quantity])
+    sigma = step_sigma(SERIES[quantity])
     edit: dict[int, float] = {}
     events = []
-    for p in _positions(rng, 14, spacing=500):
+    for p in event_starts(rng, 14, spacing=500):
         n = rng.randint(96, 240)
         peak = rng.choice((-1, 1)) * rng.uniform(5, 15) * sigma
         for k in range(n):
@@ -162,7 +162,7 @@ def test_protocol_drifts_in_a_weather_station_are_caught(quantity: str) -> None:
     res = {q: RES[q] for q in ("temperature", "dew_point", "humidity")}
     plaus = PlausibilityModule(module_id="p", options={})
     alarms = _triple(quantity, edit, plaus, _module(quantity, resolutions=res))
-    assert _caught(alarms, events) >= 0.9
+    assert share_caught(alarms, events) >= 0.9
     clean = _triple(quantity, {}, PlausibilityModule(module_id="p", options={}),
                     _module(quantity, resolutions=res))  # fmt: skip
-    assert _events(clean) * 1000 / len(SERIES[quantity]) <= 1.0
+    assert alarm_events(clean) * 1000 / len(SERIES[quantity]) <= 1.0

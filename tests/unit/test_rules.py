@@ -4,11 +4,8 @@ samples after it; clean series must stay nearly silent."""
 
 from __future__ import annotations
 
-import csv
-import itertools
 import math
 import random
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,71 +19,26 @@ from gateway.core.reading import Reading
 from gateway.modules import rules
 from gateway.modules.base import DetectionModule
 from gateway.modules.chain import ModuleChain
+from tests.weather import (
+    ALTITUDE,
+    COLUMNS,
+    HOUR,
+    RES,
+    SEAM,
+    SERIES,
+    alarm_events,
+    event_starts,
+    flagged_at,
+    share_caught,
+    step_sigma,
+)
 
-# Real hourly weather, in the repository (models/data, with its licence)
-TMY = Path(__file__).resolve().parents[2] / "models/data/weather/723170TYA.CSV"
-HOUR = 3600.0
-# TMY3 columns by header name, with the factor to our SenML units and the data's resolution
-COLUMNS = {
-    "temperature": ("Dry-bulb (C)", 1.0, 0.1),
-    "dew_point": ("Dew-point (C)", 1.0, 0.1),
-    "humidity": ("RHum (%)", 1.0, 1.0),
-    "pressure": ("Pressure (mbar)", 100.0, 100.0),  # mbar -> Pa, 1 hPa steps
-}
-RES = {q: r for q, (_, _, r) in COLUMNS.items()}
-ALTITUDE = 273.0  # Greensboro station, from the file's first header line
-# TMY months come from different years: at the January/February seam (hour 744) the dew point
-# disagrees with temperature and humidity by 6 Cel for a few hours, which is implausible
-SEAM = frozenset(range(738, 750))
 MODULES = ("spikes", "stuck", "replay", "dropout", "warmup", "plausibility")
 # A module's version changes with its verdicts (each batch names the versions that judged it)
 VERSIONS = dict.fromkeys(MODULES, "1.0.0") | {
     "spikes": "1.1.0",  # the step back after a spike; values out of range are not steps
     "dropout": "1.1.0",  # a warm-up read without a value is not a failed read
 }
-
-
-def _load() -> dict[str, list[float]]:
-    with TMY.open(newline="") as f:
-        rows = list(csv.reader(f))
-    header, data = rows[1], rows[2:]  # line 1 is the station, line 2 the column names
-    return {
-        q: [float(r[header.index(col)]) * k for r in data] for q, (col, k, _) in COLUMNS.items()
-    }
-
-
-SERIES = _load()
-
-
-def _sigma(values: Sequence[float]) -> float:
-    return statistics.pstdev([b - a for a, b in itertools.pairwise(values)])
-
-
-def _alarms(
-    mod: DetectionModule, quantity: str, values: Sequence[float | None], flag: str
-) -> list[int]:
-    out = []
-    for i, v in enumerate(values):
-        ((score, flags),) = mod.judge([Reading("w", quantity, "", v, i * HOUR, True)])
-        assert 0.0 <= score <= 1.0
-        if flag in flags:
-            out.append(i)
-    return out
-
-
-def _events(alarms: Sequence[int]) -> int:
-    """Alarm events: runs of consecutive alarmed samples count once."""
-    return sum(1 for i, a in enumerate(alarms) if i == 0 or alarms[i - 1] != a - 1)
-
-
-def _caught(alarms: Sequence[int], events: Sequence[tuple[int, int]]) -> float:
-    hits = sum(any(s <= a < e + 5 for a in alarms) for s, e in events)
-    return hits / len(events)
-
-
-def _positions(rng: random.Random, n: int, spacing: int = 300) -> list[int]:
-    """Event starts after the first 1000 samples (baseline and calibration), well apart."""
-    return [1000 + spacing * i + rng.randrange(0, spacing // 3) for i in range(n)]
 
 
 # --------------------------------------------------------------------------- clean data
@@ -104,8 +56,8 @@ def test_clean_series_are_nearly_silent(kind: str, flag: str, quantities: tuple[
     cls = plugins.module_class(kind)
     for q in quantities:
         mod = cls(module_id=kind, options={"resolutions": {q: RES[q]}})
-        alarms = _alarms(mod, q, SERIES[q], flag)
-        assert _events(alarms) * 1000 / len(SERIES[q]) <= 1.0, (q, alarms)
+        alarms = flagged_at(mod, q, SERIES[q], flag)
+        assert alarm_events(alarms) * 1000 / len(SERIES[q]) <= 1.0, (q, alarms)
 
 
 # --------------------------------------------------------------------------- spikes
@@ -115,16 +67,16 @@ def test_clean_series_are_nearly_silent(kind: str, flag: str, quantities: tuple[
 def test_spikes_are_caught(quantity: str) -> None:
     rng = random.Random(4)
     values = list(SERIES[quantity])
-    sigma = _sigma(values)
+    sigma = step_sigma(values)
     events = []
-    for p in _positions(rng, 25):
+    for p in event_starts(rng, 25):
         values[p] += rng.choice((-1, 1)) * rng.uniform(3, 10) * sigma
         events.append((p, p + 1))
     mod = rules.SpikeModule(module_id="s", options={"resolutions": {quantity: RES[quantity]}})
-    alarms = _alarms(mod, quantity, values, "spike")
-    assert _caught(alarms, events) >= 0.7
+    alarms = flagged_at(mod, quantity, values, "spike")
+    assert share_caught(alarms, events) >= 0.7
     big = [(s, e) for s, e in events if abs(values[s] - SERIES[quantity][s]) >= 6 * sigma]
-    assert big and _caught(alarms, big) >= 0.9
+    assert big and share_caught(alarms, big) >= 0.9
 
 
 def _flat_barometer(n: int = 2000) -> list[float]:
@@ -148,7 +100,7 @@ def test_single_resolution_steps_after_flat_stretches_are_not_spikes(
     """With the chips' default resolutions (0.2 Pa, 0.01 Cel) the recent steps of a coarse
     sensor in a flat stretch are all zero; its own smallest step floors the spread."""
     mod = rules.SpikeModule(module_id="s", options={})
-    assert _alarms(mod, quantity, values, "spike") == []
+    assert flagged_at(mod, quantity, values, "spike") == []
 
 
 def test_the_spread_floor_keeps_real_spikes_after_a_stuck_run() -> None:
@@ -156,7 +108,7 @@ def test_the_spread_floor_keeps_real_spikes_after_a_stuck_run() -> None:
     values[1000:1030] = [values[1000]] * 30  # stuck for 30 h
     values[1200] += 800.0  # 8 hPa for one hour
     mod = rules.SpikeModule(module_id="s", options={})
-    alarms = _alarms(mod, "pressure", values, "spike")
+    alarms = flagged_at(mod, "pressure", values, "spike")
     assert alarms == [1201]  # the step back completes the pair
 
 
@@ -164,7 +116,7 @@ def test_a_level_shift_is_not_a_spike() -> None:
     values = list(SERIES["temperature"][:1500])
     values[1000:] = [v - 9.0 for v in values[1000:]]  # a jump that stays
     mod = rules.SpikeModule(module_id="s", options={"resolutions": {"temperature": 0.1}})
-    assert _alarms(mod, "temperature", values, "spike") == []
+    assert flagged_at(mod, "temperature", values, "spike") == []
 
 
 def _pressure_spike_test_series() -> list[float]:
@@ -175,7 +127,7 @@ def _pressure_spike_test_series() -> list[float]:
 
 def _spikes(values: Sequence[float | None]) -> list[int]:
     mod = rules.SpikeModule(module_id="s", options={"resolutions": {"pressure": 100.0}})
-    return _alarms(mod, "pressure", values, "spike")
+    return flagged_at(mod, "pressure", values, "spike")
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -238,27 +190,27 @@ def test_stuck_runs_are_caught_and_the_limit_knows_the_resolution() -> None:
     rng = random.Random(5)
     values = list(SERIES["temperature"])
     events = []
-    for p in _positions(rng, 25):
+    for p in event_starts(rng, 25):
         n = rng.randint(12, 48)
         values[p : p + n] = [values[p]] * n
         events.append((p, p + n))
     mod = rules.StuckModule(module_id="s", options={"resolutions": {"temperature": 0.1}})
-    assert _caught(_alarms(mod, "temperature", values, "stuck"), events) == 1.0
+    assert share_caught(flagged_at(mod, "temperature", values, "stuck"), events) == 1.0
 
     # the 1 hPa barometer repeats often, so its limit grows past the floor (and past real runs)
     baro = rules.StuckModule(module_id="b", options={"resolutions": {"pressure": 100.0}})
-    _alarms(baro, "pressure", SERIES["pressure"][:2000], "stuck")
+    flagged_at(baro, "pressure", SERIES["pressure"][:2000], "stuck")
     rate = baro.state["w/pressure"].rep
     assert 0.4 < rate < 0.8
     assert baro.limit("pressure", rate) > 17 > baro.limit("temperature", 0.05)
     values = list(SERIES["pressure"])
     events = []
-    for p in _positions(rng, 20):
+    for p in event_starts(rng, 20):
         n = rng.randint(24, 48)
         values[p : p + n] = [values[p]] * n
         events.append((p, p + n))
     baro = rules.StuckModule(module_id="b", options={"resolutions": {"pressure": 100.0}})
-    assert _caught(_alarms(baro, "pressure", values, "stuck"), events) == 1.0
+    assert share_caught(flagged_at(baro, "pressure", values, "stuck"), events) == 1.0
 
 
 def test_a_saturated_hygrometer_is_not_stuck_but_a_dead_one_is() -> None:
@@ -270,7 +222,7 @@ def test_a_saturated_hygrometer_is_not_stuck_but_a_dead_one_is() -> None:
 
     def stuck(series: list[float]) -> list[int]:
         mod = rules.StuckModule(module_id="h", options={"resolutions": {"humidity": 1.0}})
-        return _alarms(mod, "humidity", series, "stuck")
+        return flagged_at(mod, "humidity", series, "stuck")
 
     alarms = stuck(values)
     assert sum(any(s <= a < e for a in alarms) for s, e in fog) <= 1  # the year's longest fog
@@ -298,19 +250,19 @@ def test_replayed_segments_are_caught(quantity: str) -> None:
     clean = SERIES[quantity]
     values = list(clean)
     events = []
-    for p in _positions(rng, 20, spacing=350):
+    for p in event_starts(rng, 20, spacing=350):
         n = rng.randint(24, 72)
         src = rng.randrange(0, p - n)
         values[p : p + n] = values[src : src + n]  # what the gateway sent before
         events.append((p, p + n))
     mod = rules.ReplayModule(module_id="r", options={"resolutions": {quantity: RES[quantity]}})
-    assert _caught(_alarms(mod, quantity, values, "replay"), events) >= 0.9
+    assert share_caught(flagged_at(mod, quantity, values, "replay"), events) >= 0.9
 
 
 def test_flat_windows_never_count_as_replays() -> None:
     mod = rules.ReplayModule(module_id="r", options={})
     values = [20.0 + 0.01 * (i % 2) for i in range(500)] + [20.0] * 500
-    assert _alarms(mod, "temperature", values, "replay") == []
+    assert flagged_at(mod, "temperature", values, "replay") == []
 
 
 # --------------------------------------------------------------------------- dropout, warm-up
@@ -421,7 +373,7 @@ def test_plausibility_is_silent_on_real_weather() -> None:
 def test_implausible_combinations_are_caught() -> None:
     rng = random.Random(7)
     edit: dict[tuple[int, str], float] = {}
-    hours = _positions(rng, 30, spacing=250)
+    hours = event_starts(rng, 30, spacing=250)
     for n, i in enumerate(hours):
         kind = n % 3
         if kind == 0:  # dew point above temperature
