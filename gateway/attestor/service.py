@@ -25,6 +25,8 @@ from gateway.attestor import chains, epochs, registry
 from gateway.attestor.config import AttestorConfig
 from gateway.attestor.db import Database
 from gateway.config.settings import read_password
+from gateway.mqtt import tls
+from gateway.mqtt.backoff import Backoff
 from gateway.wire import identity
 from gateway.wire.identity import Identity, device_id_of
 from gateway.wire.verify import Examined, Finding, examine
@@ -33,6 +35,9 @@ log = logging.getLogger("gateway.attestor")
 #: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)
 MAX_SEQ = 2**63 - 1
 QUEUE = 2000  # messages taken from the broker before they are stored (flow control beyond it)
+#: a lost broker is tried again after about this long, doubling up to RECONNECT_MAX (jittered,
+#: gateway/mqtt/backoff.py, as every wait below)
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 5.0
 #: a message the store could not take is tried again after this long, doubling up to RETRY_MAX
 RETRY_MIN, RETRY_MAX = 0.05, 5.0
 #: a worker process that died is started again after this long, doubling up to RESTART_MAX;
@@ -71,14 +76,12 @@ class Worker:
             password = read_password("broker", cfg.password_file, cfg.password_env)
             self.client.username_pw_set(cfg.username, password)
         if cfg.tls:
-            self.client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file_tls) if cfg.key_file_tls else None,
-            )
+            self.client.tls_set_context(tls.context(cfg.ca_file, cfg.cert_file, cfg.key_file_tls))
         self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(1, 5)
+        self._reconnect = Backoff(RECONNECT_MAX, base=RECONNECT_MIN)
+        self._next_reconnect()
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -99,6 +102,7 @@ class Worker:
         if getattr(rc, "is_failure", False):
             log.warning("broker refused the attestor: %s", rc)
             return
+        self._reconnect.reset()
         # From now on the messages still queued from an earlier connection are stale: their
         # mids were that connection's (acking one here could ack another message), and with a
         # persistent session (clean_session=False) the broker delivers every unacked QoS 1
@@ -116,6 +120,18 @@ class Worker:
         self.connected.clear()
         with self._conn_lock:
             self._connection += 1
+        self._next_reconnect()
+
+    def _on_connect_fail(self, *_args: object) -> None:
+        self._next_reconnect()
+
+    def _next_reconnect(self) -> None:
+        """Set the wait before paho's next connect attempt. paho waits its reconnect delay
+        before each attempt, doubling it from min to max by itself without jitter; with both
+        set to the next delay of the shared backoff it waits exactly that."""
+        delay = next(self._reconnect)
+        # paho declares the delays int; it sleeps floats
+        self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._connection))
@@ -230,7 +246,7 @@ class Worker:
         again (backing off up to RETRY_MAX): a message dropped unacked would hold one of the
         broker's in-flight slots for good, and once they are all held nothing arrives."""
         topic, payload, mid, qos, connection = item
-        delay = RETRY_MIN
+        delays = Backoff(RETRY_MAX, base=RETRY_MIN)
         while True:
             if self._stale(connection):
                 return  # delivered again on the current connection; not stored twice for it
@@ -238,9 +254,8 @@ class Worker:
                 self.handle(topic, payload)
                 break
             except RuntimeError:  # the store is away (logged): no ack, the broker keeps it
-                if stop.wait(delay):
+                if stop.wait(next(delays)):
                     return  # stopping: unacked, the broker delivers it again
-                delay = min(delay * 2, RETRY_MAX)
         if qos > 0:
             with self._conn_lock:
                 # A message of an earlier connection the broker forgot (no session) is stored
@@ -305,7 +320,7 @@ def _supervise(cfg: AttestorConfig) -> int:
     lock = threading.Lock()
     procs: dict[int, subprocess.Popen[bytes]] = {}
     started: dict[int, float] = {}
-    delay = dict.fromkeys(range(cfg.workers), RESTART_MIN)
+    delays = {i: Backoff(RESTART_MAX, base=RESTART_MIN) for i in range(cfg.workers)}
 
     def start(i: int) -> None:
         with lock:
@@ -331,13 +346,13 @@ def _supervise(cfg: AttestorConfig) -> int:
             if i in due or p.poll() is None:
                 continue
             if now - started[i] >= RESTART_RESET:
-                delay[i] = RESTART_MIN
+                delays[i].reset()
+            delay = next(delays[i])
             log.error(
                 "attestor worker %d exited with %s; starting it again in %.0f s",
-                i, p.returncode, delay[i],
+                i, p.returncode, delay,
             )  # fmt: skip
-            due[i] = now + delay[i]
-            delay[i] = min(delay[i] * 2, RESTART_MAX)
+            due[i] = now + delay
         for i, when in list(due.items()):
             if now >= when:
                 del due[i]

@@ -17,7 +17,9 @@ from pathlib import Path
 import aiomqtt
 
 from gateway.dashboard.model import Fleet
+from gateway.mqtt import tls
 from gateway.mqtt import url as broker_url
+from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.url import BrokerUrl
 
 log = logging.getLogger("gateway.dashboard")
@@ -62,9 +64,8 @@ def parse_broker(
 
 async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_MAX) -> None:
     """Keep the fleet model fed from the broker until cancelled."""
-    tls = aiomqtt.TLSParameters(ca_certs=str(broker.ca_file) if broker.ca_file else None)
     identifier = f"depin-dashboard-{secrets.token_hex(4)}"
-    delay = 1.0
+    backoff = Backoff(backoff_max, base=1.0)
     while True:
         try:
             async with aiomqtt.Client(
@@ -75,7 +76,7 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
                 identifier=identifier,
                 protocol=aiomqtt.ProtocolVersion.V311,
                 clean_session=True,
-                tls_params=tls if broker.tls else None,
+                tls_context=tls.context(broker.ca_file) if broker.tls else None,
                 timeout=10,
                 keepalive=30,
                 max_queued_incoming_messages=QUEUE,
@@ -84,7 +85,7 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
                     await client.subscribe(topic, qos=qos)
                 fleet.set_broker(True)
                 log.info("subscribed to %s/+/… at %s", fleet.prefix, broker.label)
-                delay = 1.0
+                backoff.reset()
                 async for msg in client.messages:
                     payload = msg.payload
                     if isinstance(payload, str):
@@ -99,6 +100,6 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
                         log.exception("cannot take the message on %s", msg.topic)
         except aiomqtt.MqttError as e:
             fleet.set_broker(False, str(e) or type(e).__name__)
+            delay = next(backoff)
             log.warning("broker %s: %s; again in %.0f s", broker.label, e, delay)
-        await asyncio.sleep(delay)
-        delay = min(backoff_max, delay * 2)
+            await asyncio.sleep(delay)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -33,6 +32,8 @@ from gateway.core.errors import KeyInUse
 from gateway.core.health import Health
 from gateway.device import head
 from gateway.device.head import Head
+from gateway.mqtt import tls
+from gateway.mqtt.backoff import Backoff
 from gateway.wire import cose
 
 log = logging.getLogger("gateway.uplink")
@@ -41,24 +42,6 @@ PUBLISH_TIMEOUT = 30.0
 # How long to wait for CONNACK. Some 3.1.1-only brokers neither answer nor close when they
 # get an MQTT 5 CONNECT (they misread its properties as the client id's length).
 CONNACK_TIMEOUT = 10.0
-
-
-def backoff_delays(cap: float, base: float = 0.5) -> Any:
-    """Capped exponential backoff with jitter: many gateways losing one broker must not come
-    back in lockstep."""
-    attempt = 0
-    while True:
-        yield min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
-        attempt = min(attempt + 1, 30)
-
-
-def tls_context(cfg: UplinkConfig) -> ssl.SSLContext | None:
-    if not cfg.tls:
-        return None
-    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    if cfg.cert_file and cfg.key_file:
-        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-    return ctx
 
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
@@ -204,7 +187,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, deliver, reconnect: until cancelled."""
-        delays = backoff_delays(self.cfg.reconnect_max)
+        delays = Backoff(self.cfg.reconnect_max)
         while True:
             try:
                 await self._session()
@@ -214,7 +197,7 @@ class Uplink:
                 self.health.last_error = f"uplink: {eg.exceptions[0]}"
                 log.warning("broker %s:%s: %s", self.cfg.host, self.cfg.port, eg.exceptions[0])
             else:
-                delays = backoff_delays(self.cfg.reconnect_max)
+                delays.reset()
                 continue
             finally:
                 self.health.connected = False
@@ -250,9 +233,13 @@ class Uplink:
             keepalive=int(self.cfg.keepalive),
             timeout=CONNACK_TIMEOUT,
             max_inflight_messages=self.cfg.max_inflight,
-            tls_context=tls_context(self.cfg),
+            tls_context=self._tls(),
             properties=props,
         )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        cfg = self.cfg
+        return tls.context(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
         order = ["5", "3.1.1"] if self._protocol == "auto" else [self._protocol]
