@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.base import Measurement
 from drivers.i2c_bus import BUS_FIELD, I2CDriver, I2CTransport
 from gateway.core.errors import SensorError
@@ -267,17 +268,9 @@ def measurement_time_ms(t: int, p: int, h: int) -> float:
 
 # --- the driver --------------------------------------------------------------------------------
 
-_ALL_UNITS: Mapping[str, str] = {"temperature": "Cel", "humidity": "%RH", "pressure": "Pa"}
-_NO_HUMIDITY: Mapping[str, str] = {"temperature": "Cel", "pressure": "Pa"}
-
-SAMPLE_CONFIG = """\
-[[sensor]]
-id = "climate"
-driver = "bme280"
-interval = "60 s"
-bus = 1
-address = 0x76
-"""
+# what it reports, from its manifest (drivers/manifests.py)
+_ALL_UNITS: Mapping[str, str] = manifests.BME280.units()
+_NO_HUMIDITY: Mapping[str, str] = {q: u for q, u in _ALL_UNITS.items() if q != "humidity"}
 
 
 class BME280(I2CDriver):
@@ -411,3 +404,11 @@ class BME280(I2CDriver):
                 out.append(Measurement("humidity", sample.humidity))
         out.append(Measurement("pressure", sample.pressure))
         return out
+
+
+def __getattr__(name: str) -> str:
+    # SAMPLE_CONFIG, the sample's text (drivers/bme280.sample.toml), read when asked for (tests,
+    # docs) rather than at every import of the driver
+    if name == "SAMPLE_CONFIG":
+        return manifests.BME280.sample_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.serial_bus import FrameSpec, Sample, SerialSensor, Transport, serial_config
 from gateway.core.fields import Field
 
@@ -167,20 +168,8 @@ def _ack_of(cmd: int) -> Any:
 
 # --- the driver --------------------------------------------------------------------------------
 
-QUANTITIES: Mapping[str, str] = {
-    "pm1": "ug/m3",
-    "pm2_5": "ug/m3",
-    "pm10": "ug/m3",
-    "pm1_cf1": "ug/m3",
-    "pm2_5_cf1": "ug/m3",
-    "pm10_cf1": "ug/m3",
-    "n0_3": "count/dL",
-    "n0_5": "count/dL",
-    "n1_0": "count/dL",
-    "n2_5": "count/dL",
-    "n5_0": "count/dL",
-    "n10": "count/dL",
-}
+#: quantity -> unit, in the order of the frame, from its manifest (drivers/manifests.py)
+QUANTITIES: Mapping[str, str] = manifests.PMS5003.units()
 
 
 class PMS5003(SerialSensor):

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.base import Measurement
 from drivers.i2c_bus import BUS_FIELD, I2CDriver, I2CTransport
 from drivers.sensirion import CRCError, pack_words, unpack_words
@@ -123,19 +124,7 @@ def command(code: int, *args: int) -> bytes:
 
 # --- the driver --------------------------------------------------------------------------------
 
-_UNITS: Mapping[str, str] = {"co2": "ppm", "temperature": "Cel", "humidity": "%RH"}
-
-SAMPLE_CONFIG = """\
-[[sensor]]
-id = "co2"
-driver = "scd4x"
-interval = "30 s"
-bus = 1
-variant = "scd41"
-mode = "periodic"
-temperature_offset = 4.0
-altitude = 0
-"""
+_UNITS: Mapping[str, str] = manifests.SCD4X.units()  # from its manifest (drivers/manifests.py)
 
 
 def _check(options: Mapping[str, Any]) -> list[str]:
@@ -350,3 +339,11 @@ class SCD4x(I2CDriver):
             Measurement("temperature", round(temperature, 3)),
             Measurement("humidity", round(humidity, 3)),
         ]
+
+
+def __getattr__(name: str) -> str:
+    # SAMPLE_CONFIG, the sample's text (drivers/scd4x.sample.toml), read when asked for (tests,
+    # docs) rather than at every import of the driver
+    if name == "SAMPLE_CONFIG":
+        return manifests.SCD4X.sample_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.serial_bus import FrameSpec, Sample, SerialSensor, Transport, serial_config
 from gateway.core.errors import SensorError
 from gateway.core.fields import Field
@@ -160,7 +161,8 @@ def _reply_to(function: int, op: int) -> Any:
 
 # --- the driver --------------------------------------------------------------------------------
 
-QUANTITIES: Mapping[str, str] = {"pm2_5": "ug/m3", "pm10": "ug/m3"}
+#: quantity -> unit, from its manifest (drivers/manifests.py)
+QUANTITIES: Mapping[str, str] = manifests.SDS011.units()
 
 
 class SDS011(SerialSensor):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.base import Measurement
 from drivers.i2c_bus import BUS_FIELD, I2CDriver, I2CTransport
 from drivers.sensirion import CRCError, unpack_words
@@ -92,18 +93,7 @@ def clip_humidity(rh: float) -> tuple[float, bool]:
 
 # --- the driver --------------------------------------------------------------------------------
 
-_UNITS: Mapping[str, str] = {"temperature": "Cel", "humidity": "%RH"}
-
-SAMPLE_CONFIG = """\
-[[sensor]]
-id = "rh"
-driver = "sht4x"
-interval = "30 s"
-bus = 1
-address = 0x44
-precision = "high"
-heater = "off"
-"""
+_UNITS: Mapping[str, str] = manifests.SHT4X.units()  # from its manifest (drivers/manifests.py)
 
 
 class SHT4x(I2CDriver):
@@ -225,3 +215,11 @@ class SHT4x(I2CDriver):
             self.counters["heater_error"] += 1
             return
         self.counters["heater"] += 1
+
+
+def __getattr__(name: str) -> str:
+    # SAMPLE_CONFIG, the sample's text (drivers/sht4x.sample.toml), read when asked for (tests,
+    # docs) rather than at every import of the driver
+    if name == "SAMPLE_CONFIG":
+        return manifests.SHT4X.sample_text()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from random import Random
 from typing import Any, ClassVar
 
+from drivers import manifests
 from drivers.base import Measurement, SensorDriver
 from gateway.core.errors import ConfigError, SensorError
 from gateway.core.fields import Field
@@ -31,16 +32,8 @@ __all__ = ["FAULTS", "KIND_QUANTITIES", "QUANTITY_UNITS", "SimulatedSensor", "un
 
 # --- what the simulator can produce ------------------------------------------------------------
 
-#: every simulated quantity -> SenML unit, in the order `read()` returns them
-QUANTITY_UNITS: Mapping[str, str] = {
-    "temperature": "Cel",
-    "humidity": "%RH",
-    "pressure": "Pa",
-    "pm1": "ug/m3",
-    "pm2_5": "ug/m3",
-    "pm10": "ug/m3",
-    "co2": "ppm",
-}
+#: every simulated quantity -> SenML unit, in the order `read()` returns them (its manifest's)
+QUANTITY_UNITS: Mapping[str, str] = manifests.SIMULATED.units()
 _ORDER = tuple(QUANTITY_UNITS)
 _T, _RH, _P, _PM1, _PM25, _PM10, _CO2 = range(7)
 

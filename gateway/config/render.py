@@ -1,5 +1,6 @@
-"""The configuration written back out: the resolved config as TOML (what `config check` prints)
-and the Markdown reference of every key (the generated part of docs/configuration.md).
+"""The configuration written out: the resolved config as TOML (what `config check` prints), the
+Markdown reference of every key (the generated part of docs/configuration.md), and the sample
+(what `config sample` prints), built from the samples the plug-ins ship.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from gateway.config.locate import BARE_KEY
 from gateway.config.sections import MODULE, SECTIONS, SENSOR
 from gateway.core import plugins
 from gateway.core.fields import Field
+from gateway.core.manifest import Kind
 
 if TYPE_CHECKING:  # a type only: gateway.config.settings imports this module
     from gateway.config.settings import Config
@@ -179,15 +181,42 @@ def schema_reference() -> str:
         lines += _table_md(f"`[{name}]`", fields)
     lines += _table_md("`[[sensor]]`", SENSOR)
     lines += _table_md("`[[module]]`", MODULE)
-    for what, names, load_class in (
-        ("driver", plugins.drivers, plugins.driver_class),
-        ("module", plugins.modules, plugins.module_class),
+    for what, names, manifest in (
+        ("driver", plugins.drivers, plugins.driver),
+        ("module", plugins.modules, plugins.module),
     ):
         for name in names():
             try:
-                config = load_class(name).CONFIG
+                config = manifest(name).config
             except Exception as exc:
                 lines += [f"### {what} `{name}`", "", f"(failed to load: {exc})", ""]
                 continue
             lines += _table_md(f"{what} `{name}`", config)
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the sample
+
+#: The plug-ins whose samples make up `config sample`, in this order, after the gateway's own
+#: sections (sections.sample.toml beside this file): a configuration that runs anywhere, with a
+#: simulated sensor and the rule modules (no hardware, no extras).
+SAMPLE_PLUGINS: tuple[tuple[Kind, str], ...] = (
+    ("driver", "simulated"),
+    ("module", "ranges"),
+    ("module", "spikes"),
+    ("module", "stuck"),
+    ("module", "replay"),
+    ("module", "dropout"),
+    ("module", "drift"),
+    ("module", "plausibility"),
+)
+
+
+def sample() -> str:
+    """The sample configuration: the gateway's own sections, then the sample of each plug-in of
+    `SAMPLE_PLUGINS` as its manifest names it, a blank line between them."""
+    parts = [Path(__file__).with_name("sections.sample.toml").read_text(encoding="utf-8")]
+    for kind, name in SAMPLE_PLUGINS:
+        manifest = plugins.driver(name) if kind == "driver" else plugins.module(name)
+        parts.append(manifest.sample_text())
+    return "\n".join(parts)

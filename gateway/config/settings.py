@@ -513,7 +513,8 @@ def read_password(section: str, password_file: Path | None, password_env: str | 
 
 
 def sample_text() -> str:
-    """The commented sample configuration shipped with the package (gateway/sample.toml)."""
-    from importlib import resources  # here: every start and `status` would pay for it
+    """The commented sample configuration: the gateway's own sections and the samples its
+    plug-ins ship (gateway/config/render.py builds it; gateway/sample.toml is a copy of it)."""
+    from gateway.config import render as config_render  # here: only `config sample` needs it
 
-    return resources.files("gateway").joinpath("sample.toml").read_text(encoding="utf-8")
+    return config_render.sample()

@@ -1,5 +1,12 @@
 """Plug-in discovery through entry points; built-ins register exactly like third parties.
 
+An entry point of `depin_gateway.drivers` or `depin_gateway.modules` names the plug-in's
+manifest (gateway/core/manifest.py), e.g. `sds011 = "drivers.manifests:SDS011"`; `manifest`,
+`driver` and `module` return it, `driver_class` and `module_class` the class it builds the
+plug-in from. An entry point that names a class, as all did before manifests, still loads: its
+manifest is derived from the class (name, kind, factory and config; no quantities, no sample, no
+README) and says so (`derived`).
+
 The entry points are read from the installed distributions' metadata, every `entry_points.txt`
 of a `*.dist-info` or `*.egg-info` directory on sys.path, the way `importlib.metadata` finds
 them (the first distribution of a name on sys.path counts; among distributions registering the
@@ -19,8 +26,12 @@ import sys
 from functools import cache
 from typing import Any
 
+from gateway.core.manifest import Kind, Manifest
+
 DRIVER_GROUP = "depin_gateway.drivers"
 MODULE_GROUP = "depin_gateway.modules"
+#: the kind of plug-in each group registers
+KIND: dict[str, Kind] = {DRIVER_GROUP: "driver", MODULE_GROUP: "module"}
 
 _INFO = (".dist-info", ".egg-info")
 #: an entry point's object reference: `module[:attr.attr] [extras]`
@@ -105,17 +116,38 @@ def names(group: str) -> list[str]:
     return sorted(entries(group))
 
 
-def load(group: str, name: str) -> Any:
-    """The class registered as `name` in `group`; KeyError when there is none."""
+def load(group: str, name: str) -> object:
+    """The object the entry point `name` of `group` names, as it is; KeyError when there is
+    none."""
     value = entries(group)[name]
     m = _VALUE.match(value)
     if m is None:
         raise ValueError(f"entry point {name} = {value!r} in {group} is malformed")
-    obj: Any = importlib.import_module(m["module"])
+    obj: object = importlib.import_module(m["module"])
     if m["attr"]:
         for attr in m["attr"].split("."):
             obj = getattr(obj, attr)
     return obj
+
+
+def manifest(group: str, name: str) -> Manifest:
+    """The manifest of plug-in `name` of `group`, derived from the class when the entry point
+    names one; KeyError when there is none. Imports the module the entry point names, and no
+    other: a manifest that names its factory leaves the plug-in's code unimported."""
+    kind = KIND[group]
+    obj = load(group, name)
+    if isinstance(obj, Manifest):
+        if (obj.kind, obj.name) != (kind, name):
+            raise ValueError(
+                f"entry point {name} in {group} names the manifest of {obj.kind} {obj.name!r}"
+            )
+        return obj
+    if isinstance(obj, type):
+        return Manifest.of_class(obj, name=name, kind=kind)
+    raise TypeError(
+        f"entry point {name} = {entries(group)[name]!r} in {group} names neither a manifest "
+        f"nor a class but {type(obj).__name__}"
+    )
 
 
 def drivers() -> list[str]:
@@ -126,9 +158,19 @@ def modules() -> list[str]:
     return names(MODULE_GROUP)
 
 
-def driver_class(name: str) -> Any:
-    return load(DRIVER_GROUP, name)
+def driver(name: str) -> Manifest:
+    return manifest(DRIVER_GROUP, name)
 
 
-def module_class(name: str) -> Any:
-    return load(MODULE_GROUP, name)
+def module(name: str) -> Manifest:
+    return manifest(MODULE_GROUP, name)
+
+
+def driver_class(name: str) -> type[Any]:
+    """The class of driver `name` (`driver(name).factory`)."""
+    return driver(name).factory
+
+
+def module_class(name: str) -> type[Any]:
+    """The class of detection module `name` (`module(name).factory`)."""
+    return module(name).factory

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -55,14 +56,6 @@ class DriftModule(DetectionModule):
 
     name = "drift"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "drift"
-kind = "drift"
-slow = "7 d"
-fast = "1 h"
-threshold = 4.0
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "slow": Field(
             "duration",
@@ -188,3 +181,12 @@ threshold = 4.0
             st.spread += a_mem * (az * scale - st.spread)
             return NO_OPINION
         return (min(1.0, 0.5 * az / self.threshold), ("drift",))
+
+
+MANIFEST = Manifest(
+    name="drift",
+    kind="module",
+    factory=DriftModule,
+    sample="drift.sample.toml",
+    readme="../../docs/modules/drift.md",
+)

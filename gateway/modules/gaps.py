@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -59,12 +60,6 @@ class DropoutModule(DetectionModule):
 
     name = "dropout"
     version = "1.1.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "dropout"
-kind = "dropout"
-gap_factor = 2.5
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "gap_factor": Field(
             "float", "a gap this many usual intervals long is a dropout", default=2.5, min=1.1
@@ -118,13 +113,6 @@ class WarmupModule(DetectionModule):
 
     name = "warmup"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "warmup"
-kind = "warmup"
-readings = 3
-restart_gap = "10 min"
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "readings": Field("int", "good readings flagged after a (re)start", default=3, min=1),
         "after_failures": Field(
@@ -173,3 +161,21 @@ restart_gap = "10 min"
         st.failures = 0
         st.good += 1
         return self._FLAG if st.good <= self.count else NO_OPINION
+
+
+DROPOUT = Manifest(
+    name="dropout",
+    kind="module",
+    factory=DropoutModule,
+    sample="dropout.sample.toml",
+    readme="../../docs/modules/dropout.md",
+)
+
+
+WARMUP = Manifest(
+    name="warmup",
+    kind="module",
+    factory=WarmupModule,
+    sample="warmup.sample.toml",
+    readme="../../docs/modules/warmup.md",
+)

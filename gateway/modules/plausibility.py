@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import PLACEMENTS, Field, placement_key, placement_problem
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -82,15 +83,6 @@ class PlausibilityModule(DetectionModule):
 
     name = "plausibility"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "plausibility"
-kind = "plausibility"
-altitude = 273.0
-pressure_band = 0.06
-max_age = "2 min"
-tolerances = { temperature = 2.0, humidity = 10.0 }
-"""
     quantities = _PLAUSIBILITY_QUANTITIES
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "altitude": Field(
@@ -263,3 +255,12 @@ tolerances = { temperature = 2.0, humidity = 10.0 }
             if coarser is not None:
                 excess = max(excess, v - coarser - m)
         return 0.0 if excess <= 0 else min(1.0, 0.6 + 0.04 * excess)
+
+
+MANIFEST = Manifest(
+    name="plausibility",
+    kind="module",
+    factory=PlausibilityModule,
+    sample="plausibility.sample.toml",
+    readme="../../docs/modules/plausibility.md",
+)

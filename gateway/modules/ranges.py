@@ -1,4 +1,8 @@
-"""Physical range per quantity: a value no sensor of that kind can report is certainly wrong."""
+"""Physical range per quantity: a value no sensor of that kind can report is certainly wrong.
+
+The limits are the chips' measuring ranges as the drivers' manifests state them (the widest of
+the chips reporting a quantity: gateway/modules/chips.py), unless configured.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
+from gateway.modules.chips import chip_facts
 
-# Limits of the supported chips' measuring ranges (datasheets), in the SenML units we emit.
-DEFAULT_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (-40.0, 85.0),  # BME280, SHT4x, SCD4x operating range, Cel
-    "humidity": (0.0, 100.0),  # %RH
-    "pressure": (30_000.0, 110_000.0),  # BME280, Pa
-    "pm1": (0.0, 1000.0),  # PMS5003 effective range, ug/m3
-    "pm2_5": (0.0, 1000.0),  # SDS011 0-999.9 ug/m3
-    "pm10": (0.0, 1000.0),
-    "co2": (0.0, 40_000.0),  # SCD4x, ppm
-}
 _RANGE: Verdict = (1.0, ("range",))
 
 
@@ -50,7 +46,7 @@ class RangeModule(DetectionModule):
 
     def __init__(self, *, module_id: str, options: Mapping[str, Any]) -> None:
         super().__init__(module_id=module_id, options=options)
-        self.limits = dict(DEFAULT_RANGES)
+        self.limits = dict(chip_facts().range)
         for q, (lo, hi) in dict(options.get("ranges") or {}).items():
             self.limits[q] = (float(lo), float(hi))
 
@@ -65,3 +61,12 @@ class RangeModule(DetectionModule):
             else:
                 out.append(_RANGE)
         return out
+
+
+MANIFEST = Manifest(
+    name="ranges",
+    kind="module",
+    factory=RangeModule,
+    sample="ranges.sample.toml",
+    readme="../../docs/modules/ranges.md",
+)

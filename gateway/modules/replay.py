@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -160,13 +161,6 @@ class ReplayModule(DetectionModule):
 
     name = "replay"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "replay"
-kind = "replay"
-window = 12
-history = 8192
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "window": Field("int", "first differences in one fingerprint", default=12, min=4),
         "min_distinct": Field(
@@ -226,3 +220,12 @@ history = 8192
         if earlier is None or count - earlier < self.k:
             return NO_OPINION
         return (0.9, ("replay",))
+
+
+MANIFEST = Manifest(
+    name="replay",
+    kind="module",
+    factory=ReplayModule,
+    sample="replay.sample.toml",
+    readme="../../docs/modules/replay.md",
+)

@@ -31,6 +31,7 @@ within a few microseconds per reading on a Raspberry Pi.
 
 from __future__ import annotations
 
+from gateway.modules import gaps, plausibility, replay, spikes, stuck
 from gateway.modules.drift import DriftModule
 from gateway.modules.gaps import DropoutModule, WarmupModule
 from gateway.modules.plausibility import PlausibilityModule, dew_point, station_pressure
@@ -51,14 +52,15 @@ __all__ = [
 ]
 
 
+#: the rules' samples, one after another: each module's `sample.toml` fragment, from its manifest
 SAMPLE_CONFIG = "\n".join(
-    m.SAMPLE_CONFIG
+    m.sample_text()
     for m in (
-        SpikeModule,
-        StuckModule,
-        ReplayModule,
-        DropoutModule,
-        WarmupModule,
-        PlausibilityModule,
+        spikes.MANIFEST,
+        stuck.MANIFEST,
+        replay.MANIFEST,
+        gaps.DROPOUT,
+        gaps.WARMUP,
+        plausibility.MANIFEST,
     )
 )

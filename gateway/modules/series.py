@@ -1,7 +1,8 @@
-"""What the rule modules share: each chip's resolution, run limits and small statistics.
+"""What the rule modules share: resolutions, run limits and small statistics.
 
 The rules themselves live one family per file (`spikes`, `stuck`, `replay`, `gaps`,
-`plausibility`); `gateway/modules/rules.py` lists them.
+`plausibility`); `gateway/modules/rules.py` lists them. The chips' facts (each quantity's
+resolution and range) come from the drivers' manifests, through `gateway/modules/chips.py`.
 """
 
 from __future__ import annotations
@@ -10,19 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.modules.base import DetectionModule
+from gateway.modules.chips import chip_facts
 
-# Resolution of the supported chips' output, in the SenML units we emit (datasheets): what
-# "the same value" means for a series. TMY-style hourly data is coarser; configure it.
-DEFAULT_RESOLUTION: dict[str, float] = {
-    "temperature": 0.01,  # BME280 0.01 Cel, SHT4x/SCD4x finer than that
-    "humidity": 0.01,  # SHT4x 0.01 %RH, BME280 ~0.008 %RH
-    "pressure": 0.2,  # BME280 0.18 Pa; a BMP180-class part reports whole Pa
-    "dew_point": 0.01,
-    "co2": 1.0,  # SCD4x whole ppm
-    "pm1": 1.0,  # PMS5003 whole ug/m3
-    "pm2_5": 0.1,  # SDS011 0.1 ug/m3
-    "pm10": 0.1,
-}
+# What "the same value" means for a quantity no driver states a resolution for: a dew point
+# (no chip reports one; a driver computing it gets this), and every other quantity (FALLBACK).
+# TMY-style hourly data is coarser than any chip; configure it.
+UNSTATED_RESOLUTION: dict[str, float] = {"dew_point": 0.01}
 FALLBACK_RESOLUTION = 0.01
 
 # Shortest run of one value called stuck, per quantity (samples). Coarse sensors get longer
@@ -72,7 +66,9 @@ def median(sorted_values: list[float]) -> float:
 
 
 def resolutions(overrides: Mapping[str, Any]) -> dict[str, float]:
-    """The chips' resolutions per quantity, with a module's configured ones on top."""
-    table = dict(DEFAULT_RESOLUTION)
+    """Per quantity, the resolution its chips state (gateway/modules/chips.py), with a module's
+    configured ones on top."""
+    table = dict(UNSTATED_RESOLUTION)
+    table.update(chip_facts().resolution)
     table.update({q: float(x) for q, x in dict(overrides).items()})
     return table

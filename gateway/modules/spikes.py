@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -83,14 +84,6 @@ class SpikeModule(DetectionModule):
 
     name = "spikes"
     version = "1.1.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "spikes"
-kind = "spikes"
-window = 64
-threshold = 16.0
-pair_threshold = 4.0
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "window": Field("int", "first differences in the rolling baseline", default=64, min=8),
         "refresh": Field(
@@ -228,3 +221,12 @@ pair_threshold = 4.0
             return NO_OPINION
         st.since += 1
         return (min(1.0, 0.5 * hit), ("spike",))
+
+
+MANIFEST = Manifest(
+    name="spikes",
+    kind="module",
+    factory=SpikeModule,
+    sample="spikes.sample.toml",
+    readme="../../docs/modules/spikes.md",
+)

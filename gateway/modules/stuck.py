@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.reading import Reading
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.series import (
@@ -75,14 +76,6 @@ class StuckModule(DetectionModule):
 
     name = "stuck"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "stuck"
-kind = "stuck"
-resolutions = { pressure = 100.0, co2 = 1.0 }
-run_limits = { temperature = 12, pressure = 12 }
-max_run = 24
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "resolutions": Field(
             "table",
@@ -182,3 +175,12 @@ max_run = 24
         if st.run < limit:
             return NO_OPINION
         return (min(1.0, 0.5 + 0.5 * (st.run - limit) / limit), ("stuck",))
+
+
+MANIFEST = Manifest(
+    name="stuck",
+    kind="module",
+    factory=StuckModule,
+    sample="stuck.sample.toml",
+    readme="../../docs/modules/stuck.md",
+)

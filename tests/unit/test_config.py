@@ -92,7 +92,7 @@ def test_sample_loads(tmp_path: Path) -> None:
     assert cfg.source is None
 
 
-def test_sample_text_is_the_packaged_file() -> None:
+def test_sample_text_is_the_file_in_the_tree() -> None:
     assert sample_text() == (ROOT / "gateway" / "sample.toml").read_text(encoding="utf-8")
     assert sample_text().count("#") > 10, "the sample explains itself"
 

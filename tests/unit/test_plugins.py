@@ -68,7 +68,7 @@ def test_third_party_distributions_agree_too(
 
 def test_no_importlib_metadata_on_the_way() -> None:
     code = (
-        "import sys; from gateway import plugins; plugins.module_class('ranges'); "
+        "import sys; from gateway.core import plugins; plugins.module_class('ranges'); "
         "print('importlib.metadata' in sys.modules)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

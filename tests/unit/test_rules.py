@@ -456,8 +456,9 @@ def test_each_module_loads_through_its_entry_point_and_sample(kind: str, tmp_pat
     cls = plugins.module_class(kind)
     assert kind in plugins.modules() and cls.name == kind and cls.version == VERSIONS[kind]
     assert cls.__doc__ and all(f.help for f in cls.CONFIG.values())
-    assert cls.SAMPLE_CONFIG in rules.SAMPLE_CONFIG
-    (mc,) = config.loads(HEADER + "\n" + cls.SAMPLE_CONFIG, base_dir=tmp_path).modules
+    sample = plugins.module(kind).sample_text()
+    assert sample in rules.SAMPLE_CONFIG
+    (mc,) = config.loads(HEADER + "\n" + sample, base_dir=tmp_path).modules
     assert mc.kind == kind
     cls(module_id=mc.id, options=mc.options)
 

@@ -1,0 +1,63 @@
+"""The chips' facts the rule modules judge readings by: per quantity, its resolution and range,
+as the registered drivers state them in their manifests (drivers/manifests.py for the built-in
+chips). Read through the registry; no driver's code is imported for them.
+
+A series does not say which chip made it, so the facts are per quantity, over every registered
+driver that states them:
+
+- resolution: the finest. A coarser chip's steps are whole multiples of it, so its repeats stay
+  repeats and its steps stay steps; the coarser one would make a fine chip's real changes look
+  like repeats.
+- range: the widest. A value is out of range only when no chip of that kind can report it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+
+from gateway.core import plugins
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipFacts:
+    """Quantity -> the finest resolution / the widest range any registered driver states."""
+
+    resolution: Mapping[str, float]
+    range: Mapping[str, tuple[float, float]]
+
+
+def chip_facts() -> ChipFacts:
+    """The facts of the drivers registered now (computed once per set of entry points)."""
+    return _facts(tuple(plugins.entries(plugins.DRIVER_GROUP).items()))
+
+
+@cache
+def _facts(entries: tuple[tuple[str, str], ...]) -> ChipFacts:
+    resolution: dict[str, float] = {}
+    span: dict[str, tuple[float, float]] = {}
+    for name, _ in entries:
+        try:
+            manifest = plugins.driver(name)
+        except Exception as exc:  # a broken plug-in must not stop the modules judging the rest
+            log.warning(
+                "driver %s: its manifest did not load (%s: %s); its quantities' resolution and "
+                "range are not known to the modules",
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            continue
+        for quantity, fact in manifest.quantities.items():
+            if fact.resolution is not None:
+                resolution[quantity] = min(
+                    resolution.get(quantity, fact.resolution), fact.resolution
+                )
+            if fact.range is not None:
+                low, high = span.get(quantity, fact.range)
+                span[quantity] = (min(low, fact.range[0]), max(high, fact.range[1]))
+    return ChipFacts(resolution, span)
