@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.models")
 T = TypeVar("T")
 
+#: The `[[module]]` kind that runs the models bundles carry: a bundle's model is a `.tflite` file
+#: with its manifest (gateway.models.bundle). The gateway finds that kind's class in the plug-in
+#: registry and reaches its modules through `gateway.modules.model_backed`.
+MODULE_KIND = "tflite"
+
 Result = Literal["applied", "shadow", "unchanged", "rejected"]
 
 

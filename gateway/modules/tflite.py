@@ -25,6 +25,7 @@ without them, and a gateway without models never loads them.
 
 from __future__ import annotations
 
+import copy as copy_module
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from gateway.core.errors import ModelError
 from gateway.core.fields import Field
@@ -40,6 +41,7 @@ from gateway.core.reading import Reading
 from gateway.modules import litert
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
 from gateway.modules.litert import new_interpreter
+from gateway.modules.model_backed import Model, ModelBacked
 from gateway.modules.series import module_options
 
 if TYPE_CHECKING:
@@ -192,7 +194,8 @@ class _Ring:
 
 
 class TFLiteModule(DetectionModule):
-    """Scores each reading of its model's quantity by the model's error over the last window."""
+    """Scores each reading of its model's quantity by the model's error over the last window.
+    Model updates reach it through `ModelBacked`."""
 
     name = "tflite"
     version = "1.0.0"
@@ -272,6 +275,41 @@ model = "temperature-ae"
     def digest(self) -> bytes:
         return bytes.fromhex(self.manifest.sha256)
 
+    # --- ModelBacked: how model updates reach this module ---------------------------------------
+
+    @classmethod
+    def configured_model(cls, options: Mapping[str, Any]) -> str:
+        """The manifest's name, read without the checks (a broken configured model must not
+        keep its installed update from running); the file's stem when it has none."""
+        o = module_options(cls, options)
+        model = str(o["model"])
+        path = manifest_path(model, _dir(o["models_dir"]))
+        try:
+            name = json.loads(path.read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        return str(name) if isinstance(name, str) and name else Path(model).stem
+
+    @classmethod
+    def options_for(cls, options: Mapping[str, Any], manifest: Path) -> dict[str, Any]:
+        return {**options, "model": str(manifest), "models_dir": None}
+
+    def model(self) -> Model:
+        m = self.manifest
+        return Model(m.name, m.version, m.sha256)
+
+    def with_manifest(self, manifest: Path, *, module_id: str | None = None) -> Self:
+        return type(self)(
+            module_id=self.module_id if module_id is None else module_id,
+            options=self.options_for(self.options, manifest),
+        )
+
+    def take_windows(self, other: ModelBacked, *, copy: bool) -> None:
+        if not isinstance(other, TFLiteModule):
+            return
+        if (self.window, self.quantity) == (other.window, other.quantity):
+            self.state = copy_module.deepcopy(other.state) if copy else other.state
+
     def error(self, window: np.ndarray) -> float:
         """The model's raw output for one window (shape (window,) or (1, window))."""
         np = self._np
@@ -316,3 +354,7 @@ model = "temperature-ae"
 
 def _dir(value: Any) -> Path | None:
     return None if value is None else Path(value)
+
+
+if TYPE_CHECKING:
+    _model_backed: type[ModelBacked] = TFLiteModule
