@@ -31,7 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,36 @@ kind = "ranges"
 FAST_SENSOR = '[[sensor]]\nid = "env"\ndriver = "simulated"\nkind = "all"\nseed = 1\n'
 
 
+def commit_buffer(gw: Any) -> Any:
+    """The gateway's commit buffer (in a baseline from before the daemon's services: its
+    `pipeline`)."""
+    return gw.commits if hasattr(gw, "commits") else gw.pipeline
+
+
+def hook_sealed(gw: Any, hook: Callable[[int, bytes, int], None]) -> None:
+    """Call `hook(seq, message, n)` right after the daemon hands each sealed batch to the uplink
+    (in a baseline from before the daemon's services: after its pipeline's `on_sealed`)."""
+    owner, name = (gw.uplink, "offer") if hasattr(gw, "commits") else (gw.pipeline, "on_sealed")
+    daemon_handover = getattr(owner, name)
+
+    def handover(seq: int, message: bytes, n: int) -> None:
+        daemon_handover(seq, message, n)
+        hook(seq, message, n)
+
+    setattr(owner, name, handover)
+
+
+async def in_spool_thread(gw: Any, fn: Callable[[], Any]) -> Any:
+    """`fn` on the gateway's spool thread."""
+    executor = gw.storage.thread if hasattr(gw, "storage") else gw.executor
+    return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+
+def clock_source(gw: Any) -> str:
+    clock = gw.clock
+    return str(clock.state.source if hasattr(clock, "state") else clock.source)
+
+
 def gateway_source() -> str:
     """Where the `gateway` package under test was imported from (this tree or a baseline)."""
     import gateway
@@ -111,18 +141,19 @@ async def full_speed(
     """The real Gateway (gateway/device/daemon.py), its one simulated sensor read as fast as it
     goes.
 
-    Everything is the daemon's own: the objects it wires, its run loop (pipeline, uplink,
-    clock and health tasks), its `_accept`, and its shutdown (forced seal, drain, final
-    commit). Only the sensor task's `run` (read, accept, sleep until the next interval) is
-    replaced by a loop without the sleep, using the same `read_once`. Two callbacks the daemon
-    passes in are wrapped to timestamp: `pipeline.on_sealed` and the uplink's `on_ack`."""
+    Everything is the daemon's own: the services it composes, its run loop (commit buffer,
+    uplink, clock and health tasks), the sampler's `accept`, and its shutdown (forced seal,
+    drain, final commit). Only the sensor task's `run` (read, accept, sleep until the next
+    interval) is replaced by a loop without the sleep, using the same `read_once`. Two
+    hand-overs are wrapped to timestamp: of each sealed batch to the uplink, and of each
+    acknowledgement to the commit buffer (the uplink's `on_ack`)."""
     from gateway.config import settings as config
     from gateway.device.daemon import Gateway
     from gateway.wire import identity
 
     cfg = config.load(gateway_config(workdir, port, FAST_SENSOR))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=120.0)
-    health, pipeline, uplink = gw.health, gw.pipeline, gw.uplink
+    health, pipeline, uplink = gw.health, commit_buffer(gw), gw.uplink
     (sensor,) = gw.sensors
 
     # Latency bookkeeping: readings are sealed in the order they were accepted, so a batch of
@@ -134,13 +165,11 @@ async def full_speed(
     perf = time.perf_counter
     last_ack = 0.0
     n_sealed = n_unmatched = 0
-    daemon_sealed = pipeline.on_sealed
     daemon_ack = uplink._on_ack
-    assert daemon_ack == pipeline.acked, "the uplink no longer reports acks to pipeline.acked"
+    assert daemon_ack == pipeline.acked, "the uplink no longer reports acks to the commit buffer"
 
     def on_sealed(seq: int, message: bytes, n: int) -> None:
         nonlocal n_sealed, n_unmatched
-        daemon_sealed(seq, message, n)
         n_sealed += n
         parts: list[tuple[int, float]] = []
         while n:
@@ -164,7 +193,7 @@ async def full_speed(
             hist.add(now - t, count)
         acked_event.set()
 
-    pipeline.on_sealed = on_sealed
+    hook_sealed(gw, on_sealed)
     uplink._on_ack = on_ack
 
     stop = asyncio.Event()
@@ -180,7 +209,7 @@ async def full_speed(
         marks["start"] = start = Counters.now(perf)
         reads_per_yield = max(1, cfg.uplink.batch_max_readings // len(sensor.units) // 4)
         deadline = start.wall + seconds
-        read_once, accept = sensor.read_once, sensor.accept  # accept is the daemon's _accept
+        read_once, accept = sensor.read_once, sensor.accept  # accept is the sampler's
         while n_accepted < max_readings and perf() < deadline:
             for _ in range(reads_per_yield):
                 readings = await read_once()
@@ -254,7 +283,7 @@ async def full_speed(
             "batch_max_age_s": u.batch_max_age,
             "max_inflight": u.max_inflight,
             "protocol": health.protocol,
-            "clock": gw.clock.source,
+            "clock": clock_source(gw),
         },
     }
 
@@ -385,7 +414,7 @@ async def backlog(
     with benchlib.broker(workdir / "broker", broker_cpus) as b:
         cfg = config.load(gateway_config(workdir, b.port, FAST_SENSOR))
         gw = Gateway(cfg, ident=identity.load(cfg.device.key_file), shutdown_timeout=5.0)
-        health, pipeline = gw.health, gw.pipeline
+        health, pipeline = gw.health, commit_buffer(gw)
         (sensor,) = gw.sensors
         bmr = cfg.uplink.batch_max_readings
         commits = 0
@@ -398,13 +427,11 @@ async def backlog(
 
         gw.spool.commit = counting_commit  # type: ignore[method-assign]
         n_sealed_readings = [0]
-        daemon_sealed = pipeline.on_sealed
 
         def on_sealed(seq: int, message: bytes, n: int) -> None:
             n_sealed_readings[0] += n
-            daemon_sealed(seq, message, n)
 
-        pipeline.on_sealed = on_sealed
+        hook_sealed(gw, on_sealed)
         stop = asyncio.Event()
         out: dict[str, Any] = {}
 
@@ -417,7 +444,6 @@ async def backlog(
             return True
 
         async def scenario() -> None:
-            loop = asyncio.get_running_loop()
             if not await wait_for(lambda: health.connected, 30):
                 raise RuntimeError("backlog: the gateway never connected")
             await asyncio.sleep(0.2)  # birth and status out
@@ -427,7 +453,7 @@ async def backlog(
             # The outage: the backlog builds up as fast as the sensor reads.
             t_feed = perf()
             reads_per_yield = max(1, bmr // len(sensor.units) // 4)
-            read_once, accept = sensor.read_once, sensor.accept  # accept is the daemon's _accept
+            read_once, accept = sensor.read_once, sensor.accept  # accept is the sampler's
             n = 0
             while n < readings:
                 for _ in range(reads_per_yield):
@@ -443,7 +469,7 @@ async def backlog(
             if not await wait_for(lambda: health.readings >= readings, 120):
                 raise RuntimeError(f"backlog: only {health.readings} readings durable")
             t_held = perf()
-            st = await loop.run_in_executor(gw.executor, gw.spool.stats)
+            st = await in_spool_thread(gw, gw.spool.stats)
             connects, c0, commits0 = health.connects, Counters.now(perf), commits
             sealed0 = (health.batches_sealed, n_sealed_readings[0])
             # The broker returns.

@@ -7,14 +7,23 @@ also touches /run/systemd/timesync/synchronized. Reading never waits for either.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 from dataclasses import dataclass
 
+from gateway.core.health import Health
+from gateway.device.service import Plain
+
+log = logging.getLogger("gateway")
+
 TIME_ERROR = 5
 _TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"
+#: seconds between two looks at the clock
+CLOCK_POLL = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,3 +69,32 @@ def detect(mode: str = "auto") -> ClockState:
     if kernel:
         return ClockState(True, "ntp")
     return ClockState(False, "none")
+
+
+class ClockWatch(Plain):
+    """Whether each reading's time can be trusted: every reading is stamped with the clock state
+    of the moment it was taken, and a batch never mixes the two (spec section 3, key 7)."""
+
+    def __init__(self, mode: str, *, health: Health) -> None:
+        self.mode = mode
+        self.health = health
+        self.state = detect(mode)
+        health.clock_synced, health.clock_source = self.state.synced, self.state.source
+
+    def now(self) -> tuple[bool, str]:
+        """(synced, source) for a reading taken now."""
+        return self.state.synced, self.state.source
+
+    def source(self) -> str:
+        return self.state.source
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_POLL)
+            state = await asyncio.to_thread(detect, self.mode)
+            if state != self.state:
+                log.info(
+                    "clock is now %s (%s)", "synced" if state.synced else "unsynced", state.source
+                )
+                self.state = state
+            self.health.clock_synced, self.health.clock_source = state.synced, state.source

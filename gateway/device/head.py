@@ -100,7 +100,7 @@ class Keeper:
         boot: bytes,
         spool: _Spool,
         in_spool: Callable[[Callable[[], bool]], Awaitable[bool]],
-        anchored: Callable[[], Awaitable[None]],
+        anchored: Callable[[], Awaitable[object]],
     ) -> None:
         self.identity = identity
         self.boot = boot

@@ -1,4 +1,6 @@
-"""One asyncio task per sensor: read at the sensor's interval, judge, hand over to the pipeline.
+"""The first step on a reading's way: one asyncio task per sensor reads it at the sensor's
+interval, has the readings judged at once (`gateway.device.judge`), and hands them on (the
+commit buffer, the state mirror).
 
 Blocking drivers run in a worker thread. A sensor that fails yields failed readings (no value,
 flag `sensor-error`) at its interval, so its absence is visible in the signed record, and it is
@@ -10,19 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from drivers.base import Measurement, SensorDriver
 from gateway.config.settings import SensorConfig
+from gateway.core import plugins
 from gateway.core.health import Health
 from gateway.core.reading import Reading
-from gateway.modules.chain import ModuleChain
+from gateway.device.service import Plain
 
 log = logging.getLogger("gateway.sampler")
 
 #: how long one read may take before the sensor's task counts as stalled
 READ_STALL = 60.0
+#: quantities one sensor's driver may use to compensate another's reading
+AMBIENT = frozenset({"pressure"})
+
+
+class Judges(Protocol):
+    """What judges a sensor task's readings as soon as they are taken (the module chain, or
+    the gateway's judge in front of it)."""
+
+    def judge(self, readings: Sequence[Reading]) -> None: ...
+
+
+class Downstream(Protocol):
+    """Where judged readings go next."""
+
+    def accept(self, readings: Sequence[Reading]) -> None: ...
 
 
 class SensorTask:
@@ -31,7 +49,7 @@ class SensorTask:
         cfg: SensorConfig,
         driver: SensorDriver,
         *,
-        chain: ModuleChain,
+        chain: Judges,
         health: Health,
         accept: Callable[[list[Reading]], None],
         clock: Callable[[], tuple[bool, str]],
@@ -127,3 +145,47 @@ class SensorTask:
                 await asyncio.sleep(due - loop.time())
         finally:
             await self._close()
+
+
+class Sampler(Plain):
+    """The configured sensors, each read by its own task, and what they hand on: judged
+    readings go to every `to` in order; a sensor's ambient readings (pressure) also go to the
+    other sensors' drivers, which compensate their own with them."""
+
+    def __init__(
+        self,
+        configs: Sequence[SensorConfig],
+        *,
+        judge: Judges,
+        health: Health,
+        clock: Callable[[], tuple[bool, str]],
+        to: Sequence[Downstream],
+    ) -> None:
+        self.to = list(to)
+        self.taken = 0  # readings taken and judged since start (committed or not yet)
+        self.sensors: list[SensorTask] = []
+        for sc in configs:
+            driver = plugins.driver_class(sc.driver)(sensor_id=sc.id, options=sc.options)
+            health.driver_counters[sc.id] = driver.counters
+            self.sensors.append(
+                SensorTask(sc, driver, chain=judge, health=health, accept=self.accept, clock=clock)
+            )
+
+    def accept(self, readings: list[Reading]) -> None:
+        """Hand judged readings on."""
+        self.taken += len(readings)
+        for step in self.to:
+            step.accept(readings)
+        # Share ambient conditions between sensors: an SCD4x compensates its CO2 reading for
+        # the pressure a BME280 on the same gateway just measured.
+        for r in readings:
+            if r.quantity in AMBIENT and r.value is not None and "range" not in r.flags:
+                for s in self.sensors:
+                    if s.cfg.id != r.sensor:
+                        s.driver.ambient(r.quantity, r.value)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for s in self.sensors:
+                tg.create_task(s.run(), name=f"sensor-{s.cfg.id}")
+        await asyncio.Event().wait()  # no sensors: nothing to read, and nothing stops

@@ -19,7 +19,8 @@ from gateway.wire import cose
 
 
 class StateMirror:
-    """The latest reading of every sensor quantity, as the chain judged it."""
+    """The latest reading of every sensor quantity, as the chain judged it: it takes every
+    judged reading, beside the commit buffer."""
 
     def __init__(self, device_id: str, name: str) -> None:
         self.device_id = device_id
@@ -28,7 +29,7 @@ class StateMirror:
         self.updated = 0.0
         self.changed = False
 
-    def update(self, readings: Iterable[Reading]) -> None:
+    def accept(self, readings: Iterable[Reading]) -> None:
         for r in readings:
             value = r.value if r.value is not None and math.isfinite(r.value) else None
             self.sensors.setdefault(r.sensor, {})[r.quantity] = {

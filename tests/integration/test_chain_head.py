@@ -230,7 +230,7 @@ def test_a_module_change_before_the_head_was_read_is_refused(tmp_path: Path) -> 
     gw = Gateway(config.load(cfg), ident=identity.load(tmp_path / "gw" / "device.key"))
     changed: list[str] = []
     assert gw.spool.held
-    assert asyncio.run(gw._switch(lambda: changed.append("x"), changed.clear)) is False
+    assert asyncio.run(gw.switch(lambda: changed.append("x"), changed.clear)) is False
     assert changed == []
 
 

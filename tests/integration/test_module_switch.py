@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,8 +16,8 @@ import pytest
 from gateway.config import settings as config
 from gateway.core.health import Health
 from gateway.core.reading import Reading
+from gateway.device.commit import CommitBuffer
 from gateway.device.daemon import Gateway
-from gateway.device.pipeline import Pipeline
 from gateway.wire import identity
 from tests.brokers import free_port
 from tests.gatewayproc import write_config
@@ -44,7 +45,7 @@ def test_reload_is_refused_while_the_spool_cannot_seal_everything(
         path.write_text(path.read_text() + SPIKES)
         with caplog.at_level(logging.WARNING, logger="gateway"):
             changed = await gw.reload()
-        names = [i.name for i in gw.chain.info]
+        names = [i.name for i in gw.judge.chain.info]
         stop.set()
         await task
         return changed, gw.health.reloads, names
@@ -59,17 +60,19 @@ OLD = [("ranges", "1.0.0", b"\0" * 32)]
 NEW = [("ranges", "1.0.0", b"\0" * 32), ("spikes", "1.0.0", b"\1" * 32)]
 
 
-def _pipeline(tmp_path: Path) -> tuple[dict[str, Any], Any, Pipeline, list[tuple[int, bytes, int]]]:
+def _pipeline(
+    tmp_path: Path,
+) -> tuple[dict[str, Any], Any, CommitBuffer, list[tuple[int, bytes, int]]]:
     state: dict[str, Any] = {"entries": OLD}
     spool = make_spool(tmp_path / "s.db", seal_ahead=2, modules=lambda: state["entries"])
     sealed: list[tuple[int, bytes, int]] = []
-    p = Pipeline(
+    p = CommitBuffer(
         spool,
         executor=ThreadPoolExecutor(1),
         health=Health(),
         commit_interval=1.0,
         batch_max_readings=10,
-        on_sealed=lambda s, m, n: sealed.append((s, m, n)),
+        outbox=SimpleNamespace(offer=lambda s, m, n: sealed.append((s, m, n))),
         clock_source=lambda: "ntp",
     )
     return state, spool, p, sealed

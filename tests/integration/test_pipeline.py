@@ -18,8 +18,8 @@ from typing import Any
 from gateway.config import settings as config
 from gateway.core.health import Health
 from gateway.core.reading import Reading
+from gateway.device.commit import CommitBuffer
 from gateway.device.daemon import Gateway
-from gateway.device.pipeline import Pipeline
 from gateway.device.spool import Spool
 from gateway.wire import identity
 from tests.brokers import Mosquitto
@@ -38,7 +38,7 @@ class Broker:
         self.online = False
         self.waiting: list[tuple[int, int]] = []
         self.sealed: list[tuple[int, int]] = []  # (seq, n), in order
-        self.pipeline: Pipeline | None = None
+        self.pipeline: CommitBuffer | None = None
 
     def offer(self, seq: int, message: bytes, n: int) -> None:
         self.sealed.append((seq, n))
@@ -59,14 +59,14 @@ class Broker:
 
 def _pipeline(
     spool: Spool, broker: Broker, *, interval: float, bmr: int, health: Health | None = None
-) -> Pipeline:
-    p = Pipeline(
+) -> CommitBuffer:
+    p = CommitBuffer(
         spool,
         executor=ThreadPoolExecutor(1),
         health=health or Health(),
         commit_interval=interval,
         batch_max_readings=bmr,
-        on_sealed=broker.offer,
+        outbox=broker,
         clock_source=lambda: "ntp",
     )
     broker.pipeline = p
@@ -290,7 +290,7 @@ def test_the_gateway_drains_a_backlog_when_the_broker_returns(
         run = asyncio.create_task(gw.run(stop))
         await _until(lambda: gw.health.connects == 0 and gw.health.uplink_errors > 0)
         for i in range(20):
-            gw._accept(_readings(20, 20 * i))
+            gw.sampler.accept(_readings(20, 20 * i))
             await _until(lambda i=i: gw.health.readings == 20 * (i + 1))  # type: ignore[misc]
         assert gw.health.batches_sealed == 0
         mosquitto.start()

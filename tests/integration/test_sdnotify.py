@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import settings as config
-from gateway.device import daemon, sampler
+from gateway.device import sampler, watchdog
 from gateway.device.daemon import Gateway
 from gateway.monitor import sdnotify
 from gateway.wire import identity
@@ -136,7 +136,7 @@ def _run_stalled(
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     monkeypatch.setattr(sampler, "READ_STALL", 0.5)
     if stall != "slow-spool":  # a slow but working writer is judged at the real threshold
-        monkeypatch.setattr(daemon, "WRITER_STALL", 0.5)
+        monkeypatch.setattr(watchdog, "WRITER_STALL", 0.5)
     cfg = config.load(write_config(tmp_path / "gw", port, interval="0.1 s"))
     gw = Gateway(cfg, ident=identity.load(cfg.device.key_file))
     hang = threading.Event()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import settings as config
-from gateway.device import daemon
+from gateway.device import progress
 from gateway.device.daemon import Gateway
 from gateway.monitor import status
 from gateway.wire import identity
@@ -237,7 +237,7 @@ def test_by_hand_the_daemon_says_what_it_does(
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    monkeypatch.setattr(daemon, "PROGRESS_INTERVAL", 1.0)  # 60 s by default
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 1.0)  # 60 s by default
     lines = _progress(_run(tmp_path, mosquitto.port, mosquitto))
     up = [x for x in lines if x.startswith("broker connected (MQTT 5); ")]
     assert len(up) >= 3, lines  # once a second while connected
@@ -258,5 +258,5 @@ def test_under_systemd_only_changes_are_logged(
 ) -> None:
     # STATUS= carries the figures; the journal does not get a line a minute.
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
-    monkeypatch.setattr(daemon, "PROGRESS_INTERVAL", 1.0)
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 1.0)
     assert _progress(_run(tmp_path, mosquitto.port)) == []

@@ -1,7 +1,8 @@
-"""Between the sampler and the uplink: the in-memory group of readings and its commits.
+"""The commit buffer: judged readings grouped in memory and made durable together (group commit).
 
-Readings are grouped in memory and committed together every `commit_interval`, so an SD card is
-written once per group, not once per reading. Two things commit sooner:
+The step between judging and the spool: readings are grouped in memory and committed together
+every `commit_interval`, so an SD card is written once per group, not once per reading. Two
+things commit sooner:
 
 - A full batch waiting in memory. Only the whole batches go, sealed in that commit; the rest
   stays in memory for the next commit, so a fast sensor fills every batch. The rest never waits
@@ -12,7 +13,8 @@ written once per group, not once per reading. Two things commit sooner:
   next ones, so a backlog drains at the broker's pace instead of one window per interval.
 
 A reading counts as read only after the commit holding it returned; `health.readings` counts it
-then.
+then. The batches a commit sealed go to the outbox (the uplink) from here, and the broker's
+acknowledgements come back here: they are deleted from the spool in a later commit.
 """
 
 from __future__ import annotations
@@ -23,35 +25,50 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
+from typing import Protocol
 
 from gateway.core.errors import SpoolError
 from gateway.core.health import Health
 from gateway.core.reading import Reading
+from gateway.device.seal import SealedBatch
+from gateway.device.service import Plain
 from gateway.device.spool import CommitResult, PendingRecord, Spool
 from gateway.wire import payloads
 
+# The name it had before the commit buffer had its own: what owners filter their logs by.
 log = logging.getLogger("gateway.pipeline")
 
 
-class Pipeline:
+class Outbox(Protocol):
+    """Where sealed batches go once they are durable (the uplink)."""
+
+    def offer(self, seq: int, message: bytes, n: int) -> None: ...
+
+
+class CommitBuffer(Plain):
+    """Makes judged readings durable: commits them to the spool in groups, which seals the
+    batches that are due, and hands each sealed batch to the outbox. The outbox may be
+    connected after construction (the uplink, which reports its acknowledgements here, is
+    built with this buffer's methods)."""
+
     def __init__(
         self,
         spool: Spool,
         *,
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         health: Health,
         commit_interval: float,
         batch_max_readings: int,
-        on_sealed: Callable[[int, bytes, int], None],
         clock_source: Callable[[], str],
+        outbox: Outbox | None = None,
     ) -> None:
         self.spool = spool
         self.executor = executor
         self.health = health
         self.commit_interval = commit_interval
         self.batch_max_readings = batch_max_readings
-        self.on_sealed = on_sealed
+        self.outbox = outbox
         self.clock_source = clock_source
         self._buffer: list[PendingRecord] = []
         self._names: list[Reading] = []
@@ -93,8 +110,13 @@ class Pipeline:
         if self._held_back:
             self._wake.set()
 
-    def unacked_pending_delete(self) -> set[int]:
-        return set(self._acked)
+    async def backlog(self) -> list[SealedBatch]:
+        """The sealed batches the broker has not acknowledged, oldest first, as the uplink sends
+        them again after a connect (acknowledged ones wait for their deletion here)."""
+        skip = set(self._acked)
+        loop = asyncio.get_running_loop()
+        batches = await loop.run_in_executor(self.executor, self.spool.unacked)
+        return [b for b in batches if b.seq not in skip]
 
     @property
     def buffered(self) -> int:
@@ -210,9 +232,14 @@ class Pipeline:
         if self._debug:
             for r in names:
                 log.debug("durable %s t=%r v=%r", r.name, r.t, r.value)
-        for seq, message, n in result.sealed:
+        if not result.sealed:
+            return
+        if self.outbox is None:
+            raise RuntimeError("batches were sealed before the commit buffer had an outbox")
+        offer = self.outbox.offer
+        for b in result.sealed:
             h.batches_sealed += 1
-            self.on_sealed(seq, message, n)
+            offer(b.seq, b.message, b.n)
 
     async def run(self) -> None:
         """Commit every interval; whole batches as soon as one is waiting; and at once when an
