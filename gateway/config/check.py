@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.config.locate import Locator, join_key
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest
 from gateway.core.units import format_duration, format_size, parse_duration, parse_size
 
 # --------------------------------------------------------------------------- problems
@@ -263,9 +264,10 @@ def find_plugin(
     what: str,
     name: str,
     available: Callable[[], list[str]],
-    load_class: Callable[[str], Any],
-) -> Any | None:
-    """The plug-in class registered as `name`, or None after reporting why not."""
+    manifest: Callable[[str], Manifest],
+) -> Manifest | None:
+    """The manifest of the plug-in registered as `name`, its class and typed options loaded, or
+    None after reporting why not."""
     try:
         names = available()
     except Exception as exc:
@@ -277,16 +279,12 @@ def find_plugin(
         problems.add(path, f"unknown {what} {name!r}{hint}{listing}")
         return None
     try:
-        cls = load_class(name)
-        config = getattr(cls, "CONFIG", {})
-        if not isinstance(config, Mapping) or not all(
-            isinstance(k, str) and isinstance(f, Field) for k, f in config.items()
-        ):
-            raise TypeError("its CONFIG is not a mapping of str to gateway.core.fields.Field")
+        found = manifest(name)
+        found.config  # noqa: B018 - loads the class and checks its options are typed
     except Exception as exc:
         problems.add(path, f"{what} {name!r} failed to load: {type(exc).__name__}: {exc}")
         return None
-    return cls
+    return found
 
 
 def plugin_rules(problems: Problems, path: str, cls: Any, options: Mapping[str, Any]) -> None:

@@ -50,6 +50,7 @@ from gateway.config.sections import (
 from gateway.core import plugins
 from gateway.core.errors import ConfigError
 from gateway.core.fields import PLACEMENTS, Field, placement_key
+from gateway.core.manifest import Manifest
 
 __all__ = [
     "CLOCK",
@@ -233,7 +234,7 @@ class _Table(NamedTuple):
     """One complete `[[sensor]]` or `[[module]]` table, checked."""
 
     path: str  # its key path, `module[2]`, for problems found later
-    cls: Any  # the plug-in class it names
+    manifest: Manifest  # of the plug-in it names
     values: dict[str, Any]  # every key, the plug-in's options included
     options: dict[str, Any]  # the plug-in's options only
 
@@ -251,10 +252,8 @@ def _plugin_tables(
     """Check each `[[array]]` table: its own keys (`head_fields`), then the options of the
     plug-in it names (`plugin_key`), with duplicate ids reported. Returns every table that is
     complete."""
-    names, load_class = (
-        (plugins.drivers, plugins.driver_class)
-        if what == "driver"
-        else (plugins.modules, plugins.module_class)
+    names, manifest = (
+        (plugins.drivers, plugins.driver) if what == "driver" else (plugins.modules, plugins.module)
     )
     out: list[_Table] = []
     seen: dict[str, str] = {}
@@ -265,17 +264,17 @@ def _plugin_tables(
             continue
         head = check_table(problems, path, table, head_fields, base_dir, report_unknown=False)
         fields = dict(head_fields)
-        cls = None
+        found = None
         if isinstance(head.get(plugin_key), str):
-            cls = find_plugin(
-                problems, f"{path}.{plugin_key}", what, head[plugin_key], names, load_class
+            found = find_plugin(
+                problems, f"{path}.{plugin_key}", what, head[plugin_key], names, manifest
             )
-        if cls is not None:
-            fields.update({k: f for k, f in cls.CONFIG.items() if k not in head_fields})
+        if found is not None:
+            fields.update({k: f for k, f in found.config.items() if k not in head_fields})
             values = check_table(problems, path, table, fields, base_dir, skip=head_fields)
             values.update(head)
             if "interval" in head_fields and "interval" not in table:
-                values["interval"] = float(getattr(cls, "default_interval", 60.0))
+                values["interval"] = float(getattr(found.factory, "default_interval", 60.0))
         else:
             values = head
         if "id" in values:
@@ -291,10 +290,10 @@ def _plugin_tables(
                 )
             else:
                 seen[ident] = path
-        if cls is not None and all(k in values for k in fields):
+        if found is not None and all(k in values for k in fields):
             options = {k: values[k] for k in fields if k not in head_fields}
-            plugin_rules(problems, path, cls, options)
-            out.append(_Table(path, cls, values, options))
+            plugin_rules(problems, path, found.factory, options)
+            out.append(_Table(path, found, values, options))
     return out
 
 
@@ -337,7 +336,7 @@ def _modules(
     out = []
     for t in tables:
         options = t.options
-        field = t.cls.CONFIG.get(PLACEMENTS)
+        field = t.manifest.config.get(PLACEMENTS)
         if isinstance(field, Field) and field.kind == "table":
             options = {**options, PLACEMENTS: _placements(problems, t, doc, sensors)}
         v = t.values
