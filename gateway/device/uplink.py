@@ -1,6 +1,7 @@
 """Delivery of sealed batches to the MQTT broker (aiomqtt on paho-mqtt 2).
 
-- MQTT 5 first (content type on COSE messages), falling back to 3.1.1 for brokers without it.
+- MQTT 5 first (content type on COSE messages), falling back to 3.1.1 for brokers without it
+  (gateway/mqtt/connect.py); once a broker refused 5, "auto" stays on 3.1.1.
 - Last Will `offline` and a retained `online` status; the signed birth message on every connect.
 - Up to `max_inflight` batches await their PUBACK at once, published oldest first; a batch
   counts as delivered only when its PUBACK arrives (`on_ack`), never when it was written.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -32,16 +32,13 @@ from gateway.core.errors import KeyInUse
 from gateway.core.health import Health
 from gateway.device import head
 from gateway.device.head import Head
-from gateway.mqtt import tls
 from gateway.mqtt.backoff import Backoff
+from gateway.mqtt.connect import ClientSettings, connect
 from gateway.wire import cose
 
 log = logging.getLogger("gateway.uplink")
 
 PUBLISH_TIMEOUT = 30.0
-# How long to wait for CONNACK. Some 3.1.1-only brokers neither answer nor close when they
-# get an MQTT 5 CONNECT (they misread its properties as the client id's length).
-CONNACK_TIMEOUT = 10.0
 
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
@@ -51,33 +48,6 @@ def topics(prefix: str, device_id: str) -> dict[str, str]:
         "attestation",
     )  # fmt: skip
     return {k: f"{base}/{k}" for k in names}
-
-
-# CONNACK codes that mean "not this protocol version" (3.1.1: 1; 5: 0x84), as opposed to
-# refusals that another protocol version would meet too (credentials, authorisation, bans).
-_VERSION_CODES = frozenset({1, 0x84})
-
-
-def _protocol_refused(e: aiomqtt.MqttError) -> bool:
-    rc = getattr(e, "rc", None)
-    if rc is not None:
-        return int(getattr(rc, "value", rc)) in _VERSION_CODES
-    text = str(e)
-    # aiomqtt says "Operation timed out" when TCP connected but no CONNACK came: a 3.1.1-only
-    # broker stuck on a v5 CONNECT, or one that dropped it. A refused or unreachable TCP
-    # connect says otherwise, and 3.1.1 would not help there.
-    if text == "Operation timed out" or "Disconnected" in text:
-        return True
-    low = text.lower()
-    return not ("refused" in low or "timed out" in low or "no route" in low or "unreachable" in low)
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    """Close the socket of a connect attempt that got no CONNACK; aiomqtt leaves it open."""
-    paho = getattr(client, "_client", None)
-    with contextlib.suppress(Exception):
-        if paho is not None:
-            paho.disconnect()
 
 
 class ChainHead(Protocol):
@@ -215,52 +185,30 @@ class Uplink:
 
     # --- one connection -----------------------------------------------------------------------
 
-    def _make_client(self, protocol: str) -> aiomqtt.Client:
-        v5 = protocol != "3.1.1"
-        props = None
-        if v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-        return aiomqtt.Client(
-            self.cfg.host,
-            self.cfg.port,
+    def _settings(self) -> ClientSettings:
+        cfg = self.cfg
+        return ClientSettings(
+            host=cfg.host,
+            port=cfg.port,
+            tls=cfg.tls,
+            ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
             identifier=self.client_id,
-            username=self.cfg.username,
+            username=cfg.username,
             password=self.password,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
-            clean_session=None if v5 else True,
-            keepalive=int(self.cfg.keepalive),
-            timeout=CONNACK_TIMEOUT,
-            max_inflight_messages=self.cfg.max_inflight,
-            tls_context=self._tls(),
-            properties=props,
+            keepalive=int(cfg.keepalive),
+            max_inflight=cfg.max_inflight,
         )
 
-    def _tls(self) -> ssl.SSLContext | None:
-        cfg = self.cfg
-        return tls.context(cfg.ca_file, cfg.cert_file, cfg.key_file) if cfg.tls else None
-
     async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
-        order = ["5", "3.1.1"] if self._protocol == "auto" else [self._protocol]
-        last: Exception | None = None
-        for proto in order:
-            client = self._make_client(proto)
-            try:
-                await stack.enter_async_context(client)
-            except aiomqtt.MqttError as e:
-                last = e
-                _abandon(client)
-                if not _protocol_refused(e):
-                    raise  # nobody listening, or we are not welcome: 3.1.1 will not help
-                continue
-            if self._protocol == "auto" and proto != "5":
-                log.info("broker refused MQTT 5; using MQTT 3.1.1")
-                self._protocol = proto
-            self.health.protocol = proto
-            return client
-        assert last is not None
-        raise last
+        client, proto = await connect(stack, self._settings(), self._protocol)
+        if self._protocol == "auto" and proto != "5":
+            log.info("broker refused MQTT 5; using MQTT 3.1.1")
+            self._protocol = proto
+        self.health.protocol = proto
+        return client
 
     def _props(self) -> Properties | None:
         if self.health.protocol != "5":
