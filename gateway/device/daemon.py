@@ -27,11 +27,9 @@ from gateway.device.publisher import StatePublisher
 from gateway.device.reload import InEffect, Reload
 from gateway.device.sampler import Sampler
 from gateway.device.service import Service
-from gateway.device.spool import Spool
 from gateway.device.spool_service import SpoolService
 from gateway.device.uplink import Uplink
 from gateway.device.watchdog import Watchdog
-from gateway.models.store import ModelStore
 from gateway.modules import litert
 from gateway.monitor import sdnotify
 from gateway.monitor.report import StateMirror
@@ -39,10 +37,10 @@ from gateway.wire import identity
 
 log = logging.getLogger("gateway")
 
-SEAL_AHEAD_PER_INFLIGHT = 2
-
 
 class Gateway:
+    """One gateway: its services wired along the reading's way and beside it."""
+
     def __init__(
         self, cfg: Config, *, ident: identity.Identity, shutdown_timeout: float = 10.0
     ) -> None:
@@ -50,31 +48,17 @@ class Gateway:
         self.shutdown_timeout = shutdown_timeout
         boot = secrets.token_bytes(16)
         self.health = health = Health()
-        u, mon = cfg.uplink, cfg.monitor
-        store = ModelStore(
-            cfg.models.dir or cfg.spool.path.parent / "models", cfg.models.trusted_model_signers
-        )
-        store.load()
-        chains = Chains(store, health=health)
-        self.judge = Judge(chains.build(cfg.modules))
-        chains.adopt(self.judge.chain)
+        u = cfg.uplink
+        chains = Chains.of(cfg, health=health)
+        self.judge = judge = Judge(chains.build(cfg.modules))
+        chains.adopt(judge.chain)
         self.clock = ClockWatch(cfg.clock.mode, health=health)
-        self.spool = Spool(
-            cfg.spool.path,
-            identity=ident,
-            boot=boot,
-            max_size=cfg.spool.max_size,
-            batch_max_readings=u.batch_max_readings,
-            batch_max_age=u.batch_max_age,
-            seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
-            modules=self.judge.entries,
-            key_file=cfg.device.key_file,
+        self.storage = SpoolService(
+            cfg, identity=ident, boot=boot, modules=judge.entries, health=health
         )
-        # Nothing is sealed before the chain head the broker keeps was read (head.py).
-        self.spool.held = True
-        self.storage = SpoolService(self.spool, health=health, did=ident.did)
-        self.commits = CommitBuffer(
-            self.spool,
+        self.spool = spool = self.storage.spool
+        self.commits = commits = CommitBuffer(
+            spool,
             executor=self.storage.thread,
             health=health,
             commit_interval=cfg.spool.commit_interval,
@@ -82,17 +66,13 @@ class Gateway:
             clock_source=self.clock.source,
         )
         mirror = StateMirror(ident.device_id, cfg.device.name)
-        self.sampler = Sampler(
-            cfg.sensors,
-            judge=self.judge,
-            health=health,
-            clock=self.clock.now,
-            to=[self.commits, mirror],
+        self.sampler = sampler = Sampler(
+            cfg.sensors, judge=judge, health=health, clock=self.clock.now, to=[commits, mirror]
         )
-        self.sensors = self.sampler.sensors
+        self.sensors = sampler.sensors
         in_effect = InEffect(cfg)
-        self.inbox = Inbox()
-        self.uplink = Uplink(
+        inbox = Inbox()
+        self.uplink = uplink = Uplink(
             u,
             device_id=ident.device_id,
             client_id=u.client_id or f"dg-{ident.device_id[-20:]}",
@@ -103,81 +83,60 @@ class Gateway:
                 in_effect,
                 identity=ident,
                 boot=boot,
-                sampler=self.sampler,
-                judge=self.judge,
+                sampler=sampler,
+                judge=judge,
                 spool=self.storage,
             ),
-            on_ack=self.commits.acked,
-            on_message=self.inbox.deliver,
+            on_ack=commits.acked,
+            on_message=inbox.deliver,
             on_connect=self._connected,
             chain_head=head.Keeper(
-                ident,
-                boot=boot,
-                spool=self.spool,
-                in_spool=self.storage.call,
-                anchored=self.commits.commit,
+                ident, boot=boot, spool=spool, in_spool=self.storage.call, anchored=commits.commit
             ),
         )
         # Sealed batches go out through the uplink, whose acknowledgements come back to the
         # commit buffer: the one loop on the reading's way, closed once both exist.
-        self.commits.outbox = self.uplink
+        commits.outbox = uplink
         self.switch = ModuleSwitch(
-            self.judge,
-            spool=self.storage,
-            commits=self.commits,
-            batch_max_readings=u.batch_max_readings,
+            judge, spool=self.storage, commits=commits, batch_max_readings=u.batch_max_readings
         )
         self.publisher = StatePublisher(
             cfg,
             mirror=mirror,
-            device_id=ident.device_id,
-            did=ident.did,
-            broker=self.uplink,
+            identity=ident,
+            broker=uplink,
             health=health,
             spool=self.storage,
-            judge=self.judge,
+            judge=judge,
         )
         self.reloads = Reload(
-            in_effect, chains=chains, switch=self.switch, broker=self.uplink, health=health
+            in_effect, chains=chains, switch=self.switch, broker=uplink, health=health
         )
-        self.inbox.route(self.uplink.topics["attestation"], self.publisher.attestation)
-        if store.enabled:
-            models = ModelService(
-                store,
-                chains,
-                judge=self.judge,
-                switch=self.switch,
-                broker=self.uplink,
-                health=health,
-            )
-            self.inbox.route(self.uplink.topics["model"], models.receive)
-        self.announce: Announce | None = None
-        if mon.homeassistant:
-            self.announce = Announce(
-                cfg, device_id=ident.device_id, broker=self.uplink, sampler=self.sampler
-            )
-            self.announce.listen(self.inbox)
-        self.uplink.subscriptions = self.inbox.filters
         # Opened in this order before anything runs, closed in the reverse order at the end:
         # the spool first and last.
         self.services: list[Service] = [
-            self.storage,
-            self.clock,
-            self.commits,
-            self.sampler,
-            self.publisher,
-            self.reloads,
-        ]
-        if self.announce is not None:
+            self.storage, self.clock, commits, sampler, self.publisher, self.reloads
+        ]  # fmt: skip
+        inbox.route(uplink.topics["attestation"], self.publisher.attestation)
+        if chains.store.enabled:
+            models = ModelService(
+                chains, judge=judge, switch=self.switch, broker=uplink, health=health
+            )
+            inbox.route(uplink.topics["model"], models.receive)
+        self.announce: Announce | None = None
+        if cfg.monitor.homeassistant:
+            self.announce = Announce(cfg, device_id=ident.device_id, broker=uplink, sampler=sampler)
+            self.announce.listen(inbox)
             self.services.append(self.announce)
+        uplink.subscriptions = inbox.filters
         # Under systemd, STATUS= says it all the time; the journal gets the changes.
         systemd = bool(os.environ.get("NOTIFY_SOCKET"))
         if systemd:
             self.services.append(
-                Watchdog(sampler=self.sampler, spool_thread=self.storage.thread, health=health)
+                Watchdog(sampler=sampler, spool_thread=self.storage.thread, health=health)
             )
         interval = None if systemd else progress.PROGRESS_INTERVAL
-        self.services.append(Progress(sampler=self.sampler, health=health, interval=interval))
+        self.services.append(Progress(sampler=sampler, health=health, interval=interval))
 
     async def _backlog(self) -> list[tuple[int, bytes, int]]:
         return list(await self.commits.backlog())

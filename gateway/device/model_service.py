@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from gateway.config.settings import ModuleConfig
+from gateway.config.settings import Config, ModuleConfig
 from gateway.core import plugins
 from gateway.core.health import Health
 from gateway.device.judge import Judge, ModuleSwitch
@@ -40,6 +40,16 @@ class Chains:
     def __init__(self, store: ModelStore, *, health: Health) -> None:
         self.store = store
         self.health = health
+
+    @classmethod
+    def of(cls, cfg: Config, *, health: Health) -> Chains:
+        """With the updates installed under `[models] dir` (default: beside the spool)."""
+        models = cfg.models
+        store = ModelStore(
+            models.dir or cfg.spool.path.parent / "models", models.trusted_model_signers
+        )
+        store.load()
+        return cls(store, health=health)
 
     def build(self, configs: Sequence[ModuleConfig]) -> ModuleChain:
         """The chain of `configs`, its shadows with it. Blocking (models load); touches no
@@ -135,7 +145,6 @@ class ModelService:
 
     def __init__(
         self,
-        store: ModelStore,
         chains: Chains,
         *,
         judge: Judge,
@@ -143,7 +152,7 @@ class ModelService:
         broker: Broker,
         health: Health,
     ) -> None:
-        self.store = store
+        self.store = chains.store
         self.chains = chains
         self.judge = judge
         self.switch = switch

@@ -21,6 +21,7 @@ from gateway.device.service import Broker, Plain
 from gateway.device.spool_service import SpoolService
 from gateway.monitor import status
 from gateway.monitor.report import HealthReport, StateMirror, read_attestation
+from gateway.wire.identity import Identity
 
 log = logging.getLogger("gateway")
 
@@ -31,8 +32,7 @@ class StatePublisher(Plain):
         cfg: Config,
         *,
         mirror: StateMirror,
-        device_id: str,
-        did: str,
+        identity: Identity,
         broker: Broker,
         health: Health,
         spool: SpoolService,
@@ -40,12 +40,14 @@ class StatePublisher(Plain):
     ) -> None:
         self.monitor = cfg.monitor
         self.mirror = mirror
-        self.did = did
+        self.did = identity.did
         self.broker = broker
         self.health = health
         self.spool = spool
         self.judge = judge
-        self.report = HealthReport(device_id=device_id, name=cfg.device.name, version=__version__)
+        self.report = HealthReport(
+            device_id=identity.device_id, name=cfg.device.name, version=__version__
+        )
         self._status: dict[str, bytes] = {}
         self._status_path = status.status_file(cfg.spool.path)
         # Written into the file: `status` takes it only for its own spool, while we run.

@@ -10,16 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from gateway.config.settings import Config
 from gateway.core.health import Health
+from gateway.device.seal import ModuleEntry
 from gateway.device.spool import Spool, SpoolStats
+from gateway.wire.identity import Identity
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
+
+#: batches sealed ahead of the uplink, per batch it may have in flight
+SEAL_AHEAD_PER_INFLIGHT = 2
 
 
 class SpoolThread(ThreadPoolExecutor):
@@ -44,10 +50,31 @@ class SpoolService:
     """Where judged readings are kept until the broker has them: opens the spool (on its
     thread) before anything runs, keeps health's queue figures current, closes it at the end."""
 
-    def __init__(self, spool: Spool, *, health: Health, did: str) -> None:
-        self.spool = spool
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        identity: Identity,
+        boot: bytes,
+        modules: Callable[[], Sequence[ModuleEntry]],
+        health: Health,
+    ) -> None:
+        u = cfg.uplink
+        self.spool = Spool(
+            cfg.spool.path,
+            identity=identity,
+            boot=boot,
+            max_size=cfg.spool.max_size,
+            batch_max_readings=u.batch_max_readings,
+            batch_max_age=u.batch_max_age,
+            seal_ahead=u.max_inflight * SEAL_AHEAD_PER_INFLIGHT,
+            modules=modules,
+            key_file=cfg.device.key_file,
+        )
+        # Nothing is sealed before the chain head the broker keeps was read (head.py).
+        self.spool.held = True
         self.health = health
-        self.did = did
+        self.did = identity.did
         self.thread = SpoolThread()
 
     async def call(self, fn: Callable[[], T]) -> T:
