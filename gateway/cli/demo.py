@@ -42,6 +42,9 @@ from gateway.core.health import Health
 from gateway.device.daemon import Gateway
 from gateway.monitor import homeassistant
 from gateway.mqtt import url as mqtt_url
+from gateway.mqtt.backoff import Backoff
+from gateway.mqtt.connect import ClientSettings, make_client
+from gateway.mqtt.subscribe import Lost, subscribe_forever
 from gateway.wire import identity, payloads
 from gateway.wire.verify import LINKED, Examined, Finding, Verifier, examine
 
@@ -56,6 +59,8 @@ SHUTDOWN_TIMEOUT = 5.0  # seconds the gateway waits for the last PUBACKs when st
 EMBEDDED_PROTOCOL = "3.1.1"
 CATCH_UP = 5.0  # seconds the verifier may take to receive the last acknowledged batches
 CONNECT_TIMEOUT = 10.0
+#: the verifier's reconnect backoff (a broker lost after its first subscription)
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 5.0
 TTY_EVERY = 0.5
 LINE_EVERY = 2.0
 #: the live line never gets wider than this, so it stays one line on an 80-column terminal
@@ -205,7 +210,7 @@ class DemoBroker:
     kind: str  # "embedded amqtt", "own mosquitto" (started for the demo) or "external"
     detail: str  # what the start-up listing says about it
     uplink_protocol: str  # what the gateway is configured with
-    verifier_protocols: list[str]  # what the verifier tries, in order
+    verifier_protocol: str  # "auto" (MQTT 5, else 3.1.1) or "3.1.1"
     stop: Callable[[], Awaitable[None]]
 
     @property
@@ -235,7 +240,7 @@ async def start_broker(url: str | None) -> DemoBroker:
             kind="external",
             detail=f"{url} (given with --broker)",
             uplink_protocol="auto",
-            verifier_protocols=["5", "3.1.1"],
+            verifier_protocol="auto",
             stop=_nothing,
         )
     if _amqtt_installed():
@@ -251,7 +256,7 @@ async def start_broker(url: str | None) -> DemoBroker:
             kind="embedded amqtt",
             detail=f"{url}, embedded amqtt (MQTT 3.1.1)",
             uplink_protocol=EMBEDDED_PROTOCOL,
-            verifier_protocols=[EMBEDDED_PROTOCOL],
+            verifier_protocol=EMBEDDED_PROTOCOL,
             stop=shutdown,
         )
     binary = mosquitto_binary()
@@ -273,7 +278,7 @@ async def start_broker(url: str | None) -> DemoBroker:
         kind="own mosquitto",
         detail=f"{url}, a mosquitto of its own ({binary}; amqtt is not installed)",
         uplink_protocol="auto",
-        verifier_protocols=["5", "3.1.1"],
+        verifier_protocol="auto",
         stop=stop,
     )
 
@@ -478,57 +483,35 @@ class Watch:
             for flag in flags:
                 self.flags[(flag, sensor, "" if flag == "range" else why)] += 1
 
-    async def run(self, host: str, port: int, *, tls: bool, protocols: list[str]) -> None:
+    async def run(self, settings: ClientSettings, *, protocol: str) -> None:
         """Subscribe and check until cancelled; reconnects if the broker goes away after the
         first subscription, raises UplinkError if it never could subscribe."""
-        ident = f"dg-demo-verifier-{secrets.token_hex(4)}"
-        while True:
-            try:
-                await self._session(host, port, ident, tls=tls, protocols=protocols)
-            except aiomqtt.MqttError as e:
-                if not self.subscribed.is_set():
-                    raise UplinkError(f"verifier: broker {host}:{port}: {e}") from e
-                log.warning("verifier: broker %s:%s: %s; reconnecting", host, port, e)
-            await asyncio.sleep(1.0)
 
-    async def _session(
-        self, host: str, port: int, ident: str, *, tls: bool, protocols: list[str]
-    ) -> None:
-        last: aiomqtt.MqttError | None = None
-        for proto in protocols:
-            client = _client(host, port, ident, tls=tls, protocol=proto)
-            try:
-                async with client:
-                    self.protocol = proto
-                    for kind in ("batch", "birth"):
-                        await client.subscribe(f"{PREFIX}/+/{kind}", qos=1)
-                    self.subscribed.set()
-                    async for msg in client.messages:
-                        self.feed(str(msg.topic), _bytes(msg.payload))
-                return
-            except aiomqtt.MqttError as e:
-                if self.protocol == proto:  # connected, then lost: not a protocol problem
-                    raise
-                last = e
-        assert last is not None
-        raise last
+        def subscribed(used: str) -> None:
+            self.protocol = used
+            self.subscribed.set()
+
+        def lost(e: Lost) -> None:
+            if not e.subscribed:
+                raise UplinkError(f"verifier: broker {settings.where}: {e.error}") from e.error
+            log.warning("verifier: broker %s: %s; reconnecting", settings.where, e.error)
+
+        await subscribe_forever(
+            settings,
+            [(f"{PREFIX}/+/batch", 1), (f"{PREFIX}/+/birth", 1)],
+            lambda msg: self.feed(msg.topic, msg.payload),
+            backoff=Backoff(RECONNECT_MAX, base=RECONNECT_MIN),
+            protocol=protocol,
+            on_subscribed=subscribed,
+            on_lost=lost,
+        )
 
 
-def _client(host: str, port: int, ident: str, *, tls: bool, protocol: str) -> aiomqtt.Client:
-    v5 = protocol == "5"
-    return aiomqtt.Client(
-        host,
-        port,
-        identifier=ident,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        clean_session=None if v5 else True,
-        tls_params=aiomqtt.TLSParameters() if tls else None,
-        timeout=CONNECT_TIMEOUT,
-    )
-
-
-def _bytes(payload: Any) -> bytes:
-    return bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+def _settings(host: str, port: int, *, tls: bool, role: str) -> ClientSettings:
+    """The verifier's and the clean-up's clients: each an identifier of its own, the system's
+    trust store for mqtts:// (the demo takes no CA file)."""
+    ident = f"dg-demo-{role}-{secrets.token_hex(4)}"
+    return ClientSettings(host=host, port=port, tls=tls, identifier=ident, timeout=CONNECT_TIMEOUT)
 
 
 # --- leaving the broker as it was -------------------------------------------------------------
@@ -565,12 +548,11 @@ def device_filters(device_id: str, discovery_prefix: str | None) -> list[str]:
 
 
 async def clear_retained(
-    host: str, port: int, *, tls: bool, protocol: str, filters: list[str]
+    settings: ClientSettings, *, protocol: str, filters: list[str]
 ) -> tuple[int, int]:
     """Clear every retained message under `filters` with an empty retained publish (which also
     makes Home Assistant remove the entities), then look again. Returns (cleared, left)."""
-    ident = f"dg-demo-cleanup-{secrets.token_hex(4)}"
-    async with _client(host, port, ident, tls=tls, protocol=protocol) as client:
+    async with make_client(settings, protocol) as client:
         found = await retained_topics(client, filters)
         for topic in sorted(found):
             await client.publish(topic, b"", qos=1, retain=True)
@@ -893,7 +875,10 @@ async def run_demo(
         say(_row("", f"work dir {workdir} ({'kept' if kept else 'removed at the end'})"))
         watch = Watch(Verifier(allowed_dids=[ident.did]), ident.device_id)
         verifier_task = asyncio.create_task(
-            watch.run(u.host, u.port, tls=u.tls, protocols=broker.verifier_protocols),
+            watch.run(
+                _settings(u.host, u.port, tls=u.tls, role="verifier"),
+                protocol=broker.verifier_protocol,
+            ),
             name="demo-verifier",
         )
         tasks.append(verifier_task)
@@ -941,9 +926,11 @@ async def run_demo(
             )
             try:
                 retained = await clear_retained(
-                    u.host, u.port, tls=u.tls, protocol=watch.protocol or "3.1.1", filters=filters
+                    _settings(u.host, u.port, tls=u.tls, role="cleanup"),
+                    protocol=watch.protocol or "3.1.1",
+                    filters=filters,
                 )
-            except aiomqtt.MqttError as e:
+            except (aiomqtt.MqttError, OSError) as e:
                 retained = f"retained messages of this device not cleared: {e}"
         return Result(
             did=ident.did,

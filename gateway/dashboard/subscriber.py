@@ -8,18 +8,16 @@ as long as the dashboard runs, and the page shows the broker as disconnected mea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
-
 from gateway.dashboard.model import Fleet
-from gateway.mqtt import tls
 from gateway.mqtt import url as broker_url
 from gateway.mqtt.backoff import Backoff
+from gateway.mqtt.connect import ClientSettings
+from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
 from gateway.mqtt.url import BrokerUrl
 
 log = logging.getLogger("gateway.dashboard")
@@ -64,42 +62,40 @@ def parse_broker(
 
 async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_MAX) -> None:
     """Keep the fleet model fed from the broker until cancelled."""
-    identifier = f"depin-dashboard-{secrets.token_hex(4)}"
-    backoff = Backoff(backoff_max, base=1.0)
-    while True:
+    settings = ClientSettings(
+        host=broker.host,
+        port=broker.port,
+        tls=broker.tls,
+        ca_file=broker.ca_file,
+        identifier=f"depin-dashboard-{secrets.token_hex(4)}",
+        username=broker.username,
+        password=broker.password,
+        keepalive=30,
+        max_queued_incoming=QUEUE,
+    )
+
+    def subscribed(_protocol: str) -> None:
+        fleet.set_broker(True)
+        log.info("subscribed to %s/+/… at %s", fleet.prefix, broker.label)
+
+    def handle(msg: Message) -> None:
         try:
-            async with aiomqtt.Client(
-                broker.host,
-                broker.port,
-                username=broker.username,
-                password=broker.password,
-                identifier=identifier,
-                protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=True,
-                tls_context=tls.context(broker.ca_file) if broker.tls else None,
-                timeout=10,
-                keepalive=30,
-                max_queued_incoming_messages=QUEUE,
-            ) as client:
-                for topic, qos in fleet.topics():
-                    await client.subscribe(topic, qos=qos)
-                fleet.set_broker(True)
-                log.info("subscribed to %s/+/… at %s", fleet.prefix, broker.label)
-                backoff.reset()
-                async for msg in client.messages:
-                    payload = msg.payload
-                    if isinstance(payload, str):
-                        payload = payload.encode()
-                    elif not isinstance(payload, bytes | bytearray):
-                        payload = b""
-                    try:
-                        # MQTT 3.1.1: the broker sets retain only on what it sends because of
-                        # the subscription (stored, perhaps long ago), never on live messages.
-                        fleet.handle(str(msg.topic), bytes(payload), retained=msg.retain)
-                    except Exception:  # a bug on one message must not stop the dashboard
-                        log.exception("cannot take the message on %s", msg.topic)
-        except aiomqtt.MqttError as e:
-            fleet.set_broker(False, str(e) or type(e).__name__)
-            delay = next(backoff)
-            log.warning("broker %s: %s; again in %.0f s", broker.label, e, delay)
-            await asyncio.sleep(delay)
+            # MQTT 3.1.1: the broker sets retain only on what it sends because of the
+            # subscription (stored, perhaps long ago), never on live messages.
+            fleet.handle(msg.topic, msg.payload, retained=msg.retained)
+        except Exception:  # a bug on one message must not stop the dashboard
+            log.exception("cannot take the message on %s", msg.topic)
+
+    def lost(e: Lost) -> None:
+        fleet.set_broker(False, str(e.error) or type(e.error).__name__)
+        log.warning("broker %s: %s; again in %.0f s", broker.label, e.error, e.retry_in)
+
+    await subscribe_forever(
+        settings,
+        fleet.topics(),
+        handle,
+        backoff=Backoff(backoff_max, base=1.0),
+        protocol="3.1.1",
+        on_subscribed=subscribed,
+        on_lost=lost,
+    )

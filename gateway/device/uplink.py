@@ -200,6 +200,7 @@ class Uplink:
             will=aiomqtt.Will(self.topics["status"], b"offline", qos=1, retain=True),
             keepalive=int(cfg.keepalive),
             max_inflight=cfg.max_inflight,
+            session_expiry=0,  # said outright in MQTT 5: nothing is kept past a connection
         )
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:

@@ -47,6 +47,10 @@ class ClientSettings:
     timeout: float = CONNACK_TIMEOUT
     max_inflight: int | None = None
     max_queued_incoming: int | None = None
+    #: MQTT 5's Session Expiry Interval, sent in the CONNECT; None sends none, which brokers
+    #: take as 0 (some 3.1.1-only brokers answer a v5 CONNECT without properties at once with
+    #: "unsupported protocol version", but hang on one with properties until CONNACK_TIMEOUT)
+    session_expiry: int | None = None
 
     @property
     def where(self) -> str:
@@ -57,12 +61,13 @@ class ClientSettings:
 
 def make_client(s: ClientSettings, protocol: str) -> aiomqtt.Client:
     """A client speaking `protocol` ("5" or "3.1.1"); nothing is sent before it is entered.
-    Neither version keeps a session on the broker (clean start, session expiry 0)."""
+    Neither version keeps a session on the broker past the connection (3.1.1: clean session;
+    5: clean start and a session expiry of 0 unless `session_expiry` says otherwise)."""
     v5 = protocol == "5"
     props = None
-    if v5:
+    if v5 and s.session_expiry is not None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
+        props.SessionExpiryInterval = s.session_expiry
     return aiomqtt.Client(
         s.host,
         s.port,

@@ -1,20 +1,25 @@
-"""The MQTT layer (gateway/mqtt/) against real brokers: mosquitto (MQTT 5) and amqtt (3.1.1
-only): the protocol it settles on, what it does not retry in 3.1.1."""
+"""The MQTT layer (gateway/mqtt/) against real brokers, mosquitto (MQTT 5, TLS) and amqtt (3.1.1
+only): the protocol it settles on, what it does not retry in 3.1.1, following a broker across
+a restart, TLS with a client certificate for the aiomqtt clients and the attestor's paho."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from gateway.mqtt import connect as mqtt_connect
+from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings, connect
+from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
 from tests.brokers import Mosquitto, free_port
+from tests.certs import make_pki
 
 
 @contextlib.asynccontextmanager
@@ -61,18 +66,27 @@ async def _round_trip(client: aiomqtt.Client, topic: str) -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(
+    ("expiry", "slow"),
+    [
+        (None, False),  # amqtt refuses a v5 CONNECT without properties at once (0x84)
+        (0, True),  # and hangs on one with properties: 3.1.1 after the CONNACK timeout
+    ],
+)
 def test_auto_settles_on_3_1_1_where_the_broker_has_no_mqtt_5(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, expiry: int | None, slow: bool
 ) -> None:
     asked = _asked(monkeypatch)
 
     async def run() -> tuple[str, bytes]:
         async with amqtt_broker() as port, contextlib.AsyncExitStack() as stack:
-            s = ClientSettings(host="127.0.0.1", port=port, timeout=5)
+            s = ClientSettings(host="127.0.0.1", port=port, timeout=2, session_expiry=expiry)
             client, protocol = await connect(stack, s, "auto")
             return protocol, await _round_trip(client, "layer/fallback")
 
+    started = time.monotonic()
     assert asyncio.run(run()) == ("3.1.1", b"here")
+    assert (time.monotonic() - started >= 2) is slow
     assert asked == ["5", "3.1.1"]
 
 
@@ -139,3 +153,189 @@ def test_bad_credentials_are_not_tried_again_in_3_1_1(
     finally:
         broker.stop()
     assert asked == ["5"]
+
+
+# --- following a broker -----------------------------------------------------------------------
+
+
+async def _publish(port: int, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.publish(topic, payload, qos=1, retain=retain)
+
+
+async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def test_follows_across_a_broker_restart(mosquitto: Mosquitto) -> None:
+    """Retained first, then live; a lost broker is reported and followed again once back, the
+    backoff starting over after the new subscription."""
+    got: list[Message] = []
+    subscribed: list[str] = []
+    lost: list[Lost] = []
+    backoff = Backoff(0.4, base=0.1)
+
+    async def run() -> None:
+        await _publish(mosquitto.port, "f/a/state", b"kept", retain=True)
+        s = ClientSettings(host="127.0.0.1", port=mosquitto.port, timeout=2)
+        follow = asyncio.create_task(
+            subscribe_forever(
+                s,
+                [("f/+/state", 1), ("f/+/batch", 1)],
+                got.append,
+                backoff=backoff,
+                on_subscribed=subscribed.append,
+                on_lost=lost.append,
+            )
+        )
+        try:
+            await _until(lambda: len(got) == 1)
+            await _publish(mosquitto.port, "f/a/batch", b"live")
+            await _until(lambda: len(got) == 2)
+            await asyncio.to_thread(mosquitto.stop)
+            await _until(lambda: len(lost) >= 2)  # the loss, then an attempt that failed
+            await asyncio.to_thread(mosquitto.start)
+            await _until(lambda: len(subscribed) == 2)
+            await _publish(mosquitto.port, "f/a/batch", b"again")
+            await _until(lambda: got[-1].payload == b"again")
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+
+    asyncio.run(run())
+    assert [(m.topic, m.payload, m.retained) for m in got[:2]] == [
+        ("f/a/state", b"kept", True),
+        ("f/a/batch", b"live", False),
+    ]
+    assert subscribed == ["5", "5"]
+    assert all(x.subscribed for x in lost)
+    assert all(0 < x.retry_in <= 0.4 for x in lost)
+    assert next(backoff) <= 0.1  # reset by the second subscription
+
+
+def test_on_lost_may_end_the_follow() -> None:
+    """Live verify and the demo give up when the first connection fails."""
+    port = free_port()
+    seen: list[Lost] = []
+
+    def lost(e: Lost) -> None:
+        seen.append(e)
+        raise RuntimeError(f"gave up: {e.error}")
+
+    async def run() -> None:
+        s = ClientSettings(host="127.0.0.1", port=port)
+        await subscribe_forever(s, [("x/#", 0)], lambda m: None, backoff=Backoff(1.0), on_lost=lost)
+
+    with pytest.raises(RuntimeError, match=r"gave up: .*refused"):
+        asyncio.run(run())
+    assert len(seen) == 1 and not seen[0].subscribed
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_follows_a_broker_without_mqtt_5_in_3_1_1_after_the_first_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = _asked(monkeypatch)
+    got: list[Message] = []
+    subscribed: list[str] = []
+
+    async def run() -> None:
+        async with amqtt_broker() as port:
+            s = ClientSettings(host="127.0.0.1", port=port, timeout=2)
+            follow = asyncio.create_task(
+                subscribe_forever(
+                    s,
+                    [("g/#", 1)],
+                    got.append,
+                    backoff=Backoff(0.2),
+                    on_subscribed=subscribed.append,
+                )
+            )
+            try:
+                await _until(lambda: bool(subscribed))
+                v311 = aiomqtt.ProtocolVersion.V311
+                async with aiomqtt.Client("127.0.0.1", port, protocol=v311) as client:
+                    await client.publish("g/1", b"one", qos=1)
+                await _until(lambda: bool(got))
+            finally:
+                follow.cancel()
+                await asyncio.gather(follow, return_exceptions=True)
+
+    asyncio.run(run())
+    assert subscribed == ["3.1.1"] and asked == ["5", "3.1.1"]
+    assert got[0].payload == b"one"
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, Path]]]:
+    """A mosquitto that speaks TLS only and wants a client certificate."""
+    pki = make_pki(tmp_path / "pki")
+    broker = Mosquitto(
+        tmp_path / "broker",
+        listener_extra=(
+            "allow_anonymous true\n"
+            f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\n"
+            "require_certificate true\n"
+        ),
+    )
+    broker.start()
+    try:
+        yield broker, pki
+    finally:
+        broker.stop()
+
+
+def test_tls_with_a_client_certificate(tls_broker: tuple[Mosquitto, dict[str, Path]]) -> None:
+    broker, pki = tls_broker
+
+    async def run(ca_file: Path | None) -> bytes:
+        s = ClientSettings(
+            host="127.0.0.1",
+            port=broker.port,
+            tls=True,
+            ca_file=ca_file,
+            cert_file=pki["client"],
+            key_file=pki["client_key"],
+            timeout=5,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            client, _ = await connect(stack, s, "auto")
+            return await _round_trip(client, "tls/x")
+
+    assert asyncio.run(run(pki["ca"])) == b"here"
+    # the broker's certificate is checked (against the system's trust store here), not
+    # taken on trust
+    with pytest.raises(aiomqtt.MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(run(None))
+
+
+def test_the_attestor_takes_the_same_tls(
+    tmp_path: Path, tls_broker: tuple[Mosquitto, dict[str, Path]]
+) -> None:
+    """The attestor keeps paho (manual acks) with the layer's TLS context."""
+    from gateway.attestor import config as attestor_config
+    from gateway.attestor.service import Worker
+    from gateway.wire import identity
+
+    broker, pki = tls_broker
+    key = tmp_path / "attestor.key"
+    ident = identity.generate(key)
+    cfg = attestor_config.loads(
+        f'[attestor]\nkey_file = "{key}"\nstore = "{tmp_path / "a.db"}"\n'
+        f'[broker]\nurl = "mqtts://127.0.0.1:{broker.port}"\nca_file = "{pki["ca"]}"\n'
+        f'cert_file = "{pki["client"]}"\nkey_file = "{pki["client_key"]}"\n'
+    )
+    w = Worker(cfg, ident)
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,))
+    t.start()
+    try:
+        assert w.connected.wait(10)
+    finally:
+        stop.set()
+        t.join(10)

@@ -47,14 +47,16 @@ def test_what_counts_as_a_refused_protocol(error: aiomqtt.MqttError, refused: bo
 
 
 def test_each_version_is_asked_for_without_a_session() -> None:
-    async def made() -> tuple[aiomqtt.Client, aiomqtt.Client]:
+    async def made() -> list[aiomqtt.Client]:
         s = ClientSettings(host="127.0.0.1", port=1883, identifier="x")
-        return make_client(s, "5"), make_client(s, "3.1.1")
+        said = ClientSettings(host="127.0.0.1", port=1883, identifier="x", session_expiry=0)
+        return [make_client(s, "5"), make_client(said, "5"), make_client(said, "3.1.1")]
 
-    v5, v311 = asyncio.run(made())
-    assert v5._client.protocol == 5 and v311._client.protocol == 4
-    assert v5._properties is not None
-    assert getattr(v5._properties, "SessionExpiryInterval", None) == 0
+    v5, v5_said, v311 = asyncio.run(made())
+    assert v5._client.protocol == v5_said._client.protocol == 5 and v311._client.protocol == 4
+    assert v5._properties is None  # no properties: the broker takes a session expiry of 0
+    assert v5_said._properties is not None
+    assert getattr(v5_said._properties, "SessionExpiryInterval", None) == 0
     assert v311._properties is None and v311._client._clean_session is True
 
 
