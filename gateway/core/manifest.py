@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -41,33 +40,59 @@ Kind = Literal["driver", "module"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
-@dataclass(frozen=True, slots=True)
 class Quantity:
     """One quantity a driver reports: its SenML unit and the chip's facts about it.
 
     `resolution`: the smallest step its values mean; two values closer than half of it are the
     same reading. `range`: the lowest and highest value the chip can report. None: not stated,
-    the detection modules then judge the quantity by their own fallbacks.
+    the detection modules then judge the quantity by their own fallbacks. Read-only; a plain
+    class rather than a dataclass, whose making would cost every start a millisecond.
     """
 
-    unit: str
-    resolution: float | None = None
-    range: tuple[float, float] | None = None
+    __slots__ = ("range", "resolution", "unit")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.unit, str) or not self.unit:
-            raise ValueError(f"unit must be a SenML unit name, got {self.unit!r}")
-        r = self.resolution
-        if r is not None and not (_number(r) and math.isfinite(r) and r > 0):
-            raise ValueError(f"resolution must be a positive number, got {r!r}")
-        lim = self.range
-        if lim is not None and not (
-            isinstance(lim, tuple)
-            and len(lim) == 2
-            and all(_number(x) and math.isfinite(x) for x in lim)
-            and lim[0] < lim[1]
+    unit: str
+    resolution: float | None
+    range: tuple[float, float] | None
+
+    def __init__(
+        self,
+        unit: str,
+        resolution: float | None = None,
+        range: tuple[float, float] | None = None,
+    ) -> None:
+        if not isinstance(unit, str) or not unit:
+            raise ValueError(f"unit must be a SenML unit name, got {unit!r}")
+        if resolution is not None and not (
+            _number(resolution) and math.isfinite(resolution) and resolution > 0
         ):
-            raise ValueError(f"range must be (low, high) with low < high, got {lim!r}")
+            raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+        if range is not None and not (
+            isinstance(range, tuple)
+            and len(range) == 2
+            and all(_number(x) and math.isfinite(x) for x in range)
+            and range[0] < range[1]
+        ):
+            raise ValueError(f"range must be (low, high) with low < high, got {range!r}")
+        setter = object.__setattr__
+        setter(self, "unit", unit)
+        setter(self, "resolution", resolution)
+        setter(self, "range", range)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a quantity's facts are read-only (setting {name})")
+
+    def _key(self) -> tuple[str, float | None, tuple[float, float] | None]:
+        return (self.unit, self.resolution, self.range)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Quantity) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Quantity({self.unit!r}, {self.resolution!r}, {self.range!r})"
 
 
 def _number(x: object) -> bool:

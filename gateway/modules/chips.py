@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 
 from gateway.core import plugins
@@ -23,12 +22,16 @@ from gateway.core import plugins
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
 class ChipFacts:
     """Quantity -> the finest resolution / the widest range any registered driver states."""
 
-    resolution: Mapping[str, float]
-    range: Mapping[str, tuple[float, float]]
+    __slots__ = ("range", "resolution")  # a plain class: a dataclass costs every start ~1 ms
+
+    def __init__(
+        self, resolution: Mapping[str, float], span: Mapping[str, tuple[float, float]]
+    ) -> None:
+        self.resolution = resolution
+        self.range = span
 
 
 def chip_facts() -> ChipFacts:
