@@ -140,8 +140,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             findings.append(f)
             print(verify.format_finding(f))
     if args.broker:
+        from gateway.cli.verify_live import verify_live
+
         findings += asyncio.run(
-            verify.verify_live(
+            verify_live(
                 args.broker,
                 seconds=args.seconds,
                 prefix=args.prefix,

@@ -1,8 +1,10 @@
-"""Verification for anyone (spec section 9): files or a live broker in, one finding per message.
+"""Verification for anyone (spec section 9): messages in, one finding per message.
 
 A `Verifier` checks each message in the spec's order - envelope and signature, did against kid,
 allow-list, payload, then the device's chain - and keeps the chain state in memory. It never
-raises on what arrives: every message, however broken, becomes exactly one `Finding`.
+raises on what arrives: every message, however broken, becomes exactly one `Finding`. Files are
+read here (`verify_paths`); a live broker feeds it from gateway/cli/verify_live.py, so nothing
+here needs an MQTT client.
 
 Chain decisions the spec leaves open, written down here (and in the project's docs):
 - A zero `prev` at seq > 0, or a non-zero one at seq 0, is "prev-mismatch", checked before the
@@ -20,20 +22,18 @@ Chain decisions the spec leaves open, written down here (and in the project's do
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import cbor2
 
-from gateway.core.errors import ConfigError, PathNotFoundError, UplinkError, VerifyError
+from gateway.core.errors import ConfigError, PathNotFoundError, VerifyError
 from gateway.wire import cose, dcbor, payloads
 from gateway.wire.identity import device_id_of, did_of, public_key_of_did
 
@@ -520,91 +520,6 @@ def verify_paths(paths: Sequence[Path], verifier: Verifier) -> list[Finding]:
                 findings.append(finding)
                 continue
             findings.append(verifier.check(data, source=str(f)))
-    return findings
-
-
-# --- a live broker ----------------------------------------------------------------------------
-
-
-def _broker(url: str) -> tuple[str, int, bool]:
-    u = urlsplit(url if "://" in url else "mqtt://" + url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError([f"broker url {url!r}: scheme must be mqtt:// or mqtts://"])
-    tls = u.scheme in ("mqtts", "ssl")
-    try:
-        port = u.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError([f"broker url {url!r}: bad port"]) from None
-    return u.hostname or "localhost", port, tls
-
-
-def _with_topic_note(f: Finding, topic: str, prefix: str) -> Finding:
-    """A message on another device's topic keeps its verdict (the signature names the signer)
-    but says so: dashboards keyed by topic would misattribute it."""
-    parts = topic[len(prefix) + 1 :].split("/") if topic.startswith(prefix + "/") else []
-    if f.did and parts and parts[0] != device_id_of(f.did):
-        return replace(f, detail=f"{f.detail} (published under device {parts[0]})")
-    return f
-
-
-async def verify_live(
-    url: str,
-    *,
-    seconds: float,
-    prefix: str = "depin/v1",
-    verifier: Verifier,
-    tls: bool = False,
-    ca_file: Path | str | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    on_finding: Callable[[Finding], None] | None = None,
-) -> list[Finding]:
-    """Subscribe to every device's batch and birth topics for `seconds` and check each message.
-    Speaks MQTT 5 and falls back to 3.1.1 when the broker refuses it."""
-    import aiomqtt  # imported here: file verification must not need the MQTT stack
-
-    host, port, url_tls = _broker(url)
-    tls_params = (
-        aiomqtt.TLSParameters(ca_certs=str(ca_file) if ca_file else None)
-        if tls or url_tls
-        else None
-    )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    findings: list[Finding] = []
-    protocols = (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311)
-    for attempt, protocol in enumerate(protocols):
-        connected = False
-        try:
-            async with aiomqtt.Client(
-                host,
-                port,
-                username=username,
-                password=password,
-                protocol=protocol,
-                tls_params=tls_params,
-                timeout=max(1.0, min(10.0, seconds)),
-            ) as client:
-                connected = True
-                for kind in ("batch", "birth"):
-                    await client.subscribe(f"{prefix}/+/{kind}", qos=1)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        async for msg in client.messages:
-                            payload = msg.payload
-                            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                            topic = str(msg.topic)
-                            f = _with_topic_note(verifier.check(data, source=topic), topic, prefix)
-                            findings.append(f)
-                            if on_finding is not None:
-                                on_finding(f)
-                except TimeoutError:
-                    pass
-            return findings
-        except aiomqtt.MqttError as e:
-            if not connected and attempt + 1 < len(protocols):
-                continue  # an MQTT 3.1.1 broker refuses a v5 CONNECT; try again in 3.1.1
-            raise UplinkError(f"broker {host}:{port}: {e}") from e
     return findings
 
 

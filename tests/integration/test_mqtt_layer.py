@@ -339,3 +339,32 @@ def test_the_attestor_takes_the_same_tls(
     finally:
         stop.set()
         t.join(10)
+
+
+# --- live verify on the layer -----------------------------------------------------------------
+
+
+def test_live_verify_of_a_broker_that_never_answers_is_an_error_not_an_empty_verdict() -> None:
+    """A listener that takes the TCP connection and says nothing: the connect times out in
+    MQTT 5 and in 3.1.1, past the verify's own seconds, and that is reported as such."""
+    from gateway.cli.verify_live import verify_live
+    from gateway.core.errors import UplinkError
+    from gateway.wire.verify import Verifier
+
+    async def run() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            await verify_live(f"mqtt://127.0.0.1:{port}", seconds=1, verifier=Verifier())
+
+    with pytest.raises(UplinkError, match="timed out"):
+        asyncio.run(run())
+
+
+def test_live_verify_refuses_a_url_it_does_not_take() -> None:
+    from gateway.cli.verify_live import verify_live
+    from gateway.mqtt.url import BrokerUrlError
+    from gateway.wire.verify import Verifier
+
+    with pytest.raises(BrokerUrlError, match=r"^--broker: unsupported scheme tcp://"):
+        asyncio.run(verify_live("tcp://127.0.0.1:1883", seconds=1, verifier=Verifier()))

@@ -101,16 +101,3 @@ def test_label_and_plain_text_off_this_machine() -> None:
     assert not BrokerUrl("b.example", 8883, True).plain_off_machine
     assert BrokerUrl("b.example", 1883, False).plain_off_machine
     assert BrokerUrl("192.0.2.7", 1883, False).plain_off_machine
-
-
-def test_the_parser_loads_no_mqtt_client() -> None:
-    """`status` reads the broker with it and must stay quick."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, gateway.mqtt.url\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiomqtt', 'paho', 'ssl')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.cli.verify_live import verify_live
 from gateway.core.errors import ConfigError, UplinkError
 from gateway.wire import cose, dcbor, merkle, payloads
 from gateway.wire.identity import Identity
@@ -31,7 +32,6 @@ from gateway.wire.verify import (
     loss_why,
     parse_loss,
     summary,
-    verify_live,
     verify_paths,
 )
 from tests import make_batches as mb
