@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from gateway.core.errors import ModelError
 from gateway.core.fields import Field
+from gateway.core.manifest import Manifest as PluginManifest
 from gateway.core.reading import Reading
 from gateway.modules import litert
 from gateway.modules.base import NO_OPINION, DetectionModule, Verdict
@@ -199,12 +200,6 @@ class TFLiteModule(DetectionModule):
 
     name = "tflite"
     version = "1.0.0"
-    SAMPLE_CONFIG: ClassVar[str] = """\
-[[module]]
-id = "temperature-model"
-kind = "tflite"
-model = "temperature-ae"
-"""
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "model": Field(
             "str",
@@ -354,6 +349,16 @@ model = "temperature-ae"
 
 def _dir(value: Any) -> Path | None:
     return None if value is None else Path(value)
+
+
+# The plug-in's manifest (what its entry point names), not a model's `Manifest` above.
+MANIFEST = PluginManifest(
+    name="tflite",
+    kind="module",
+    factory=TFLiteModule,
+    sample="tflite.sample.toml",
+    readme="../../docs/modules/tflite.md",
+)
 
 
 if TYPE_CHECKING:
