@@ -23,7 +23,7 @@ from gateway.device.daemon import Gateway
 from gateway.device.spool import Spool
 from gateway.wire import identity
 from tests.brokers import Mosquitto
-from tests.integration.test_spool import make_spool, recs
+from tests.spools import make_spool, recs
 
 HOUR = 3600.0
 #: a guard against a hang, far longer than any of these waits takes

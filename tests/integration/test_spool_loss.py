@@ -20,7 +20,7 @@ from gateway.device.highwater import HighWater
 from gateway.device.spool import CommitResult, Spool
 from gateway.wire import cose, payloads
 from gateway.wire.verify import Finding, Verifier
-from tests.integration.test_spool import T0, decode, ident, make_spool, recs
+from tests.spools import T0, decode, ident, make_spool, recs
 
 
 def batch_id(message: bytes) -> bytes:
