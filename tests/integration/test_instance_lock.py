@@ -19,10 +19,10 @@ import pytest
 from gateway.core.errors import SpoolError
 from gateway.wire import identity
 from tests.brokers import Mosquitto
+from tests.cli import cli
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.integration.test_spool import make_spool, recs
-from tests.system.test_cli import cli
+from tests.spools import make_spool, recs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def hold(lock_file: Path) -> subprocess.Popen[str]:
     """Another process holding `lock_file` the way a running gateway does."""
     code = (
-        "import sys, time; from pathlib import Path; from gateway import lockfile; "
+        "import sys, time; from pathlib import Path; from gateway.device import lockfile; "
         "lockfile.lock(Path(sys.argv[1]), what='spool', lock_file=Path(sys.argv[1])); "
         "print('held', flush=True); time.sleep(600)"
     )

@@ -13,22 +13,9 @@ import pytest
 from gateway.device.spool import Spool
 from gateway.wire import identity
 from tests.brokers import Mosquitto
+from tests.cli import cli
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
-
-
-def cli(
-    *args: str, cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_keygen_creates_a_private_key_and_never_overwrites_it(tmp_path: Path) -> None:
