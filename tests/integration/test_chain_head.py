@@ -24,8 +24,8 @@ from tests import make_batches as mb
 from tests.brokers import Mosquitto
 from tests.collector import Collector, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.integration.test_spool import make_spool, recs
-from tests.system.test_faults import received_readings
+from tests.received import received_readings
+from tests.spools import make_spool, recs
 
 pytestmark = pytest.mark.slow
 

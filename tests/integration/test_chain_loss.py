@@ -23,7 +23,7 @@ from gateway.wire.verify import Finding, Verifier
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.system.test_faults import received_readings
+from tests.received import received_readings
 
 pytestmark = pytest.mark.slow
 

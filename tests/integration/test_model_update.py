@@ -29,7 +29,7 @@ from gateway.wire.identity import Identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess
-from tests.system.test_faults import received_readings
+from tests.received import all_arrived, received_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "temperature-ae.json"
@@ -249,10 +249,7 @@ def test_update_over_mqtt_is_applied_live_and_bad_ones_are_rejected(
         assert gw.terminate() == 0
         durable = gw.durable()
 
-        def all_arrived() -> bool:
-            return all(d in received_readings(unique_batches(collector.batches())) for d in durable)
-
-        assert collector.wait_for(all_arrived, 20)
+        assert collector.wait_for(lambda: all_arrived(collector, durable), 20)
     finally:
         collector.client.publish(topic, b"", qos=1, retain=True)  # clear the retained bundle
         collector.close()

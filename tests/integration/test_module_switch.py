@@ -21,9 +21,8 @@ from gateway.device.daemon import Gateway
 from gateway.wire import identity
 from tests.brokers import free_port
 from tests.gatewayproc import write_config
-from tests.integration.test_spool import T0, decode, make_spool
-
-SPIKES = '\n[[module]]\nid = "spikes"\nkind = "spikes"\n'
+from tests.snippets import SPIKES
+from tests.spools import T0, decode, make_spool
 
 
 def test_reload_is_refused_while_the_spool_cannot_seal_everything(

@@ -10,9 +10,8 @@ from pathlib import Path
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.system.test_faults import received_readings
-
-SPIKES = '\n[[module]]\nid = "spikes"\nkind = "spikes"\n'
+from tests.received import all_arrived, received_readings
+from tests.snippets import SPIKES
 
 
 def test_sighup_changes_the_chain_without_losing_a_reading(
@@ -39,11 +38,7 @@ def test_sighup_changes_the_chain_without_losing_a_reading(
         assert gw.terminate() == 0
         durable = gw.durable()
 
-        def all_arrived() -> bool:
-            got = received_readings(unique_batches(collector.batches()))
-            return all(d in got for d in durable)
-
-        assert collector.wait_for(all_arrived, 20)
+        assert collector.wait_for(lambda: all_arrived(collector, durable), 20)
     finally:
         collector.close()
         if gw.running():

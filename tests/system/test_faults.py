@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,9 @@ from gateway.wire import payloads
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
+from tests.received import all_arrived, received_readings
 
 pytestmark = pytest.mark.slow
-
-
-def received_readings(
-    batches: list[tuple[int, bytes, payloads.Batch]],
-) -> Counter[tuple[str, float]]:
-    return Counter((r[payloads.N], float(r[payloads.T])) for _, _, b in batches for r in b.records)
 
 
 def test_power_cut_20_times_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -50,11 +44,9 @@ def test_power_cut_20_times_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) 
         durable = gw.durable()
         assert len(durable) > 1000
 
-        def all_arrived() -> bool:
-            got = received_readings(unique_batches(collector.batches()))
-            return all(d in got for d in durable)
-
-        assert collector.wait_for(all_arrived, 30), "durable readings missing at the subscriber"
+        assert collector.wait_for(lambda: all_arrived(collector, durable), 30), (
+            "durable readings missing at the subscriber"
+        )
         batches = unique_batches(collector.batches())
         got = received_readings(batches)
         assert set(durable) <= set(got)
@@ -87,11 +79,9 @@ def test_broker_outage_of_30_s_loses_nothing_and_drains_oldest_first(
         assert gw.terminate() == 0
         durable = gw.durable()
 
-        def all_arrived() -> bool:
-            got = received_readings(unique_batches(collector.batches()))
-            return all(d in got for d in durable)
-
-        assert collector.wait_for(all_arrived, 30), "readings lost over the outage"
+        assert collector.wait_for(lambda: all_arrived(collector, durable), 30), (
+            "readings lost over the outage"
+        )
         batches = unique_batches(collector.batches())
         assert_unbroken_chain(batches)
         # Oldest first: in order of first arrival, seqs only go up.
@@ -191,11 +181,7 @@ def test_sigterm_with_the_broker_away_exits_in_bounded_time_and_keeps_everything
         gw.start()
         assert gw.wait_log("connected to", 20)
 
-        def all_arrived() -> bool:
-            got = received_readings(unique_batches(collector.batches()))
-            return all(d in got for d in durable)
-
-        assert collector.wait_for(all_arrived, 20)
+        assert collector.wait_for(lambda: all_arrived(collector, durable), 20)
         assert gw.terminate() == 0
         assert_unbroken_chain(unique_batches(collector.batches()))
     finally:
