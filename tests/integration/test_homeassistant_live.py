@@ -22,7 +22,7 @@ from gateway.wire import identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector
 from tests.gatewayproc import GatewayProcess, write_config
-from tests.unit.test_homeassistant import Entity
+from tests.ha_sensor import Entity
 
 OTHER = "z6MkotherDeviceOtherDeviceOtherDeviceOtherDevic"
 
