@@ -46,99 +46,113 @@ class Gateway:
     ) -> None:
         self.identity = ident
         self.shutdown_timeout = shutdown_timeout
-        boot = secrets.token_bytes(16)
-        self.health = health = Health()
-        u = cfg.uplink
-        chains = Chains.of(cfg, health=health)
-        self.judge = judge = Judge(chains.build(cfg.modules))
-        chains.adopt(judge.chain)
+        self.health = Health()
+        self.chains = Chains.of(cfg, health=self.health)
+        self.config = InEffect(cfg)  # a reload changes its modules; the birth names its digest
+        self.inbox = Inbox()
+        self.mirror = StateMirror(ident.device_id, cfg.device.name)
+        self._along_the_way(cfg, boot=secrets.token_bytes(16))
+        # Opened in this order before anything runs, closed in the reverse order at the end:
+        # the spool first and last.
+        self.services: list[Service] = [self.storage, self.clock, self.commits, self.sampler]
+        self._beside_the_way(cfg)
+        self.uplink.subscriptions = self.inbox.filters
+
+    def _along_the_way(self, cfg: Config, *, boot: bytes) -> None:
+        """sampler -> judge -> commit buffer -> spool (sealing) -> uplink, and back: the
+        broker's acknowledgements to the commit buffer."""
+        ident, health, u = self.identity, self.health, cfg.uplink
+        self.judge = judge = Judge(self.chains.build(cfg.modules))
+        self.chains.adopt(judge.chain)
         self.clock = ClockWatch(cfg.clock.mode, health=health)
-        self.storage = SpoolService(
+        self.storage = storage = SpoolService(
             cfg, identity=ident, boot=boot, modules=judge.entries, health=health
         )
-        self.spool = spool = self.storage.spool
+        self.spool = storage.spool
         self.commits = commits = CommitBuffer(
-            spool,
-            executor=self.storage.thread,
+            storage.spool,
+            executor=storage.thread,
             health=health,
             commit_interval=cfg.spool.commit_interval,
             batch_max_readings=u.batch_max_readings,
             clock_source=self.clock.source,
         )
-        mirror = StateMirror(ident.device_id, cfg.device.name)
-        self.sampler = sampler = Sampler(
-            cfg.sensors, judge=judge, health=health, clock=self.clock.now, to=[commits, mirror]
+        self.sampler = Sampler(
+            cfg.sensors,
+            judge=judge,
+            health=health,
+            clock=self.clock.now,
+            to=[commits, self.mirror],
         )
-        self.sensors = sampler.sensors
-        in_effect = InEffect(cfg)
-        inbox = Inbox()
-        self.uplink = uplink = Uplink(
+        self.sensors = self.sampler.sensors
+        birth = Birth(
+            self.config, identity=ident, boot=boot, sampler=self.sampler, judge=judge, spool=storage
+        )
+        self.uplink = Uplink(
             u,
             device_id=ident.device_id,
             client_id=u.client_id or f"dg-{ident.device_id[-20:]}",
             password=config.read_password("uplink", u.password_file, u.password_env),
             health=health,
             backlog=self._backlog,
-            birth=Birth(
-                in_effect,
-                identity=ident,
-                boot=boot,
-                sampler=sampler,
-                judge=judge,
-                spool=self.storage,
-            ),
+            birth=birth,
             on_ack=commits.acked,
-            on_message=inbox.deliver,
+            on_message=self.inbox.deliver,
             on_connect=self._connected,
             chain_head=head.Keeper(
-                ident, boot=boot, spool=spool, in_spool=self.storage.call, anchored=commits.commit
+                ident,
+                boot=boot,
+                spool=storage.spool,
+                in_spool=storage.call,
+                anchored=commits.commit,
             ),
         )
-        # Sealed batches go out through the uplink, whose acknowledgements come back to the
-        # commit buffer: the one loop on the reading's way, closed once both exist.
-        commits.outbox = uplink
+        # The loop on the reading's way closes here, once both ends exist.
+        commits.outbox = self.uplink
         self.switch = ModuleSwitch(
-            judge, spool=self.storage, commits=commits, batch_max_readings=u.batch_max_readings
+            judge, spool=storage, commits=commits, batch_max_readings=u.batch_max_readings
         )
+
+    def _beside_the_way(self, cfg: Config) -> None:
+        """What owners watch, and what changes the modules while the gateway runs."""
+        health, uplink, judge, switch = self.health, self.uplink, self.judge, self.switch
         self.publisher = StatePublisher(
             cfg,
-            mirror=mirror,
-            identity=ident,
+            mirror=self.mirror,
+            identity=self.identity,
             broker=uplink,
             health=health,
             spool=self.storage,
             judge=judge,
         )
+        self.inbox.route(uplink.topics["attestation"], self.publisher.attestation)
         self.reloads = Reload(
-            in_effect, chains=chains, switch=self.switch, broker=uplink, health=health
+            self.config, chains=self.chains, switch=switch, broker=uplink, health=health
         )
-        # Opened in this order before anything runs, closed in the reverse order at the end:
-        # the spool first and last.
-        self.services: list[Service] = [
-            self.storage, self.clock, commits, sampler, self.publisher, self.reloads
-        ]  # fmt: skip
-        inbox.route(uplink.topics["attestation"], self.publisher.attestation)
-        if chains.store.enabled:
+        self.services += [self.publisher, self.reloads]
+        if self.chains.store.enabled:
             models = ModelService(
-                chains, judge=judge, switch=self.switch, broker=uplink, health=health
+                self.chains, judge=judge, switch=switch, broker=uplink, health=health
             )
-            inbox.route(uplink.topics["model"], models.receive)
+            self.inbox.route(uplink.topics["model"], models.receive)
         self.announce: Announce | None = None
         if cfg.monitor.homeassistant:
-            self.announce = Announce(cfg, device_id=ident.device_id, broker=uplink, sampler=sampler)
-            self.announce.listen(inbox)
+            self.announce = Announce(
+                cfg, device_id=self.identity.device_id, broker=uplink, sampler=self.sampler
+            )
+            self.announce.listen(self.inbox)
             self.services.append(self.announce)
-        uplink.subscriptions = inbox.filters
         # Under systemd, STATUS= says it all the time; the journal gets the changes.
         systemd = bool(os.environ.get("NOTIFY_SOCKET"))
         if systemd:
             self.services.append(
-                Watchdog(sampler=sampler, spool_thread=self.storage.thread, health=health)
+                Watchdog(sampler=self.sampler, spool_thread=self.storage.thread, health=health)
             )
         interval = None if systemd else progress.PROGRESS_INTERVAL
-        self.services.append(Progress(sampler=sampler, health=health, interval=interval))
+        self.services.append(Progress(sampler=self.sampler, health=health, interval=interval))
 
     async def _backlog(self) -> list[tuple[int, bytes, int]]:
+        """The commit buffer's backlog, as the list of tuples the uplink takes."""
         return list(await self.commits.backlog())
 
     async def _connected(self) -> None:
