@@ -19,6 +19,8 @@ log = logging.getLogger("gateway")
 
 
 class Announce(Plain):
+    """Tells Home Assistant which entities the sensors on the reading's way produce."""
+
     def __init__(self, cfg: Config, *, device_id: str, broker: Broker, sampler: Sampler) -> None:
         self.cfg = cfg
         self.device_id = device_id

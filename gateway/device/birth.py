@@ -23,6 +23,9 @@ def config_digest(cfg: Config) -> bytes:
 
 
 class Birth:
+    """The uplink's `birth` callback: the message as of now (the sensors' quantities once they
+    answered, the modules running, the next seq)."""
+
     def __init__(
         self,
         config: InEffect,

@@ -16,6 +16,8 @@ class Handler(Protocol):
 
 
 class Inbox:
+    """The routes, in order; the uplink's `on_message` is `deliver`."""
+
     def __init__(self) -> None:
         self._routes: list[tuple[str, Handler]] = []
 

@@ -27,6 +27,9 @@ log = logging.getLogger("gateway")
 
 
 class StatePublisher(Plain):
+    """Takes nothing off the reading's way but a copy: the state mirror sees every judged
+    reading beside the commit buffer; publishing never holds a reading up."""
+
     def __init__(
         self,
         cfg: Config,

@@ -8,7 +8,6 @@ the gateway runs; one that raises stops the gateway.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Protocol, Self
@@ -28,7 +27,7 @@ class Service(Protocol):
 
 
 class Plain:
-    """A service with nothing to open or close, and by default nothing to do over time."""
+    """A service with nothing to open or close."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -40,9 +39,6 @@ class Plain:
         tb: TracebackType | None,
     ) -> None:
         return None
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
 
 
 class Broker(Protocol):

@@ -28,6 +28,8 @@ def status_line(health: Health) -> str:
 
 
 class Watchdog(Plain):
+    """Pings while every sensor task comes round in time and no spool job hangs."""
+
     def __init__(self, *, sampler: Sampler, spool_thread: SpoolThread, health: Health) -> None:
         self.sampler = sampler
         self.spool_thread = spool_thread
