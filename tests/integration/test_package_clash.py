@@ -40,7 +40,7 @@ def test_a_foreign_drivers_package_fails_loudly_at_start(tmp_path: Path) -> None
 
 def test_a_bare_drivers_folder_on_the_path_is_named_too(tmp_path: Path) -> None:
     (tmp_path / "drivers").mkdir()  # a namespace package: no __init__.py, no mark
-    out = run("status", cwd=tmp_path, path=tmp_path)
+    out = run("config", "sample", cwd=tmp_path, path=tmp_path)
     assert out.returncode == 1
     assert f"the package 'drivers' at {tmp_path / 'drivers'} is not depin-gateway's" in out.stderr
 
