@@ -78,6 +78,7 @@ WATCHED = (
     "pyproject.toml",
     "gateway/modules/tflite.py",
     "gateway/modules/litert.py",
+    "gateway/modules/model_backed.py",
     "models/*.tflite",
     "models/*.json",
     "scripts/install.sh",

@@ -15,6 +15,7 @@ from gateway.config.check import show
 from gateway.config.locate import BARE_KEY
 from gateway.config.sections import MODULE, SECTIONS, SENSOR
 from gateway.core import plugins
+from gateway.core.errors import GatewayError
 from gateway.core.fields import Field
 from gateway.core.manifest import Kind
 
@@ -217,6 +218,12 @@ def sample() -> str:
     `SAMPLE_PLUGINS` as its manifest names it, a blank line between them."""
     parts = [Path(__file__).with_name("sections.sample.toml").read_text(encoding="utf-8")]
     for kind, name in SAMPLE_PLUGINS:
-        manifest = plugins.driver(name) if kind == "driver" else plugins.module(name)
-        parts.append(manifest.sample_text())
+        try:
+            manifest = plugins.driver(name) if kind == "driver" else plugins.module(name)
+            parts.append(manifest.sample_text())
+        except (LookupError, OSError) as e:  # no metadata, or another package took the name
+            raise GatewayError(
+                f"the sample of the {kind} {name!r} is not available ({e}): is depin-gateway "
+                "installed (pip install -e . in a checkout)?"
+            ) from None
     return "\n".join(parts)

@@ -3,12 +3,12 @@
 This module is the public face: the resolved `Config` and its sections, `load` and `loads`, and
 re-exports of the rest, which is split by what it holds:
 
-- `config_schema`: the gateway's own sections as `Field` dicts, and the rules spanning fields;
-- `config_check`: one checker for those and for plug-ins' options alike: unknown keys (with a
+- `sections`: the gateway's own sections as `Field` dicts, and the rules spanning fields;
+- `check`: one checker for those and for plug-ins' options alike: unknown keys (with a
   "did you mean"), wrong types, bad units, out-of-range values;
-- `config_locate`: tomllib gives no positions, so a small locator maps key paths such as
+- `locate`: tomllib gives no positions, so a small locator maps key paths such as
   `sensor[1].interval` to line numbers; every problem reads `{source}:{line}: {keypath}: {message}`;
-- `config_render`: the resolved configuration as TOML, and the Markdown reference of every key.
+- `render`: the resolved configuration as TOML, and the Markdown reference of every key.
 
 A `[[sensor]]`'s `placement` is passed on to every module that declares a `placements` table
 option (`gateway.core.fields.PLACEMENTS`): the loader fills it in, sensor id -> placement, so a

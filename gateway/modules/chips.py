@@ -33,6 +33,17 @@ class ChipFacts:
         self.resolution = resolution
         self.range = span
 
+    def digest(self) -> bytes:
+        """SHA-256 of both tables, canonically: a module judging by them names them in its
+        digest (batch key 8), since another installed driver can change them."""
+        import hashlib
+        import json
+
+        text = json.dumps(
+            {"resolution": dict(self.resolution), "range": dict(self.range)}, sort_keys=True
+        )
+        return hashlib.sha256(text.encode()).digest()
+
 
 def chip_facts() -> ChipFacts:
     """The facts of the drivers registered now (computed once per set of entry points)."""

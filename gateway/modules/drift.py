@@ -56,6 +56,7 @@ class DriftModule(DetectionModule):
 
     name = "drift"
     version = "1.0.0"
+    USES_CHIP_FACTS = True
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "slow": Field(
             "duration",

@@ -35,6 +35,7 @@ def _check_ranges(value: Any) -> str | None:
 class RangeModule(DetectionModule):
     name = "ranges"
     version = "1.0.0"
+    USES_CHIP_FACTS = True
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "ranges": Field(
             "table",

@@ -161,6 +161,7 @@ class ReplayModule(DetectionModule):
 
     name = "replay"
     version = "1.0.0"
+    USES_CHIP_FACTS = True
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "window": Field("int", "first differences in one fingerprint", default=12, min=4),
         "min_distinct": Field(

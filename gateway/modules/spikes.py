@@ -84,6 +84,7 @@ class SpikeModule(DetectionModule):
 
     name = "spikes"
     version = "1.1.0"
+    USES_CHIP_FACTS = True
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "window": Field("int", "first differences in the rolling baseline", default=64, min=8),
         "refresh": Field(

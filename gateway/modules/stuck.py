@@ -76,6 +76,7 @@ class StuckModule(DetectionModule):
 
     name = "stuck"
     version = "1.0.0"
+    USES_CHIP_FACTS = True
     CONFIG: ClassVar[Mapping[str, Field]] = {
         "resolutions": Field(
             "table",

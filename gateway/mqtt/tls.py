@@ -15,6 +15,6 @@ def context(
 ) -> ssl.SSLContext:
     """A client context. Made for each connection, it takes up renewed files at the next."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if cert_file and key_file:
-        ctx.load_cert_chain(str(cert_file), str(key_file))
+    if cert_file:  # without a key file, the certificate file holds the key too (one PEM)
+        ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
     return ctx

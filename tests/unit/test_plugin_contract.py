@@ -33,7 +33,6 @@ GROUPS = (plugins.DRIVER_GROUP, plugins.MODULE_GROUP)
 #: the entry is stale). Once the module defines MANIFEST, name it in pyproject.toml's entry
 #: point and drop the entry here: test_pending_plug_ins_have_no_manifest_yet says when. None
 #: now; an entry reads `"name": "why it has no manifest yet"`, for modules only.
-PENDING: dict[str, str] = {}
 
 DEVICE = '[device]\nname = "contract"\nkey_file = "device.key"\n'
 SENSOR = '\n[[sensor]]\nid = "climate"\ndriver = "simulated"\n'
@@ -43,9 +42,7 @@ def _entries() -> Iterator[object]:
     for group in GROUPS:
         kind = plugins.KIND[group]
         for name in plugins.names(group):
-            pending = group == plugins.MODULE_GROUP and name in PENDING
-            marks = [pytest.mark.xfail(reason=PENDING[name], strict=True)] if pending else []
-            yield pytest.param(group, name, id=f"{kind}-{name}", marks=marks)
+            yield pytest.param(group, name, id=f"{kind}-{name}")
 
 
 ENTRIES = list(_entries())
@@ -119,17 +116,6 @@ def test_its_readme_lists_every_option_and_shows_the_sample(group: str, name: st
     assert f"```toml\n{manifest.sample_text()}```" in readme, f"{path} does not show the sample"
 
 
-def test_pending_plug_ins_have_no_manifest_yet() -> None:
-    for name in PENDING:
-        manifest = plugins.module(name)
-        assert manifest.derived, f"{name}'s entry point names a manifest now: drop it from PENDING"
-        module = sys.modules[manifest.factory.__module__]
-        assert not hasattr(module, "MANIFEST"), (
-            f"{module.__name__} defines MANIFEST now: name it in pyproject.toml's entry point "
-            f"for {name} (then reinstall) and drop {name} from PENDING"
-        )
-
-
 def test_the_sample_is_built_from_the_plug_ins_samples() -> None:
     text = config.sample_text()
     for kind, name in render.SAMPLE_PLUGINS:
@@ -189,8 +175,11 @@ def _dist(site: Path, entry_points: str, modules: dict[str, str]) -> None:
         (site / f"{name}.py").write_text(text)
 
 
+# Written against the contract and the import paths of before the packages were cut by what
+# they hold (gateway.schema, gateway.errors, gateway.reading): they keep working.
 OLD_STYLE = """\
-from gateway.core.fields import Field
+from gateway.schema import Field
+from gateway.errors import SensorError
 from drivers.base import Measurement, SensorDriver
 
 class Old(SensorDriver):
@@ -199,7 +188,22 @@ class Old(SensorDriver):
     CONFIG = {"gain": Field("int", "gain", default=1)}
     quantities = {"temperature": "Cel"}
     def read(self, now):
+        if now < 0:
+            raise SensorError("never")
         return [Measurement("temperature", 300.0)]
+"""
+
+OLD_MODULE = """\
+from gateway.modules.base import NO_OPINION, DetectionModule
+from gateway.reading import Reading
+from gateway.schema import Field
+
+class Quiet(DetectionModule):
+    name = "quiet"
+    version = "0.1"
+    CONFIG = {"level": Field("int", "level", default=0)}
+    def judge(self, readings: list[Reading]):
+        return [NO_OPINION for _ in readings]
 """
 
 
@@ -208,14 +212,19 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     site = tmp_path / "site"
     _dist(
         site,
-        "[depin_gateway.drivers]\nold = gw_contract_old:Old\nbroken = gw_contract_broken:X\n",
-        {"gw_contract_old": OLD_STYLE, "gw_contract_broken": "raise ImportError('libfoo')\n"},
+        "[depin_gateway.drivers]\nold = gw_contract_old:Old\nbroken = gw_contract_broken:X\n"
+        "[depin_gateway.modules]\nquiet = gw_contract_quiet:Quiet\n",
+        {
+            "gw_contract_old": OLD_STYLE,
+            "gw_contract_broken": "raise ImportError('libfoo')\n",
+            "gw_contract_quiet": OLD_MODULE,
+        },
     )
     monkeypatch.syspath_prepend(str(site))
     plugins._load.cache_clear()
     yield
     plugins._load.cache_clear()
-    for name in ("gw_contract_old", "gw_contract_broken"):
+    for name in ("gw_contract_old", "gw_contract_broken", "gw_contract_quiet"):
         sys.modules.pop(name, None)
 
 
@@ -227,9 +236,13 @@ def test_an_entry_point_naming_a_class_still_loads(tmp_path: Path) -> None:
     assert manifest.config is manifest.factory.CONFIG
     assert not manifest.quantities and manifest.sample is None and manifest.readme is None
     cfg = config.loads(
-        DEVICE + '\n[[sensor]]\nid = "x"\ndriver = "old"\ngain = 3\n', base_dir=tmp_path
+        DEVICE + '\n[[sensor]]\nid = "x"\ndriver = "old"\ngain = 3\n'
+        '\n[[module]]\nid = "q"\nkind = "quiet"\nlevel = 2\n',
+        base_dir=tmp_path,
     )
     assert cfg.sensors[0].options == {"gain": 3}
+    assert cfg.modules[0].options == {"level": 2}
+    assert plugins.module("quiet").derived
     # it states no chip facts, and one that fails to load takes nothing from the others
     assert chip_facts().range["temperature"] == (-40.0, 85.0)
     with pytest.raises(ImportError, match="libfoo"):
@@ -241,3 +254,24 @@ def test_a_manifest_under_another_name_is_refused(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(plugins._load(), plugins.DRIVER_GROUP, entries)
     with pytest.raises(ValueError, match="names the manifest of driver 'bme280'"):
         plugins.driver("bme")
+
+
+def test_a_module_judging_by_the_chips_facts_names_them_in_its_digest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another installed driver can widen a range or refine a resolution: the batches' key 8
+    then names a different digest for the modules judging by them, not the same one."""
+    from gateway.modules import chips
+    from gateway.modules.gaps import DropoutModule
+    from gateway.modules.ranges import RangeModule
+
+    ranges, dropout = (
+        RangeModule(module_id="r", options={}),
+        DropoutModule(module_id="d", options={}),
+    )
+    before = ranges.digest(), dropout.digest()
+    facts = chip_facts()
+    wider = chips.ChipFacts(facts.resolution, {**facts.range, "temperature": (-55.0, 150.0)})
+    monkeypatch.setattr(chips, "chip_facts", lambda: wider)
+    assert ranges.digest() != before[0]
+    assert dropout.digest() == before[1]  # it judges by none of them
