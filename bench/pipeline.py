@@ -100,8 +100,10 @@ def hook_sealed(gw: Any, hook: Callable[[int, bytes, int], None]) -> None:
     owner, name = (gw.uplink, "offer") if hasattr(gw, "commits") else (gw.pipeline, "on_sealed")
     daemon_handover = getattr(owner, name)
 
-    def handover(seq: int, message: bytes, n: int) -> None:
-        daemon_handover(seq, message, n)
+    def handover(*args: Any) -> None:
+        daemon_handover(*args)
+        # a SealedBatch, or (in a baseline) its three fields
+        seq, message, n = args[0] if len(args) == 1 else args
         hook(seq, message, n)
 
     setattr(owner, name, handover)
@@ -165,7 +167,10 @@ async def full_speed(
     perf = time.perf_counter
     last_ack = 0.0
     n_sealed = n_unmatched = 0
-    daemon_ack = uplink._on_ack
+    # Acknowledgements reach the commit buffer's `acked` (in a baseline: a callback given to
+    # the uplink, `_on_ack`).
+    old_ack = hasattr(uplink, "_on_ack")
+    daemon_ack = uplink._on_ack if old_ack else pipeline.acked
     assert daemon_ack == pipeline.acked, "the uplink no longer reports acks to the commit buffer"
 
     def on_sealed(seq: int, message: bytes, n: int) -> None:
@@ -194,7 +199,10 @@ async def full_speed(
         acked_event.set()
 
     hook_sealed(gw, on_sealed)
-    uplink._on_ack = on_ack
+    if old_ack:
+        uplink._on_ack = on_ack
+    else:
+        pipeline.acked = on_ack  # the uplink calls it on the instance
 
     stop = asyncio.Event()
     marks: dict[str, Any] = {}

@@ -43,7 +43,7 @@ log = logging.getLogger("gateway.pipeline")
 class Outbox(Protocol):
     """Where sealed batches go once they are durable (the uplink)."""
 
-    def offer(self, seq: int, message: bytes, n: int) -> None: ...
+    def offer(self, batch: SealedBatch) -> None: ...
 
 
 class CommitBuffer(Plain):
@@ -239,7 +239,7 @@ class CommitBuffer(Plain):
         offer = self.outbox.offer
         for b in result.sealed:
             h.batches_sealed += 1
-            offer(b.seq, b.message, b.n)
+            offer(b)
 
     async def run(self) -> None:
         """Commit every interval; whole batches as soon as one is waiting; and at once when an

@@ -94,10 +94,9 @@ class Gateway:
             client_id=u.client_id or f"dg-{ident.device_id[-20:]}",
             password=config.read_password("uplink", u.password_file, u.password_env),
             health=health,
-            backlog=self._backlog,
+            batches=commits,
             birth=birth,
-            on_ack=commits.acked,
-            on_message=self.inbox.deliver,
+            inbox=self.inbox,
             on_connect=self._connected,
             chain_head=head.Keeper(
                 ident,
@@ -150,10 +149,6 @@ class Gateway:
             )
         interval = None if systemd else progress.PROGRESS_INTERVAL
         self.services.append(Progress(sampler=self.sampler, health=health, interval=interval))
-
-    async def _backlog(self) -> list[tuple[int, bytes, int]]:
-        """The commit buffer's backlog, as the list of tuples the uplink takes."""
-        return list(await self.commits.backlog())
 
     async def _connected(self) -> None:
         """Right after every (re)connect: the retained messages reflect now, not the past."""

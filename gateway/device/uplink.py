@@ -4,7 +4,8 @@
   (gateway/mqtt/connect.py); once a broker refused 5, "auto" stays on 3.1.1.
 - Last Will `offline` and a retained `online` status; the signed birth message on every connect.
 - Up to `max_inflight` batches await their PUBACK at once, published oldest first; a batch
-  counts as delivered only when its PUBACK arrives (`on_ack`), never when it was written.
+  counts as delivered only when its PUBACK arrives (`Batches.acked`), never when it was
+  written.
 - Reconnects with capped, jittered exponential backoff; after a reconnect the outbox is rebuilt
   from the spool, so what the broker never acknowledged is sent again byte for byte.
 - Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import aiomqtt
@@ -32,6 +33,7 @@ from gateway.core.errors import KeyInUse
 from gateway.core.health import Health
 from gateway.device import head
 from gateway.device.head import Head
+from gateway.device.seal import SealedBatch
 from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings, connect
 from gateway.wire import cose
@@ -48,6 +50,22 @@ def topics(prefix: str, device_id: str) -> dict[str, str]:
         "attestation",
     )  # fmt: skip
     return {k: f"{base}/{k}" for k in names}
+
+
+class Batches(Protocol):
+    """Where the batches come from, as the uplink sees it (the commit buffer)."""
+
+    async def backlog(self) -> Sequence[SealedBatch]:
+        """The sealed batches the broker has not acknowledged, oldest first."""
+
+    def acked(self, seq: int, n: int) -> None:
+        """The broker acknowledged batch `seq` of `n` readings."""
+
+
+class Inbox(Protocol):
+    """Where the messages on the gateway's subscriptions go."""
+
+    async def deliver(self, topic: str, payload: bytes) -> None: ...
 
 
 class ChainHead(Protocol):
@@ -75,10 +93,9 @@ class Uplink:
         client_id: str,
         password: str | None,
         health: Health,
-        backlog: Callable[[], Awaitable[list[tuple[int, bytes, int]]]],
+        batches: Batches,
         birth: Callable[[], Awaitable[bytes]],
-        on_ack: Callable[[int, int], None],
-        on_message: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None,
+        inbox: Inbox | None = None,
         on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
         chain_head: ChainHead | None = None,
     ) -> None:
@@ -87,10 +104,9 @@ class Uplink:
         self.password = password
         self.health = health
         self.topics = topics(cfg.topic_prefix, device_id)
-        self._backlog = backlog
+        self._batches = batches
         self._birth = birth
-        self._on_ack = on_ack
-        self._on_message = on_message
+        self._inbox = inbox
         self._on_connect = on_connect
         #: topic filters subscribed (QoS 1) on every connect
         self.subscriptions: list[str] = []
@@ -115,9 +131,9 @@ class Uplink:
 
     # --- called by the daemon -----------------------------------------------------------------
 
-    def offer(self, seq: int, message: bytes, n: int) -> None:
+    def offer(self, batch: SealedBatch) -> None:
         """A newly sealed (and already durable) batch."""
-        self._outbox[seq] = (message, n)
+        self._outbox[batch.seq] = (batch.message, batch.n)
         self._idle.clear()
         self._wake.set()
 
@@ -250,7 +266,7 @@ class Uplink:
                     self._spawn(self._on_connect(), "on-connect")
                 # Rebuild the outbox from the spool: whatever the broker did not acknowledge
                 # before is sent again, exactly as it was sealed.
-                for seq, message, n in await self._backlog():
+                for seq, message, n in await self._batches.backlog():
                     self._outbox.setdefault(seq, (message, n))
                 self._wake.set()
                 tg.create_task(self._sender(client, props, tg), name="uplink-sender")
@@ -324,8 +340,8 @@ class Uplink:
                 found = chain_head.read(bytes(payload))
                 if found is not None:
                     self._head_in(found, chain_head)
-            elif self._on_message is not None:
-                self._spawn(self._on_message(topic, bytes(payload)), "message")
+            elif self._inbox is not None:
+                self._spawn(self._inbox.deliver(topic, bytes(payload)), "message")
         raise aiomqtt.MqttError("connection closed")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -411,7 +427,7 @@ class Uplink:
         # PUBACK received: the broker owns the batch now.
         self._inflight.discard(seq)
         self._outbox.pop(seq, None)
-        self._on_ack(seq, n)
+        self._batches.acked(seq, n)
         if not self._outbox and not self._inflight:
             self._idle.set()
         self._wake.set()

@@ -18,6 +18,7 @@ import pytest
 from gateway.core.errors import KeyInUse
 from gateway.core.health import Health
 from gateway.device import head
+from gateway.device.seal import SealedBatch
 from gateway.wire import cose, identity, payloads
 from gateway.wire.verify import Verifier
 from tests import make_batches as mb
@@ -256,8 +257,12 @@ def test_heads_before_the_anchor_are_kept_and_only_later_ones_stop_the_gateway(
         async def anchor(self, found: head.Head | None) -> int:
             return 0
 
-    async def nothing() -> list[tuple[int, bytes, int]]:
-        return []
+    class Nothing:
+        async def backlog(self) -> list[SealedBatch]:
+            return []
+
+        def acked(self, seq: int, n: int) -> None:
+            pass
 
     async def birth() -> bytes:
         return b""
@@ -268,9 +273,8 @@ def test_heads_before_the_anchor_are_kept_and_only_later_ones_stop_the_gateway(
         client_id="c",
         password=None,
         health=Health(),
-        backlog=nothing,
+        batches=Nothing(),
         birth=birth,
-        on_ack=lambda seq, n: None,
         chain_head=Chain(),
     )
     up._head_in(_head(3, taken=1), Chain())

@@ -71,7 +71,7 @@ def _pipeline(
         health=Health(),
         commit_interval=1.0,
         batch_max_readings=10,
-        outbox=SimpleNamespace(offer=lambda s, m, n: sealed.append((s, m, n))),
+        outbox=SimpleNamespace(offer=lambda b: sealed.append(tuple(b))),
         clock_source=lambda: "ntp",
     )
     return state, spool, p, sealed

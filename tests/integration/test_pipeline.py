@@ -20,6 +20,7 @@ from gateway.core.health import Health
 from gateway.core.reading import Reading
 from gateway.device.commit import CommitBuffer
 from gateway.device.daemon import Gateway
+from gateway.device.seal import SealedBatch
 from gateway.device.spool import Spool
 from gateway.wire import identity
 from tests.brokers import Mosquitto
@@ -40,7 +41,8 @@ class Broker:
         self.sealed: list[tuple[int, int]] = []  # (seq, n), in order
         self.pipeline: CommitBuffer | None = None
 
-    def offer(self, seq: int, message: bytes, n: int) -> None:
+    def offer(self, batch: SealedBatch) -> None:
+        seq, n = batch.seq, batch.n
         self.sealed.append((seq, n))
         self.waiting.append((seq, n))
         if self.online:
