@@ -1,12 +1,15 @@
-"""A real mosquitto on a free loopback port, which tests can stop and start again."""
+"""Real brokers on free loopback ports: a mosquitto tests can stop and start again, and amqtt
+(MQTT 3.1.1 only) in the test's own event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 
@@ -78,3 +81,23 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def amqtt_broker() -> AsyncIterator[int]:
+    """amqtt on a free loopback port: a broker that speaks MQTT 3.1.1 only."""
+    from amqtt.broker import Broker
+
+    port = free_port()
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "auth": {"allow-anonymous": True},
+            "topic-check": {"enabled": False},
+        }
+    )
+    await broker.start()
+    try:
+        yield port
+    finally:
+        await broker.shutdown()

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -18,28 +18,8 @@ from gateway.mqtt import connect as mqtt_connect
 from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings, connect
 from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import Mosquitto, amqtt_broker, free_port
 from tests.certs import make_pki
-
-
-@contextlib.asynccontextmanager
-async def amqtt_broker() -> AsyncIterator[int]:
-    """amqtt on a free loopback port: a broker that speaks MQTT 3.1.1 only."""
-    from amqtt.broker import Broker
-
-    port = free_port()
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "auth": {"allow-anonymous": True},
-            "topic-check": {"enabled": False},
-        }
-    )
-    await broker.start()
-    try:
-        yield port
-    finally:
-        await broker.shutdown()
 
 
 def _asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:

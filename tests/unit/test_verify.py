@@ -35,7 +35,7 @@ from gateway.wire.verify import (
     verify_paths,
 )
 from tests import make_batches as mb
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import Mosquitto, amqtt_broker, free_port
 
 A = mb.identity(mb.SEED_A)
 B = mb.identity(mb.SEED_B)
@@ -722,21 +722,10 @@ def test_verify_live(mosquitto: Mosquitto) -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_verify_live_falls_back_to_mqtt_311() -> None:
     """amqtt's broker speaks only MQTT 3.1.1 and refuses a v5 CONNECT."""
-    from amqtt.broker import Broker
-
-    port = free_port()
     chain = honest(2)
 
     async def run() -> list[Finding]:
-        broker = Broker(
-            {
-                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                "auth": {"allow-anonymous": True},
-                "topic-check": {"enabled": False},
-            }
-        )
-        await broker.start()
-        try:
+        async with amqtt_broker() as port:
             task = asyncio.create_task(
                 verify_live(
                     f"mqtt://127.0.0.1:{port}", seconds=2.5, prefix="p", verifier=Verifier()
@@ -748,8 +737,6 @@ def test_verify_live_falls_back_to_mqtt_311() -> None:
                 for b in chain:
                     await client.publish(f"p/{A.device_id}/batch", b.message, qos=1)
             return await task
-        finally:
-            await broker.shutdown()
 
     assert [f.kind for f in asyncio.run(run())] == ["valid", "valid"]
 
