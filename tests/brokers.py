@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 
@@ -101,3 +101,23 @@ async def amqtt_broker() -> AsyncIterator[int]:
         yield port
     finally:
         await broker.shutdown()
+
+
+@contextlib.contextmanager
+def tls_mosquitto(
+    folder: Path, pki: dict[str, Path], auth: str = "allow_anonymous true\n"
+) -> Iterator[Mosquitto]:
+    """A mosquitto that speaks TLS only and wants a client certificate from `pki`'s CA
+    (tests/certs.py); `auth` says who else it lets in."""
+    broker = Mosquitto(
+        folder,
+        listener_extra=(
+            auth + f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\n"
+            "require_certificate true\n"
+        ),
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -18,7 +18,7 @@ from gateway.mqtt import connect as mqtt_connect
 from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings, connect
 from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
-from tests.brokers import Mosquitto, amqtt_broker, free_port
+from tests.brokers import Mosquitto, amqtt_broker, free_port, tls_mosquitto
 from tests.certs import make_pki
 
 
@@ -255,19 +255,8 @@ def test_follows_a_broker_without_mqtt_5_in_3_1_1_after_the_first_attempt(
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, Path]]]:
     """A mosquitto that speaks TLS only and wants a client certificate."""
     pki = make_pki(tmp_path / "pki")
-    broker = Mosquitto(
-        tmp_path / "broker",
-        listener_extra=(
-            "allow_anonymous true\n"
-            f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\n"
-            "require_certificate true\n"
-        ),
-    )
-    broker.start()
-    try:
+    with tls_mosquitto(tmp_path / "broker", pki) as broker:
         yield broker, pki
-    finally:
-        broker.stop()
 
 
 def test_tls_with_a_client_certificate(tls_broker: tuple[Mosquitto, dict[str, Path]]) -> None:

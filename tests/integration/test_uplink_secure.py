@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, tls_mosquitto
 from tests.certs import make_pki
 from tests.collector import unique_batches
 from tests.gatewayproc import GatewayProcess, write_config
@@ -26,19 +26,9 @@ def secure_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, Path]]]
         ["mosquitto_passwd", "-b", "-c", str(pw), "gw", "s3cret"], check=True, capture_output=True
     )
     pw.chmod(0o600)
-    broker = Mosquitto(
-        tmp_path / "broker",
-        listener_extra=(
-            f"allow_anonymous false\npassword_file {pw}\n"
-            f"cafile {pki['ca']}\ncertfile {pki['server']}\nkeyfile {pki['server_key']}\n"
-            "require_certificate true\n"
-        ),
-    )
-    broker.start()
-    try:
+    auth = f"allow_anonymous false\npassword_file {pw}\n"
+    with tls_mosquitto(tmp_path / "broker", pki, auth) as broker:
         yield broker, pki
-    finally:
-        broker.stop()
 
 
 def _collect(broker: Mosquitto, pki: dict[str, Path]) -> tuple[mqtt.Client, list[bytes]]:
