@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-from types import TracebackType
 
 from gateway import __version__
 from gateway.config.settings import Config
@@ -59,12 +58,7 @@ class StatePublisher(Plain):
         )[1:-1]
         self._status_ok: bool | None = None  # None: the directory is not prepared yet
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         """A stopped gateway has no status (systemd removes its runtime directory too; a
         gateway run by hand leaves nothing in /tmp)."""
         if self._status_ok:
