@@ -1,5 +1,0 @@
-"""The old import path of `gateway.core.errors`, kept for plug-ins written before the packages
-were cut by what they hold: a third party's driver or module imports what it needs from here
-and keeps working. New code imports `gateway.core.errors`."""
-
-from gateway.core.errors import *  # noqa: F403
