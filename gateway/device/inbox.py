@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
+# MQTT's filter rules (`+` one level, `#` the rest, `$` topics apart), as paho implements them
+from paho.mqtt.client import topic_matches_sub as matches
+
 
 class Handler(Protocol):
     def __call__(self, topic: str, payload: bytes) -> Awaitable[None]: ...
 
 
 class Inbox:
-    """The routes, in order; the uplink's `on_message` is `deliver`."""
+    """The routes, in order; the uplink hands every message on a subscription to `deliver`."""
 
     def __init__(self) -> None:
         self._routes: list[tuple[str, Handler]] = []
@@ -33,14 +36,3 @@ class Inbox:
             if matches(topic_filter, topic):
                 await handler(topic, payload)
                 return
-
-
-def matches(topic_filter: str, topic: str) -> bool:
-    """Whether an MQTT topic filter (`+` one level, `#` the rest) matches `topic`."""
-    want, got = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(want):
-        if level == "#":
-            return True
-        if i >= len(got) or (level != "+" and level != got[i]):
-            return False
-    return len(want) == len(got)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
 from drivers.bme280 import BME280
 from drivers.pms5003 import PMS5003
@@ -388,18 +389,13 @@ def test_a_dropped_sensor_is_removed_and_nothing_else() -> None:
     assert ha.stale(retained, {}, device_id=OTHER, discovery_prefix=DP) == sorted(others)
 
 
-def _matches(topic_filter: str, topic: str) -> bool:
-    f, t = topic_filter.split("/"), topic.split("/")
-    return len(f) == len(t) and all(a in ("+", b) for a, b in zip(f, t, strict=True))
-
-
 def test_subscriptions_see_this_devices_config_topics_only() -> None:
     mine = announce([("env", QUANTITY_UNITS)])
     theirs = announce([("env", QUANTITY_UNITS)], device_id=OTHER)
     filters = ha.subscriptions(DP, DEVICE)
     assert filters and all("#" not in f for f in filters)
-    assert all(any(_matches(f, t) for f in filters) for t in mine)
-    assert not any(_matches(f, t) for f in filters for t in theirs)
+    assert all(any(topic_matches_sub(f, t) for f in filters) for t in mine)
+    assert not any(topic_matches_sub(f, t) for f in filters for t in theirs)
     assert ha.birth_topic(DP) == "homeassistant/status"
     assert ha.birth_topic("ha/discovery") == "ha/discovery/status"
 
