@@ -73,6 +73,12 @@ class Reload(Plain):
                 return False
             try:
                 new_cfg = await asyncio.to_thread(config.load, source)
+                changed = [n for n in _AT_START if getattr(new_cfg, n) != getattr(cfg, n)]
+                if changed:
+                    log.warning("reload: changes to %s take effect at the next start", changed)
+                if new_cfg.modules == cfg.modules:  # nothing to build (models load slowly)
+                    log.info("reload: modules unchanged")
+                    return False
                 chain = await asyncio.to_thread(self.chains.build, new_cfg.modules)
             except ConfigError as e:
                 for problem in e.problems:
@@ -80,12 +86,6 @@ class Reload(Plain):
                 return False
             except Exception as e:  # a module that cannot start must not take the old chain
                 log.error("reload refused: a module failed to start: %s", e)
-                return False
-            changed = [name for name in _AT_START if getattr(new_cfg, name) != getattr(cfg, name)]
-            if changed:
-                log.warning("reload: changes to %s take effect at the next start", changed)
-            if new_cfg.modules == cfg.modules:
-                log.info("reload: modules unchanged")
                 return False
             if not await self.switch.use(chain):
                 return False
