@@ -95,6 +95,17 @@ class Quantity:
         return f"Quantity({self.unit!r}, {self.resolution!r}, {self.range!r})"
 
 
+def import_object(module: str, attr: str = "") -> object:
+    """The object `module:attr` names (`attr` may be dotted, or empty for the module itself), as
+    entry points and named factories refer to objects."""
+    import importlib
+
+    obj: object = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
 def _number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
@@ -175,12 +186,8 @@ class Manifest:
         """The plug-in's class; a named one is imported now, the first time it is asked for."""
         factory = self._factory
         if isinstance(factory, str):
-            import importlib
-
             module, _, attr = factory.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            obj = import_object(module, attr)
             if not isinstance(obj, type):
                 raise TypeError(f"manifest {self.name}: factory {factory} is not a class")
             object.__setattr__(self, "_factory", obj)

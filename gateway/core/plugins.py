@@ -19,14 +19,13 @@ tests/unit/test_plugins.py checks that the two ways agree.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
 from functools import cache
 from typing import Any
 
-from gateway.core.manifest import Kind, Manifest
+from gateway.core.manifest import Kind, Manifest, import_object
 
 DRIVER_GROUP = "depin_gateway.drivers"
 MODULE_GROUP = "depin_gateway.modules"
@@ -123,11 +122,7 @@ def load(group: str, name: str) -> object:
     m = _VALUE.match(value)
     if m is None:
         raise ValueError(f"entry point {name} = {value!r} in {group} is malformed")
-    obj: object = importlib.import_module(m["module"])
-    if m["attr"]:
-        for attr in m["attr"].split("."):
-            obj = getattr(obj, attr)
-    return obj
+    return import_object(m["module"], m["attr"] or "")
 
 
 def manifest(group: str, name: str) -> Manifest:
