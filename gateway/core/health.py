@@ -43,6 +43,13 @@ class Health:
     shadow: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_seq: int | None = None  # the chain position: seq of the last sealed batch
     attestation: dict[str, Any] | None = None  # the latest attestation about this device
+    # messages from the broker refused before use (too big, undecodable, not signed by whom
+    # they must be), by topic kind: anyone may publish, so these are counted, never fatal
+    ignored_messages: Counter[str] = field(default_factory=Counter)
+    # the spool's filesystem refused a write: readings are held in memory (up to their cap)
+    # and nothing durable is lost; cleared by the first write that succeeds again
+    disk_full: bool = False
+    writes_refused: int = 0  # spool writes refused for want of space, since start
 
     def sensor_error(self, sensor_id: str, message: str) -> None:
         self.sensor_errors[sensor_id] += 1
@@ -86,6 +93,9 @@ class Health:
             "reloads": self.reloads,
             "last_seq": self.last_seq,
             "attestation": self.attestation,
+            "ignored_messages": dict(self.ignored_messages),
+            "disk_full": self.disk_full,
+            "writes_refused": self.writes_refused,
             "models": {k: dict(v) for k, v in self.models.items()},
             "model_updates": dict(self.model_updates),
             "last_model_update": dict(self.last_model_update),
