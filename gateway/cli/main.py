@@ -270,10 +270,27 @@ def cmd_model_sign(args: argparse.Namespace) -> int:
     from gateway.wire import identity
 
     ident = identity.load(Path(args.key))
-    bundle = make_bundle(ident, Path(args.manifest), mode="shadow" if args.shadow else "active")
+    targets = [*args.targets, *(f"fleet:{f}" for f in args.fleets)]
+    if not targets:
+        print(
+            "depin-gateway: name whom the bundle is for: --for DEVICE_ID and/or --fleet NAME "
+            "(a gateway refuses a bundle that names neither it nor its [models] fleet)",
+            file=sys.stderr,
+        )
+        return 2
+    bundle = make_bundle(
+        ident,
+        Path(args.manifest),
+        targets=targets,
+        release=args.release,
+        mode="shadow" if args.shadow else "active",
+    )
     out = Path(args.output)
     out.write_bytes(bundle)
-    print(f"signed {args.manifest} as {ident.did}: {out} ({len(bundle)} bytes)")
+    print(
+        f"signed {args.manifest} as {ident.did}, release {args.release} for "
+        f"{', '.join(targets)}: {out} ({len(bundle)} bytes)"
+    )
     return 0
 
 
@@ -436,6 +453,30 @@ def _model(m: argparse.ArgumentParser) -> None:
     ms.add_argument("--key", required=True, help="the operator's Ed25519 key (PKCS#8 PEM)")
     ms.add_argument("-o", "--output", required=True, help="where to write the bundle")
     ms.add_argument("--shadow", action="store_true", help="mark it to run in shadow mode first")
+    ms.add_argument(
+        "--for",
+        dest="targets",
+        action="append",
+        default=[],
+        metavar="DEVICE_ID",
+        help="a device the bundle is for (repeatable)",
+    )
+    ms.add_argument(
+        "--fleet",
+        dest="fleets",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a fleet the bundle is for: every gateway whose [models] fleet is NAME (repeatable)",
+    )
+    ms.add_argument(
+        "--release",
+        required=True,
+        type=int,
+        metavar="N",
+        help="release number of this model name, above every release of it signed before "
+        "(gateways refuse a release not above the highest they accepted)",
+    )
     ms.set_defaults(fn=cmd_model_sign)
 
 

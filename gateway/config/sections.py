@@ -198,6 +198,18 @@ def _signers(values: tuple[str, ...]) -> str | None:
     return None
 
 
+_FLEET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _fleet(value: str) -> str | None:
+    if _FLEET.fullmatch(value):
+        return None
+    return (
+        f"invalid fleet name {value!r}: 1 to 128 letters, digits, '.', '_' and '-', starting "
+        "with a letter or digit (bundles name it as 'fleet:<name>')"
+    )
+
+
 MODELS: Mapping[str, Field] = {
     "dir": Field(
         "path",
@@ -212,6 +224,13 @@ MODELS: Mapping[str, Field] = {
         "subscribed.",
         default=[],
         check=_signers,
+    ),
+    "fleet": Field(
+        "str",
+        "The fleet this gateway belongs to: it takes model bundles signed for `fleet:<this "
+        "name>` besides those signed for its device id; not set: only those for its device id.",
+        default=None,
+        check=_fleet,
     ),
 }
 
@@ -242,6 +261,14 @@ MONITOR: Mapping[str, Field] = {
         "Home Assistant's MQTT discovery prefix.",
         default="homeassistant",
         check=_topic_prefix,
+    ),
+    "attestors": Field(
+        "str-list",
+        "did:key identities of the attestors whose attestations about this device the gateway "
+        "takes into its health (and Home Assistant); empty: none is taken, since anyone on the "
+        "broker can sign one.",
+        default=[],
+        check=_signers,
     ),
 }
 

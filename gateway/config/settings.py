@@ -143,6 +143,7 @@ class ModelsConfig:
 
     dir: Path | None
     trusted_model_signers: tuple[str, ...]
+    fleet: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +154,7 @@ class MonitorConfig:
     health_interval: float
     homeassistant: bool
     discovery_prefix: str
+    attestors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
+#: Refusals of what anyone on the broker can publish (junk, a stranger's signature, a trusted
+#: bundle replayed where or when it was not meant): counted as ignored messages too. A model the
+#: interpreter refuses came from the operator as meant, and is a model update that failed.
+FROM_ANYONE = frozenset(
+    {"malformed", "bad-signature", "untrusted-signer", "old-format", "not-for-this-device", "stale"}
+)
+
 
 class Chains:
     """Module chains of a configuration: each model module runs its model's installed update
@@ -46,7 +53,9 @@ class Chains:
         """With the updates installed under `[models] dir` (default: beside the spool)."""
         models = cfg.models
         store = ModelStore(
-            models.dir or cfg.spool.path.parent / "models", models.trusted_model_signers
+            models.dir or cfg.spool.path.parent / "models",
+            models.trusted_model_signers,
+            fleet=models.fleet,
         )
         store.load()
         return cls(store, health=health)
@@ -158,6 +167,9 @@ class ModelService:
         self.switch = switch
         self.broker = broker
         self.health = health
+        # The device this gateway is: its model topic is `<prefix>/<device id>/model`, and the
+        # prefix may hold slashes of its own.
+        self.device_id = broker.topics["model"].rsplit("/", 2)[-2]
 
     async def receive(self, topic: str, payload: bytes) -> None:
         """A message on the model topic."""
@@ -169,6 +181,7 @@ class ModelService:
                 "rejected", f"over the {MAX_BUNDLE_BYTES} byte limit", "malformed", at=time.time()
             )
             self.health.model_updates[too_big.result] += 1
+            self.health.ignored_messages["model"] += 1
             self.health.last_model_update = too_big.to_dict()
             await self.broker.publish(result_topic, too_big.to_json(), qos=1)
         elif payload:  # an empty retained message clears the topic; it is not a bundle
@@ -179,7 +192,9 @@ class ModelService:
         """A bundle arrived on the model topic: the outcome, as published on model/result."""
         async with self.switch.changing:
             try:
-                outcome, inst = await asyncio.to_thread(self.store.receive, data, self.chains.trial)
+                outcome, inst = await asyncio.to_thread(
+                    self.store.receive, data, self.chains.trial, device_id=self.device_id
+                )
                 if inst is None and outcome.result == "unchanged" and outcome.mode == "active":
                     # Installed before but not switched in (the broker was behind then).
                     inst = self.store.installed["active"].get(outcome.name)
@@ -192,6 +207,8 @@ class ModelService:
                 log.exception("model update failed")
                 outcome = Outcome("rejected", f"failed: {e}", "error", at=time.time())
             self.health.model_updates[outcome.result] += 1
+            if outcome.kind in FROM_ANYONE:
+                self.health.ignored_messages["model"] += 1
             self.health.last_model_update = outcome.to_dict()
             if outcome.result == "rejected":
                 log.warning("model update rejected (%s): %s", outcome.kind, outcome.reason)

@@ -57,6 +57,7 @@ class StatePublisher(Plain):
             {"pid": os.getpid(), "spool": status.spool_key(cfg.spool.path)}
         )[1:-1]
         self._status_ok: bool | None = None  # None: the directory is not prepared yet
+        self._no_attestors_said = False
 
     async def __aexit__(self, *exc_info: object) -> None:
         """A stopped gateway has no status (systemd removes its runtime directory too; a
@@ -71,10 +72,21 @@ class StatePublisher(Plain):
         await self._publish_health()
 
     async def attestation(self, topic: str, payload: bytes) -> None:
-        """A message on the attestation topic: a valid one's score shows in health."""
-        found = read_attestation(payload, self.did)
-        if found is not None:
-            self.health.attestation = found
+        """A message on the attestation topic: the score of a valid one, signed by one of
+        `[monitor] attestors`, shows in health; anything else is counted and left aside."""
+        if not payload:  # an empty retained message clears the topic; it is not a message
+            return
+        found = read_attestation(payload, self.did, self.monitor.attestors)
+        if found is None:
+            self.health.ignored_messages["attestation"] += 1
+            if not self.monitor.attestors and not self._no_attestors_said:
+                self._no_attestors_said = True
+                log.warning(
+                    "an attestation came and was not taken: no [monitor] attestors are "
+                    "configured (health's attestation stays empty)"
+                )
+            return
+        self.health.attestation = found
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

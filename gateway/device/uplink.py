@@ -11,6 +11,10 @@
 - Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
   status) and hands each message to the daemon; `publish` sends the daemon's own messages
   (state, health, discovery) while connected.
+- Anyone on the broker may publish on those topics, retained too: every message is judged by its
+  size before anything reads it (`gateway.wire.limits`), and one over its topic's cap, or one its
+  handler fails on, is counted in health's `ignored_messages` (by topic kind) and logged at most
+  once a minute per kind; it never ends the connection or the gateway.
 - Keeps the chain head on the broker (`gateway/device/head.py`): reads it back once before anything
   is sealed, publishes it retained ahead of the batches it covers, and stops the gateway when
   another process signs heads with this key.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -36,11 +41,13 @@ from gateway.device.head import Head
 from gateway.device.seal import SealedBatch
 from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings, connect
-from gateway.wire import cose
+from gateway.wire import cose, limits
 
 log = logging.getLogger("gateway.uplink")
 
 PUBLISH_TIMEOUT = 30.0
+#: seconds between two log lines about ignored messages of one kind (a flood logs once)
+IGNORED_LOG_INTERVAL = 60.0
 
 
 def topics(prefix: str, device_id: str) -> dict[str, str]:
@@ -128,6 +135,7 @@ class Uplink:
         # Not a head (no COSE), and ours alone: marks the end of what the broker keeps.
         self._sync = b"sync " + (chain_head.boot.hex().encode() if chain_head else b"")
         self._head_sent = -1  # on this connection
+        self._ignored_logged: dict[str, float] = {}  # topic kind -> when last logged
 
     # --- called by the daemon -----------------------------------------------------------------
 
@@ -333,16 +341,40 @@ class Uplink:
             if not isinstance(payload, bytes | bytearray):
                 continue
             topic = msg.topic.value
+            too_big = limits.too_big(topic, len(payload))
+            if too_big is not None:
+                self._ignored(topic, f"refused unread: {too_big}")
+                continue
             if chain_head is not None and topic == head_topic:
                 if payload == self._sync:
                     self._synced.set()
                     continue
-                found = chain_head.read(bytes(payload))
+                try:
+                    found = chain_head.read(bytes(payload))
+                except Exception as e:  # a reader's surprise on anyone's bytes: not a head
+                    self._ignored(topic, f"not readable: {e!r}")
+                    continue
                 if found is not None:
                     self._head_in(found, chain_head)
             elif self._inbox is not None:
-                self._spawn(self._inbox.deliver(topic, bytes(payload)), "message")
+                self._spawn(self._deliver(self._inbox, topic, bytes(payload)), "message")
         raise aiomqtt.MqttError("connection closed")
+
+    async def _deliver(self, inbox: Inbox, topic: str, payload: bytes) -> None:
+        try:
+            await inbox.deliver(topic, payload)
+        except Exception as e:  # a handler's surprise on anyone's message: counted, not fatal
+            self._ignored(topic, f"its handler failed: {e!r}")
+
+    def _ignored(self, topic: str, why: str) -> None:
+        kind = limits.kind_of(topic)
+        self.health.ignored_messages[kind] += 1
+        now = time.monotonic()
+        last = self._ignored_logged.get(kind)
+        if last is None or now - last >= IGNORED_LOG_INTERVAL:
+            self._ignored_logged[kind] = now
+            count = self.health.ignored_messages[kind]
+            log.warning("ignored a message on %s (%d %r so far): %s", topic, count, kind, why)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

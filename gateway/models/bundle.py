@@ -10,7 +10,11 @@ whose kid is the signer's Ed25519 key and whose payload is a deterministic CBOR 
      4: model       bytes  the `.tflite` file byte for byte
      5: sha256      bytes  SHA-256 of key 4 (32 bytes); must equal the manifest's "sha256"
      6: signed-at   uint   Unix seconds when the bundle was made
-     7: mode        text   "active" or "shadow": how the sender means it to be run}
+     7: mode        text   "active" or "shadow": how the sender means it to be run
+     8: for         array  the gateways it is for, 1 to 256 texts: a device id, or
+                           "fleet:<name>" for every gateway whose `[models] fleet` is <name>
+     9: release     uint   the bundle's release number for this model name, above every
+                           release of that name signed before (1 and up)}
 
 A gateway accepts a bundle only when the signature verifies, the typ is the model typ, the signer's
 did:key is one of its `trusted_model_signers`, the payload is exactly this map in deterministic
@@ -18,10 +22,14 @@ CBOR, SHA-256(model) == key 5 == the manifest's sha256, and the manifest's name/
 has them) are keys 1 and 2. Installing writes the pair into the models directory atomically and
 re-runs the `tflite` module's manifest check on the written files before they replace anything.
 
+A bundle of the first format (keys 1..7, no targets, no release) is refused as "old-format": it
+installs on any gateway and cannot be told from a replay, which is exactly what keys 8 and 9 stop.
+
 What it is not:
 - not encrypted: anyone who sees the bundle has the model;
-- not a rollback or replay defence: an old bundle by a trusted signer verifies for ever. Callers
-  that care compare `version` / `signed_at` with what is installed before calling `install`;
+- not a rollback or replay defence by itself: an old bundle by a trusted signer verifies for
+  ever. `is_for` says whether a gateway is among its targets, and the model store
+  (`gateway.models.store`) refuses a release not above the highest it accepted of that name;
 - not a manifest check: window, threshold, shape ... are the `tflite` module's business
   (`read_manifest`, run by `install` and again when the module loads the model);
 - not a policy: `mode` is carried, not acted on. `install` writes `<name>.{tflite,json}` whatever
@@ -37,16 +45,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import cbor2
-
 from gateway.core.errors import ConfigError, ModelBundleError, ModelError, VerifyError
 from gateway.modules.tflite import read_manifest
-from gateway.wire import cose, dcbor
+from gateway.wire import cose, dcbor, strict
 from gateway.wire.identity import Identity, did_of, public_key_of_did
 
 Mode = Literal["active", "shadow"]
@@ -55,7 +61,13 @@ MODES: tuple[Mode, ...] = ("active", "shadow")
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 #: a model name becomes a file name: no separators, no leading dot, nothing exotic
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_KEYS = frozenset(range(1, 8))
+_KEYS = frozenset(range(1, 10))
+_OLD_KEYS = frozenset(range(1, 8))
+#: targets a bundle may name: enough for a fleet by name and a few devices besides
+MAX_TARGETS = 256
+FLEET = "fleet:"
+#: a target is a device id (`gateway.wire.identity.device_id_of`) or "fleet:<name>"
+_TARGET = re.compile(r"(fleet:)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -70,12 +82,19 @@ class Bundle:
     signed_at: int
     mode: Mode
     signer: str  # did:key of the signer (one of the trusted ones)
+    targets: tuple[str, ...]  # device ids and "fleet:<name>"
+    release: int  # above every earlier release of this name
+
+    def is_for(self, device_id: str, fleet: str | None) -> bool:
+        """Whether this bundle names the device, or the fleet it belongs to."""
+        return device_id in self.targets or (fleet is not None and FLEET + fleet in self.targets)
 
 
 def _doc(manifest: bytes) -> Any:
     try:
         return json.loads(manifest.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError: bad UTF-8, bad JSON, and integers too long to convert; RecursionError: nesting
+    except (ValueError, RecursionError) as e:
         raise ModelBundleError("malformed", f"the manifest is not JSON: {e}") from None
 
 
@@ -103,16 +122,44 @@ def _check_manifest(doc: Any, name: str, version: str, sha: bytes) -> None:
         )
 
 
+def _check_targets(targets: Any) -> tuple[str, ...]:
+    if not isinstance(targets, list | tuple) or not 1 <= len(targets) <= MAX_TARGETS:
+        raise ModelBundleError(
+            "malformed", f"key 8 (for) must be an array of 1 to {MAX_TARGETS} targets"
+        )
+    for t in targets:
+        if not isinstance(t, str) or not _TARGET.fullmatch(t):
+            raise ModelBundleError(
+                "malformed", f"key 8 (for): {t!r} is not a device id or 'fleet:<name>'"
+            )
+    return tuple(targets)
+
+
+def _check_release(release: Any) -> int:
+    if type(release) is not int or not 1 <= release < 2**63:
+        raise ModelBundleError("malformed", "key 9 (release) must be an integer from 1 to 2**63-1")
+    return release
+
+
 def make_bundle(
-    identity: Identity, manifest_path: Path, *, mode: Mode = "active", now: float | None = None
+    identity: Identity,
+    manifest_path: Path,
+    *,
+    targets: Sequence[str],
+    release: int,
+    mode: Mode = "active",
+    now: float | None = None,
 ) -> bytes:
-    """Sign the model beside `manifest_path` (`NAME.json` + its `.tflite`) into a bundle.
+    """Sign the model beside `manifest_path` (`NAME.json` + its `.tflite`) into a bundle for
+    `targets` (device ids, "fleet:<name>") as release `release` of its name.
 
     The manifest is first checked by the `tflite` module (sha256 of the model included), so a
     bundle is never made of a pair the gateway would refuse.
     """
     if mode not in MODES:
         raise ModelBundleError("malformed", f"mode {mode!r} is not one of {', '.join(MODES)}")
+    for_ = _check_targets(list(targets))
+    release = _check_release(release)
     manifest_path = Path(manifest_path)
     try:
         raw = manifest_path.read_bytes()
@@ -136,6 +183,8 @@ def make_bundle(
             5: sha,
             6: int(time.time() if now is None else now),
             7: mode,
+            8: list(for_),
+            9: release,
         }
     )
     return cose.sign1(identity, cose.TYP_MODEL, payload)
@@ -155,14 +204,26 @@ def _trusted_keys(trusted: Collection[str]) -> frozenset[bytes]:
 
 def _payload(data: bytes) -> dict[int, Any]:
     try:
-        obj = cbor2.loads(data)
-        canonical = dcbor.dumps(obj) == data  # also rules out trailing bytes
-    except Exception as e:  # cbor2 raises several types on garbage; all mean "malformed"
-        raise ModelBundleError("malformed", f"payload is not CBOR: {e}") from None
+        # strict: no tags, bounded depth and lengths, judged from the bytes before cbor2 builds
+        obj = strict.loads(data)
+        canonical = dcbor.dumps(obj) == data
+    except strict.DecodeError as e:
+        raise ModelBundleError("malformed", f"payload is not CBOR a bundle may hold: {e}") from None
+    except Exception as e:  # a value dcbor cannot encode (a float it refuses ...): not canonical
+        raise ModelBundleError("malformed", f"payload is not deterministic CBOR: {e}") from None
     if not canonical:
         raise ModelBundleError("malformed", "payload is not deterministic CBOR")
-    if not isinstance(obj, dict) or any(type(k) is not int for k in obj) or set(obj) != _KEYS:
-        raise ModelBundleError("malformed", "payload must be a map with exactly the keys 1..7")
+    if not isinstance(obj, dict) or any(type(k) is not int for k in obj):
+        raise ModelBundleError("malformed", "payload must be a map with integer keys")
+    if set(obj) == _OLD_KEYS:
+        raise ModelBundleError(
+            "old-format",
+            "a bundle without targets (key 8) and release (key 9): it would install on any "
+            "gateway and could be replayed; sign it again with `depin-gateway model sign --for "
+            "... --release N`",
+        )
+    if set(obj) != _KEYS:
+        raise ModelBundleError("malformed", "payload must be a map with exactly the keys 1..9")
     types = {1: str, 2: str, 3: bytes, 4: bytes, 5: bytes, 6: int, 7: str}
     for k, t in types.items():
         if type(obj[k]) is not t:
@@ -173,6 +234,8 @@ def _payload(data: bytes) -> dict[int, Any]:
         raise ModelBundleError("malformed", "key 6 (signed-at) must be unsigned")
     if obj[7] not in MODES:
         raise ModelBundleError("malformed", f"key 7 (mode) {obj[7]!r} is not active or shadow")
+    _check_targets(obj[8])
+    _check_release(obj[9])
     return obj
 
 
@@ -218,6 +281,8 @@ def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
         signed_at=p[6],
         mode=p[7],
         signer=signer,
+        targets=tuple(p[8]),
+        release=p[9],
     )
 
 

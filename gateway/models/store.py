@@ -16,9 +16,16 @@ only if its bundle still verifies against the signers configured now and names t
 pair on disk: removing a signer from the configuration withdraws what it installed, and a pair
 changed on disk is not run.
 
-Replays: a bundle signed before the installed one of the same name and mode is refused as
-"stale", so an old (say, vulnerable) model cannot be pushed back by replaying its bundle. A
-deliberate rollback is a fresh signature of the old model.
+Targets: a bundle that names neither this device nor `[models] fleet` among its targets is
+refused ("not-for-this-device"): a bundle published for one gateway cannot be replayed on another.
+
+Replays: every bundle carries a release number per model name. One whose release is not above the
+highest this gateway ever accepted of that name (active or shadow) is refused as "stale", so an
+old (say, vulnerable) model cannot be pushed back by replaying its bundle, and a shadow bundle
+cannot be replayed after an active bundle of a higher release promoted (or overtook) it. The
+highest release accepted of each name is kept in `<dir>/accepted.json`, so a restart does not
+forget it even when the bundle itself is gone. A deliberate rollback is a fresh signature of the
+old model with a higher release.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ T = TypeVar("T")
 #: with its manifest (gateway.models.bundle). The gateway finds that kind's class in the plug-in
 #: registry and reaches its modules through `gateway.modules.model_backed`.
 MODULE_KIND = "tflite"
+#: in `[models] dir`: the highest release accepted of each model name, {name: release}
+ACCEPTED = "accepted.json"
 
 Result = Literal["applied", "shadow", "unchanged", "rejected"]
 
@@ -63,6 +72,7 @@ class Installed:
     signer: str
     mode: Mode
     manifest: Path
+    release: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,16 +81,19 @@ class Outcome:
 
     result: Result
     reason: str
-    kind: str = ""  # why it was rejected: a ModelBundleError kind, "stale" or "model-refused"
+    # why it was rejected: a ModelBundleError kind, "not-for-this-device", "stale" or
+    # "model-refused"
+    kind: str = ""
     name: str = ""
     version: str = ""
+    release: int = 0
     sha256: str = ""
     mode: str = ""
     signer: str = ""
     at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v != ""}
+        return {k: v for k, v in asdict(self).items() if v not in ("", 0)}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True).encode()
@@ -89,10 +102,23 @@ class Outcome:
 class ModelStore:
     """The installed updates under one directory, and the policy for new bundles."""
 
-    def __init__(self, root: Path, trusted: Collection[str]) -> None:
+    def __init__(self, root: Path, trusted: Collection[str], *, fleet: str | None = None) -> None:
         self.root = Path(root)
         self.trusted = tuple(trusted)
+        self.fleet = fleet
         self.installed: dict[Mode, dict[str, Installed]] = {"active": {}, "shadow": {}}
+        #: the highest release accepted of each model name, as kept in `accepted.json`
+        self.accepted: dict[str, int] = {}
+
+    @property
+    def _accepted_path(self) -> Path:
+        return self.root / ACCEPTED
+
+    def highest(self, name: str) -> int:
+        """The highest release of `name` ever accepted here (0: none)."""
+        releases = [self.accepted.get(name, 0)]
+        releases += [m[name].release for m in self.installed.values() if name in m]
+        return max(releases)
 
     @property
     def enabled(self) -> bool:
@@ -104,6 +130,27 @@ class ModelStore:
             folder = self.root / mode
             paths = sorted(folder.glob("*.bundle")) if folder.is_dir() else []
             self.installed[mode] = self._verified(paths, mode) if paths else {}
+        self.accepted = self._read_accepted()
+
+    def _read_accepted(self) -> dict[str, int]:
+        path = self._accepted_path
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            # The installed bundles' releases still hold; the next accepted bundle rewrites it.
+            log.warning("%s not read (%s): only the installed releases are known", path, e)
+            return {}
+        if not isinstance(doc, dict):
+            log.warning("%s is not a JSON object: only the installed releases are known", path)
+            return {}
+        return {k: v for k, v in doc.items() if isinstance(k, str) and type(v) is int and v > 0}
+
+    def _record(self, name: str, release: int) -> None:
+        self.accepted[name] = max(self.accepted.get(name, 0), release)
+        doc = json.dumps(self.accepted, sort_keys=True, indent=1).encode()
+        write_atomic(self._accepted_path, doc + b"\n")
 
     def _verified(self, paths: list[Path], mode: Mode) -> dict[str, Installed]:
         """The installed models of these bundles that still verify and match their files."""
@@ -136,14 +183,21 @@ class ModelStore:
             signer=b.signer,
             mode=mode,
             manifest=self.root / mode / f"{b.name}.json",
+            release=b.release,
         )
 
     def receive(
-        self, message: bytes, trial: Callable[[Path], T], *, now: float | None = None
+        self,
+        message: bytes,
+        trial: Callable[[Path], T],
+        *,
+        device_id: str,
+        now: float | None = None,
     ) -> tuple[Outcome, Installed | None]:
-        """Check, try, install. `trial(manifest)` loads the model the way the chain will (it
-        raises if the interpreter refuses it) and runs on a staged copy before anything
-        installed is touched. Blocking file I/O with fsyncs: call it from a thread."""
+        """Check, try, install a bundle that came to gateway `device_id`. `trial(manifest)`
+        loads the model the way the chain will (it raises if the interpreter refuses it) and
+        runs on a staged copy before anything installed is touched. Blocking file I/O with
+        fsyncs: call it from a thread."""
         from gateway.core.errors import ModelBundleError
         from gateway.models.bundle import install, open_bundle
 
@@ -167,25 +221,30 @@ class ModelStore:
                 kind,
                 name=b.name,
                 version=b.version,
+                release=b.release,
                 sha256=b.sha256.hex(),
                 mode=b.mode,
                 signer=b.signer,
                 at=at,
             )
 
+        if not b.is_for(device_id, self.fleet):
+            fleet = f" or fleet:{self.fleet}" if self.fleet else " (no [models] fleet is set)"
+            why = f"it is for {', '.join(b.targets)}, not {device_id}{fleet}"
+            return out("rejected", why, "not-for-this-device"), None
         current = self.installed[b.mode].get(b.name)
-        if current is not None and (current.sha256, current.version) == (b.sha256.hex(), b.version):
+        if current is not None and (current.sha256, current.release) == (
+            b.sha256.hex(),
+            b.release,
+        ):
             return out("unchanged", f"{b.name} {b.version} is already {b.mode}"), None
-        if current is not None and b.signed_at < current.signed_at:
-            return (
-                out(
-                    "rejected",
-                    f"signed at {b.signed_at}, before the installed {b.name} {current.version} "
-                    f"(signed at {current.signed_at})",
-                    "stale",
-                ),
-                None,
+        highest = self.highest(b.name)
+        if b.release <= highest:
+            why = (
+                f"release {b.release} of {b.name} is not above release {highest}, the highest "
+                "this gateway accepted: a downgrade or a replay"
             )
+            return out("rejected", why, "stale"), None
         self.root.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".trial-", dir=self.root))
         try:
@@ -210,6 +269,7 @@ class ModelStore:
         # The bundle last: a crash before this line leaves the previous bundle, which no longer
         # names the pair on disk, so `load` runs the configured model rather than a half-install.
         write_atomic(folder / f"{b.name}.bundle", message)
+        self._record(b.name, b.release)
         inst = self._installed(b, b.mode)
         self.installed[b.mode][b.name] = inst
         if b.mode == "active":

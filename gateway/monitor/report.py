@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from gateway.core.health import Health
@@ -107,21 +107,26 @@ class HealthReport:
         return json.dumps(doc, sort_keys=True, allow_nan=False, default=str).encode()
 
 
-def read_attestation(message: bytes, did: str) -> dict[str, Any] | None:
+def read_attestation(message: bytes, did: str, attestors: Collection[str]) -> dict[str, Any] | None:
     """The score of an attestation about this device (spec section 6), or None when the message
-    is not a valid attestation about it. Signature checked; which attestors to believe is the
-    owner's business: the attestor's did is reported with the score."""
-    import cbor2
-
+    is not a valid attestation about it signed by one of `attestors` (did:key strings: the
+    owner's `[monitor] attestors`; none, none is taken). Judged from its size first, and its
+    payload is decoded strictly, only once the signer is known to be one of them."""
     # Here, not at the top: the verifier's module is not needed until an attestation comes.
+    from gateway.wire import limits, strict
     from gateway.wire.verify import is_finite_number
 
+    if not attestors or len(message) > limits.CAPS["attestation"]:
+        return None
     try:
         s = cose.verify1(message)
-        if s.typ != cose.TYP_ATTESTATION:
-            return None
-        m = cbor2.loads(s.payload)
     except Exception:  # anything on the topic that does not verify is ignored
+        return None
+    if s.typ != cose.TYP_ATTESTATION or _did_of(s.public_key) not in attestors:
+        return None
+    try:
+        m = strict.loads(s.payload)
+    except strict.DecodeError:
         return None
     if not isinstance(m, dict) or m.get(2) != did or m.get(1) != _did_of(s.public_key):
         return None

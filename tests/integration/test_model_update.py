@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import settings as config
 from gateway.device.daemon import Gateway
-from gateway.models.bundle import make_bundle
-from gateway.models.store import ModelStore
+from gateway.models.bundle import Mode, make_bundle
+from gateway.models.store import Installed, ModelStore, Outcome
 from gateway.modules.tflite import TFLiteModule, read_manifest
 from gateway.wire import cose, dcbor, identity, payloads
 from gateway.wire.identity import Identity
@@ -38,6 +38,26 @@ OPERATOR = Identity.from_private_key(Ed25519PrivateKey.generate())
 STRANGER = Identity.from_private_key(Ed25519PrivateKey.generate())
 OLD_SHA = read_manifest(SHIPPED)[0].sha256
 NEW_SHA = read_manifest(STRICT)[0].sha256
+
+
+#: the device the store tests play: the id of a device key, as bundles name their targets
+DEVICE = Identity.from_private_key(Ed25519PrivateKey.generate()).device_id
+
+
+def _bundle(
+    signer: Identity,
+    manifest: Path,
+    *,
+    release: int,
+    mode: Mode = "active",
+    targets: tuple[str, ...] = (DEVICE,),
+    now: float | None = None,
+) -> bytes:
+    return make_bundle(signer, manifest, targets=targets, release=release, mode=mode, now=now)
+
+
+def _receive(store: ModelStore, message: bytes, **kw: Any) -> tuple[Outcome, Installed | None]:
+    return store.receive(message, _trial, device_id=DEVICE, **kw)
 
 
 def _trial(manifest: Path) -> None:
@@ -63,28 +83,29 @@ def _unsigned(message: bytes) -> bytes:
 
 def test_store_applies_refuses_and_remembers(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models", [OPERATOR.did])
-    new = make_bundle(OPERATOR, STRICT, now=2_000)
+    new = _bundle(OPERATOR, STRICT, release=2, now=2_000)
     for bad, kind in [
         (b"\x00garbage", "malformed"),
         (_unsigned(new), "bad-signature"),
-        (make_bundle(STRANGER, STRICT, now=2_000), "untrusted-signer"),
+        (_bundle(STRANGER, STRICT, release=2, now=2_000), "untrusted-signer"),
         (_resign(new, k5=bytes(32)), "sha-mismatch"),
+        (_bundle(OPERATOR, STRICT, release=2, targets=("someone-else",)), "not-for-this-device"),
     ]:
-        outcome, inst = store.receive(bad, _trial, now=1.0)
+        outcome, inst = _receive(store, bad, now=1.0)
         assert (outcome.result, outcome.kind, inst) == ("rejected", kind, None), outcome
     assert not (tmp_path / "models" / "active").exists()
 
-    outcome, inst = store.receive(new, _trial)
+    outcome, inst = _receive(store, new)
     assert outcome.result == "applied" and inst is not None
     assert outcome.to_dict()["sha256"] == NEW_SHA and outcome.signer == OPERATOR.did
     assert read_manifest(inst.manifest)[0].sha256 == NEW_SHA
     # The same bundle again (a retained message after a reconnect) changes nothing.
-    assert store.receive(new, _trial)[0].result == "unchanged"
+    assert _receive(store, new)[0].result == "unchanged"
     # A replayed older bundle cannot push the previous model back.
-    old = make_bundle(OPERATOR, SHIPPED, now=1_000)
-    outcome, _ = store.receive(old, _trial)
+    old = _bundle(OPERATOR, SHIPPED, release=1, now=1_000)
+    outcome, _ = _receive(store, old)
     assert (outcome.result, outcome.kind) == ("rejected", "stale")
-    assert "signed at 1000, before the installed" in outcome.reason
+    assert "release 1 of temperature-ae is not above release 2" in outcome.reason
 
     again = ModelStore(tmp_path / "models", [OPERATOR.did])
     again.load()
@@ -106,9 +127,9 @@ def test_a_trusted_bundle_the_interpreter_refuses_installs_nothing(tmp_path: Pat
     pair = tmp_path / "pair"
     shutil.copytree(broken, pair)
     # make_bundle checks the manifest, not the interpreter: it signs this.
-    message = make_bundle(OPERATOR, pair / "temperature-ae.json")
+    message = _bundle(OPERATOR, pair / "temperature-ae.json", release=1)
     store = ModelStore(tmp_path / "models", [OPERATOR.did])
-    outcome, inst = store.receive(message, _trial)
+    outcome, inst = _receive(store, message)
     assert (outcome.result, outcome.kind, inst) == ("rejected", "model-refused", None)
     assert not (tmp_path / "models" / "active" / "temperature-ae.json").exists()
     assert [p.name for p in (tmp_path / "models").iterdir()] == []  # no staging left behind
@@ -116,19 +137,69 @@ def test_a_trusted_bundle_the_interpreter_refuses_installs_nothing(tmp_path: Pat
 
 def test_shadow_then_promotion(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models", [OPERATOR.did])
-    outcome, inst = store.receive(make_bundle(OPERATOR, STRICT, mode="shadow"), _trial)
+    shadow = _bundle(OPERATOR, STRICT, mode="shadow", release=1)
+    outcome, inst = _receive(store, shadow)
     assert outcome.result == "shadow" and inst is not None and inst.mode == "shadow"
     assert store.installed["active"] == {}
-    outcome, _ = store.receive(make_bundle(OPERATOR, STRICT, mode="active"), _trial)
+    # Promotion is a new release: the shadow's own number is taken.
+    outcome, _ = _receive(store, _bundle(OPERATOR, STRICT, mode="active", release=1))
+    assert (outcome.result, outcome.kind) == ("rejected", "stale")
+    outcome, _ = _receive(store, _bundle(OPERATOR, STRICT, mode="active", release=2))
     assert outcome.result == "applied"
     assert store.installed["shadow"] == {}
     assert not (tmp_path / "models" / "shadow" / "temperature-ae.bundle").exists()
+    # The shadow bundle replayed after its promotion, before and after a restart: refused.
+    outcome, _ = _receive(store, shadow)
+    assert (outcome.result, outcome.kind) == ("rejected", "stale")
+    again = ModelStore(tmp_path / "models", [OPERATOR.did])
+    again.load()
+    outcome, _ = _receive(again, shadow)
+    assert (outcome.result, outcome.kind) == ("rejected", "stale")
+    assert again.installed["shadow"] == {}
+
+
+def test_the_highest_release_outlives_the_bundles(tmp_path: Path) -> None:
+    """accepted.json keeps the highest release of each name even when no bundle of it is left
+    (its signer withdrawn, its files removed): a replay after a restart is still refused."""
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    assert _receive(store, _bundle(OPERATOR, STRICT, release=7))[0].result == "applied"
+    shutil.rmtree(tmp_path / "models" / "active")
+    again = ModelStore(tmp_path / "models", [OPERATOR.did])
+    again.load()
+    assert again.installed["active"] == {} and again.highest("temperature-ae") == 7
+    outcome, _ = _receive(again, _bundle(OPERATOR, SHIPPED, release=6))
+    assert (outcome.result, outcome.kind) == ("rejected", "stale")
+    assert _receive(again, _bundle(OPERATOR, SHIPPED, release=8))[0].result == "applied"
+    assert json.loads((tmp_path / "models" / "accepted.json").read_text()) == {"temperature-ae": 8}
+
+
+def test_a_bundle_for_the_fleet_is_taken_by_its_members_only(tmp_path: Path) -> None:
+    member = ModelStore(tmp_path / "a", [OPERATOR.did], fleet="north")
+    outsider = ModelStore(tmp_path / "b", [OPERATOR.did], fleet="south")
+    loner = ModelStore(tmp_path / "c", [OPERATOR.did])
+    message = _bundle(OPERATOR, STRICT, release=1, targets=("fleet:north", "other-device"))
+    assert _receive(member, message)[0].result == "applied"
+    for store in (outsider, loner):
+        outcome, inst = _receive(store, message)
+        assert (outcome.result, outcome.kind, inst) == ("rejected", "not-for-this-device", None)
+        assert "fleet:north, other-device" in outcome.reason
+
+
+def test_an_old_format_bundle_is_refused_with_its_reason(tmp_path: Path) -> None:
+    """The first format (no targets, no release) is what can be replayed anywhere."""
+    p = cbor2.loads(cose.verify1(_bundle(OPERATOR, STRICT, release=1)).payload)
+    del p[8], p[9]
+    old = cose.sign1(OPERATOR, cose.TYP_MODEL, dcbor.dumps(p))
+    store = ModelStore(tmp_path / "models", [OPERATOR.did])
+    outcome, inst = _receive(store, old)
+    assert (outcome.result, outcome.kind, inst) == ("rejected", "old-format", None)
+    assert "--release" in outcome.reason
 
 
 def test_no_trusted_signers_means_no_updates(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models", [])
     assert not store.enabled
-    outcome, inst = store.receive(make_bundle(OPERATOR, STRICT), _trial)
+    outcome, inst = _receive(store, _bundle(OPERATOR, STRICT, release=1))
     assert (outcome.result, outcome.kind, inst) == ("rejected", "untrusted-signer", None)
 
 
@@ -215,11 +286,11 @@ def test_update_over_mqtt_is_applied_live_and_bad_ones_are_rejected(
     topic = f"depin/v1/{device}/model"
     collector = Collector(mosquitto.port)
     gw = GatewayProcess(cfg, tmp_path / "gw.log")
-    good = make_bundle(OPERATOR, STRICT)
+    good = make_bundle(OPERATOR, STRICT, targets=[device], release=1)
     rejected = [
         (b"not a bundle at all", "malformed"),
         (_unsigned(good), "bad-signature"),
-        (make_bundle(STRANGER, STRICT), "untrusted-signer"),
+        (make_bundle(STRANGER, STRICT, targets=[device], release=1), "untrusted-signer"),
         (_resign(good, k5=bytes(32)), "sha-mismatch"),
     ]
 
@@ -310,7 +381,8 @@ def test_shadow_model_scores_go_to_health_not_batches(tmp_path: Path, mosquitto:
     ident = identity.load(cfg.device.key_file)
     topic = f"depin/v1/{ident.device_id}/model"
     collector = Collector(mosquitto.port)
-    shadow = make_bundle(OPERATOR, STRICT, mode="shadow")
+    shadow = make_bundle(OPERATOR, STRICT, mode="shadow", targets=[ident.device_id], release=1)
+    promotion = make_bundle(OPERATOR, STRICT, mode="active", targets=[ident.device_id], release=2)
 
     async def wait(pred: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -330,7 +402,7 @@ def test_shadow_model_scores_go_to_health_not_batches(tmp_path: Path, mosquitto:
         # operator reads before promoting it.
         assert snap["only_shadow"] >= 0.9 * snap["judged"] and snap["only_active"] == 0
         assert snap["mean_score"] > 0.9
-        collector.client.publish(topic, make_bundle(OPERATOR, STRICT, mode="active"), qos=1)
+        collector.client.publish(topic, promotion, qos=1)
         await wait(lambda: gw.health.model_updates["applied"] == 1, 15)
         assert gw.health.shadow == {}
         assert gw.health.models["temperature-ae"]["source"] == "update"
@@ -358,13 +430,13 @@ def test_a_half_installed_update_is_not_run_after_a_power_cut(tmp_path: Path) ->
     at the next start that pair is not used (the configured model runs), and sending the bundle
     again completes the install."""
     store = ModelStore(tmp_path / "models", [OPERATOR.did])
-    assert store.receive(make_bundle(OPERATOR, SHIPPED, now=1_000), _trial)[0].result == "applied"
-    newer = make_bundle(OPERATOR, STRICT, now=2_000)
+    assert _receive(store, _bundle(OPERATOR, SHIPPED, release=1))[0].result == "applied"
+    newer = _bundle(OPERATOR, STRICT, release=2)
     # What the first rename of installing `newer` leaves: its model beside the old manifest.
     active = tmp_path / "models" / "active"
     (active / "temperature-ae.tflite").write_bytes(STRICT.with_suffix(".tflite").read_bytes())
     after = ModelStore(tmp_path / "models", [OPERATOR.did])
     after.load()
     assert after.installed["active"] == {}
-    assert after.receive(newer, _trial)[0].result == "applied"
+    assert _receive(after, newer)[0].result == "applied"
     assert read_manifest(active / "temperature-ae.json")[0].sha256 == NEW_SHA
