@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import operator
 import time
 from dataclasses import dataclass
 
-import cbor2
-
 from gateway.attestor.db import Database, Tx
-from gateway.wire import cose, payloads
+from gateway.wire import cose, payloads, strict
 from gateway.wire.verify import LINKED, Examined, Finding, decide, is_finite_number
 
 EVIDENCE_KINDS = ("equivocation", "replay", "prev-mismatch")
+#: Evidence kept whole (both signed batches) per device; beyond it, one row without the message
+#: per kind and epoch (what an epoch's status needs), and the count of every finding.
+EVIDENCE_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,11 @@ class _Link:
     prev: bytes
 
 
-def count(tx: Tx, did: str, kind: str) -> None:
+def count(tx: Tx, did: str, kind: str, n: int = 1) -> None:
     tx.execute(
-        "INSERT INTO counts(did, kind, n) VALUES (?, ?, 1) "
-        "ON CONFLICT (did, kind) DO UPDATE SET n = counts.n + 1",
-        (did, kind),
+        "INSERT INTO counts(did, kind, n) VALUES (?, ?, ?) "
+        "ON CONFLICT (did, kind) DO UPDATE SET n = counts.n + excluded.n",
+        (did, kind, n),
     )
 
 
@@ -54,8 +56,11 @@ def tallies(batch: payloads.Batch) -> tuple[int, int, int]:
 _get_flags = operator.methodcaller("get", payloads.FLAGS)
 
 
-def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Finding:
-    """Record one checked batch in its device's chain; the finding says what it was."""
+def process_batch(
+    db: Database, x: Examined, *, now: float | None = None, epoch: int = 3600
+) -> Finding:
+    """Record one checked batch in its device's chain; the finding says what it was. `epoch`:
+    the scoring epoch's length, for the evidence kept beyond EVIDENCE_KEPT."""
     now = time.time() if now is None else now
     b, did = x.batch, x.did
     with db.transaction() as tx:
@@ -101,21 +106,57 @@ def process_batch(db: Database, x: Examined, *, now: float | None = None) -> Fin
                     (b.seq if last is None else max(last, b.seq),
                      sealed if first is None else min(float(first), sealed), did),
                 )  # fmt: skip
-        elif kind in EVIDENCE_KINDS:
-            # Signed by the device, so attributable: kept whole, as evidence.
+            _revise(tx, did, float(b.sealed))
+        elif kind in EVIDENCE_KINDS and _keep_evidence(tx, did, kind, float(b.sealed), epoch):
+            # Signed by the device, so attributable: kept whole, as evidence (the first few).
+            kept = _evidence_rows(tx, did) < EVIDENCE_KEPT
             tx.execute(
                 "INSERT INTO evidence(did, seq, kind, batch_id, sealed, detail, received, message) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did, seq, batch_id) DO NOTHING",
-                (did, b.seq, kind, x.batch_id, float(b.sealed), detail, now, x.message),
-            )
+                (did, b.seq, kind, x.batch_id, float(b.sealed), detail, now,
+                 x.message if kept else b""),
+            )  # fmt: skip
+            _revise(tx, did, float(b.sealed))
     return x.finding(kind, detail)
+
+
+def _evidence_rows(tx: Tx, did: str) -> int:
+    return int(tx.one("SELECT count(*) FROM evidence WHERE did = ?", (did,))[0])
+
+
+def _keep_evidence(tx: Tx, did: str, kind: str, sealed: float, epoch: int) -> bool:
+    """Whether a row goes into the evidence table: always among the first EVIDENCE_KEPT of the
+    device; beyond, only when no row of that kind is there for the epoch yet (an epoch's
+    status needs one, and a device equivocating without end must not grow the store)."""
+    if _evidence_rows(tx, did) < EVIDENCE_KEPT:
+        return True
+    start = math.floor(sealed / epoch) * epoch
+    return (
+        tx.one(
+            "SELECT 1 FROM evidence WHERE did = ? AND kind = ? AND sealed >= ? AND sealed < ?",
+            (did, kind, start, start + epoch),
+        )
+        is None
+    )
+
+
+def _revise(tx: Tx, did: str, sealed: float) -> None:
+    """A batch or evidence for an epoch already attested: its attestation is signed again
+    (`epochs.revise`), so a late batch still counts."""
+    tx.execute(
+        "UPDATE attestations SET stale = 1 "
+        "WHERE did = ? AND epoch_start <= ? AND epoch_end > ? AND stale = 0",
+        (did, sealed, sealed),
+    )
 
 
 def process_birth(db: Database, message: bytes, *, now: float | None = None) -> bool:
     """Keep a registered device's birth: its sensors and intervals set the readings expected.
     False when its sensor list is not what spec section 5 says (nothing is kept)."""
     now = time.time() if now is None else now
-    m = cbor2.loads(cose.verify1(message).payload)  # `examine` checked it; this unpacks it
+    m = strict.loads(cose.verify1(message).payload)  # `examine` checked it; this unpacks it
+    if not isinstance(m, dict):
+        return False
     sensors = m.get(6)
     if (
         not isinstance(m.get(3), bytes)

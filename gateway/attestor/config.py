@@ -13,6 +13,7 @@ from gateway.config.locate import Locator
 from gateway.config.sections import UPLINK
 from gateway.core.errors import ConfigError
 from gateway.core.fields import Field
+from gateway.core.hosts import is_loopback
 from gateway.mqtt import url as broker_url
 
 ATTESTOR: Mapping[str, Field] = {
@@ -53,9 +54,16 @@ ATTESTOR: Mapping[str, Field] = {
     "tick": Field(
         "duration", "How often closed epochs are looked for.", default="10 s", min=0.1, max=3600
     ),
+    "inbox_bytes": Field(
+        "size",
+        "Bytes of messages taken from the broker and not yet stored; junk may hold half of it.",
+        default="64 MiB",
+        min=8 * 1024 * 1024,
+        max=16 * 1024**3,
+    ),
 }
 _BROKER_KEYS = ("url", "topic_prefix", "ca_file", "cert_file", "key_file", "username",
-                "password_file", "password_env")  # fmt: skip
+                "password_file", "password_env", "insecure")  # fmt: skip
 BROKER: Mapping[str, Field] = {k: UPLINK[k] for k in _BROKER_KEYS}
 SECTIONS = {"attestor": ATTESTOR, "broker": BROKER}
 
@@ -70,6 +78,7 @@ class AttestorConfig:
     epoch: float
     grace: float
     tick: float
+    inbox_bytes: int
     url: str
     host: str
     port: int
@@ -81,6 +90,7 @@ class AttestorConfig:
     username: str | None
     password_file: Path | None
     password_env: str | None
+    insecure: bool
     source: Path | None
 
     @property
@@ -120,6 +130,13 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
             )
         except broker_url.BrokerUrlError as e:
             problems.add("broker.url", e.reason)
+        else:
+            if not tls and not is_loopback(host) and not b.get("insecure"):
+                problems.add(
+                    "broker.url",
+                    f"plain-text MQTT to {host!r}, which is not this machine, would send "
+                    "credentials and attestations unencrypted; use mqtts:// or set insecure = true",
+                )
     if problems:
         raise ConfigError(problems.sorted(), source=source)
     if "://" not in store and not Path(store).is_absolute():
@@ -133,6 +150,7 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
         epoch=a["epoch"],
         grace=a["grace"],
         tick=a["tick"],
+        inbox_bytes=int(a["inbox_bytes"]),
         url=b["url"],
         host=host,
         port=port,
@@ -144,6 +162,7 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
         username=b["username"],
         password_file=b["password_file"],
         password_env=b["password_env"],
+        insecure=b["insecure"],
         source=None,
     )
 

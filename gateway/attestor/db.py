@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from gateway.attestor.redact import redact, safe_url
 from gateway.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -96,12 +97,37 @@ CREATE TABLE IF NOT EXISTS attestations (
     root BYTEA NOT NULL,
     message BYTEA NOT NULL,
     published INTEGER NOT NULL,
+    revision BIGINT NOT NULL DEFAULT 0,
+    stale INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (did, epoch_start)
+);
+CREATE TABLE IF NOT EXISTS superseded (
+    did TEXT NOT NULL,
+    epoch_start BIGINT NOT NULL,
+    revision BIGINT NOT NULL,
+    message BYTEA NOT NULL,
+    PRIMARY KEY (did, epoch_start, revision)
 );
 """
 
+#: Columns added after the first release: (table, column, type), added to an older store.
+ADDED = (
+    ("devices", "first_sealed", "DOUBLE PRECISION"),
+    ("attestations", "revision", "BIGINT NOT NULL DEFAULT 0"),
+    ("attestations", "stale", "INTEGER NOT NULL DEFAULT 0"),
+)
 
-_FLOAT = "DOUBLE PRECISION"
+
+def is_outage(e: BaseException) -> bool:
+    """Whether `e` says the store is away (unreachable, locked, full, its disk failing): what
+    may be tried again. Anything else raised while a message is handled is about the message."""
+    if isinstance(e, sqlite3.OperationalError | sqlite3.InterfaceError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 class Cursor(Protocol):
@@ -131,7 +157,8 @@ class Database:
                 import psycopg
             except ImportError:
                 need = "pip install 'depin-gateway[postgres]'"
-                raise ConfigError([f"store {url!r}: PostgreSQL needs psycopg: {need}"]) from None
+                where = safe_url(url)
+                raise ConfigError([f"store {where!r}: PostgreSQL needs psycopg: {need}"]) from None
             self._psycopg = psycopg
             self._lite: sqlite3.Connection | None = None
             self._pg = self._connect_pg()
@@ -153,12 +180,23 @@ class Database:
             # WAL per batch (well under a millisecond on this machine's disk).
             self._lite.execute("PRAGMA synchronous=FULL")
         else:
-            raise ConfigError([f"store {url!r}: use a file path, sqlite:///PATH or postgresql://…"])
+            where = safe_url(url)
+            raise ConfigError(
+                [f"store {where!r}: use a file path, sqlite:///PATH or postgresql://…"]
+            )
         self.create()
 
     def _connect_pg(self) -> psycopg.Connection[Any]:
         pg = self._psycopg
-        conn: psycopg.Connection[Any] = pg.connect(self.url, autocommit=True, connect_timeout=10)
+        try:
+            conn: psycopg.Connection[Any] = pg.connect(
+                self.url, autocommit=True, connect_timeout=10
+            )
+        except pg.OperationalError as e:  # unreachable: the caller tries again
+            raise pg.OperationalError(redact(str(e), self.url)) from None
+        except pg.Error as e:  # a url psycopg cannot use: it may echo the url
+            why = redact(str(e), self.url)
+            raise ConfigError([f"store {safe_url(self.url)!r}: {why}"]) from None
         # Batches are stored whole (evidence), 5-100 kB each: pglz, the default, spent more
         # server CPU compressing them than the rest of the transaction; lz4 is several times
         # faster and still compresses. A session setting, so existing tables need no ALTER; a
@@ -198,15 +236,19 @@ class Database:
         return {str(r[0]) for r in rows}
 
     def _upgrade(self) -> None:
-        """Columns added after the first release, added to a store made before them
-        (`devices.first_sealed`: the sealed time of the device's first accepted batch)."""
-        if "first_sealed" not in self._columns("devices"):
+        """Columns added after the first release (ADDED), added to a store made before them:
+        `devices.first_sealed`, the sealed time of the device's first accepted batch;
+        `attestations.revision` and `stale`, an epoch's attestation signed again for batches
+        that arrived after it (0 and not stale: what every attestation of an older store is)."""
+        for table, column, kind in ADDED:
+            if column in self._columns(table):
+                continue
             # IF NOT EXISTS (PostgreSQL): several workers may start at once.
             exists = " IF NOT EXISTS" if self.dialect == "postgresql" else ""
             try:
-                self.execute(f"ALTER TABLE devices ADD COLUMN{exists} first_sealed {_FLOAT}")
+                self.execute(f"ALTER TABLE {table} ADD COLUMN{exists} {column} {kind}")
             except sqlite3.OperationalError:  # another SQLite process added it meanwhile
-                if "first_sealed" not in self._columns("devices"):
+                if column not in self._columns(table):
                     raise
         # Devices whose batches were stored before the column was there (cheap: it is NULL
         # only for devices without batches once this has run).

@@ -171,21 +171,24 @@ def _missing(tx: Tx, did: str, start: int, seqs: list[int]) -> bool:
     return len(seqs) != seqs[-1] - first + 1
 
 
-def attestation_payload(attestor_did: str, e: EpochScore) -> bytes:
-    return dcbor.dumps(
-        {
-            1: attestor_did,
-            2: e.did,
-            3: e.start,
-            4: e.end,
-            5: e.expected,
-            6: e.verified,
-            7: e.flagged,
-            8: e.status,
-            9: float(e.score),
-            10: e.root,
-        }
-    )
+def attestation_payload(attestor_did: str, e: EpochScore, revision: int = 0) -> bytes:
+    """Spec section 6; key 11, the revision, only from the first revision on (a first
+    attestation has none)."""
+    fields: dict[int, object] = {
+        1: attestor_did,
+        2: e.did,
+        3: e.start,
+        4: e.end,
+        5: e.expected,
+        6: e.verified,
+        7: e.flagged,
+        8: e.status,
+        9: float(e.score),
+        10: e.root,
+    }
+    if revision:
+        fields[11] = revision
+    return dcbor.dumps(fields)
 
 
 def attest(db: Database, identity: Identity, did: str, start: int, length: int) -> bytes | None:
@@ -204,5 +207,48 @@ def attest(db: Database, identity: Identity, did: str, start: int, length: int) 
             "status, score, root, message, published) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (did, start, end, e.expected, e.verified, e.flagged, e.status, e.score, e.root,
              message),
+        )  # fmt: skip
+    return message
+
+
+def revise(db: Database, identity: Identity, did: str, start: int) -> bytes | None:
+    """Sign the next revision of an epoch's attestation, marked stale by a batch (or evidence)
+    that arrived after it was signed: the newest revision supersedes the others, so a batch
+    held back past `grace` still counts. Once per stale mark: the first worker to get here
+    signs it, the others find it done (None), as for first attestations. None too when the
+    batches that came changed nothing the attestation says."""
+    with db.transaction() as tx:
+        tx.one("SELECT last_seq FROM devices WHERE did = ? FOR UPDATE", (did,))
+        row = tx.one(
+            "SELECT epoch_end, revision, message, expected, verified, flagged, status, score, "
+            "root FROM attestations WHERE did = ? AND epoch_start = ? AND stale = 1",
+            (did, start),
+        )
+        if row is None:
+            return None
+        end, revision, old = int(row[0]), int(row[1]), bytes(row[2])
+        e = compute(tx, did, start, end)
+        same = (e.expected, e.verified, e.flagged, e.status, e.score, e.root) == (
+            int(row[3]), int(row[4]), int(row[5]), str(row[6]), float(row[7]), bytes(row[8])
+        )  # fmt: skip
+        if same:
+            tx.execute(
+                "UPDATE attestations SET stale = 0 WHERE did = ? AND epoch_start = ?", (did, start)
+            )
+            return None
+        revision += 1
+        payload = attestation_payload(identity.did, e, revision)
+        message = cose.sign1(identity, cose.TYP_ATTESTATION, payload)
+        tx.execute(
+            "INSERT INTO superseded(did, epoch_start, revision, message) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (did, epoch_start, revision) DO NOTHING",
+            (did, start, revision - 1, old),
+        )
+        tx.execute(
+            "UPDATE attestations SET expected = ?, verified = ?, flagged = ?, status = ?, "
+            "score = ?, root = ?, message = ?, published = 0, revision = ?, stale = 0 "
+            "WHERE did = ? AND epoch_start = ?",
+            (e.expected, e.verified, e.flagged, e.status, e.score, e.root, message, revision,
+             did, start),
         )  # fmt: skip
     return message

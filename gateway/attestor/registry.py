@@ -37,6 +37,11 @@ def is_registered(db: Database, did: str) -> bool:
     return db.execute("SELECT 1 FROM devices WHERE did = ?", (did,)).fetchone() is not None
 
 
+def registered_dids(db: Database) -> frozenset[str]:
+    """Every registered did (the worker's cache, read by the cheap checks in paho's thread)."""
+    return frozenset(str(d) for (d,) in db.execute("SELECT did FROM devices").fetchall())
+
+
 def devices(db: Database) -> list[dict[str, Any]]:
     rows = db.execute(
         "SELECT d.did, d.name, d.registered, d.last_seq, "
@@ -79,18 +84,30 @@ def attestable(db: Database) -> list[tuple[str, float, float, int | None]]:
     return [(str(d), float(t), float(r), None if a is None else int(a)) for d, t, r, a in rows]
 
 
-def unpublished(db: Database) -> list[tuple[str, int, bytes]]:
+def unpublished(db: Database) -> list[tuple[str, int, int, bytes]]:
+    """(did, epoch start, revision, message) of each attestation whose newest revision is not
+    published yet."""
     rows = db.execute(
-        "SELECT did, epoch_start, message FROM attestations WHERE published = 0 "
+        "SELECT did, epoch_start, revision, message FROM attestations WHERE published = 0 "
         "ORDER BY epoch_start, did"
     ).fetchall()
-    return [(str(d), int(s), bytes(m)) for d, s, m in rows]
+    return [(str(d), int(s), int(r), bytes(m)) for d, s, r, m in rows]
 
 
-def mark_published(db: Database, did: str, start: int) -> None:
+def mark_published(db: Database, did: str, start: int, revision: int = 0) -> None:
+    """Only that revision: a newer one signed meanwhile is still to be published."""
     db.execute(
-        "UPDATE attestations SET published = 1 WHERE did = ? AND epoch_start = ?", (did, start)
+        "UPDATE attestations SET published = 1 WHERE did = ? AND epoch_start = ? AND revision = ?",
+        (did, start, revision),
     )
+
+
+def stale(db: Database) -> list[tuple[str, int]]:
+    """(did, epoch start) of the attestations that batches arrived for after they were signed."""
+    rows = db.execute(
+        "SELECT did, epoch_start FROM attestations WHERE stale = 1 ORDER BY epoch_start, did"
+    ).fetchall()
+    return [(str(d), int(s)) for d, s in rows]
 
 
 def attestations(
@@ -106,19 +123,20 @@ def attestations(
         params.append(did)
     sql = (
         "SELECT a.did, d.name, a.epoch_start, a.epoch_end, a.expected, a.verified, a.flagged, "
-        "a.status, a.score, a.root, a.published FROM attestations a "
+        "a.status, a.score, a.root, a.published, a.revision FROM attestations a "
         "JOIN devices d ON d.did = a.did"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY a.epoch_start, d.name, a.did"
     )
     keys = ("did", "name", "epoch_start", "epoch_end", "expected", "verified", "flagged",
-            "status", "score", "root", "published")  # fmt: skip
+            "status", "score", "root", "published", "revision")  # fmt: skip
     out = []
     for row in db.execute(sql, params).fetchall():
         item = dict(zip(keys, row, strict=True))
         item["root"] = bytes(item["root"]).hex()
         item["published"] = bool(item["published"])
         item["score"] = float(item["score"])
+        item["revision"] = int(item["revision"])
         out.append(item)
     return out
 

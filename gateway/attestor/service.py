@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import subprocess
 import sys
@@ -19,22 +18,27 @@ import time
 from collections import Counter
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from gateway.attestor import chains, epochs, registry
+from gateway.attestor import chains, epochs, gate, registry
 from gateway.attestor.config import AttestorConfig
-from gateway.attestor.db import Database
+from gateway.attestor.db import Database, is_outage
+from gateway.attestor.lanes import Item, Lanes
+from gateway.attestor.quiet import Quiet
+from gateway.attestor.redact import Redact, safe_url
 from gateway.config.settings import read_password
 from gateway.mqtt import tls
 from gateway.mqtt.backoff import Backoff
-from gateway.wire import identity
+from gateway.wire import identity, limits
 from gateway.wire.identity import Identity, device_id_of
 from gateway.wire.verify import Examined, Finding, examine
 
 log = logging.getLogger("gateway.attestor")
 #: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)
 MAX_SEQ = 2**63 - 1
-QUEUE = 2000  # messages taken from the broker before they are stored (flow control beyond it)
+#: a line an outsider could repeat (a refused message, a dead broker) is logged at most this
+#: often per kind, with the number left out
+QUIET = 60.0
 #: a lost broker is tried again after about this long, doubling up to RECONNECT_MAX (jittered,
 #: gateway/mqtt/backoff.py, as every wait below)
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 5.0
@@ -45,6 +49,24 @@ RETRY_MIN, RETRY_MAX = 0.05, 5.0
 RESTART_MIN, RESTART_MAX, RESTART_RESET = 1.0, 30.0, 60.0
 
 
+class StoreAway(RuntimeError):
+    """The store could not take a message (an outage, not the message): it is tried again."""
+
+
+class _Client(mqtt.Client):
+    """paho's client, keeping why the last connection attempt failed: paho's on_connect_fail
+    is told nothing, and a broker that cannot be reached must be named with the reason."""
+
+    last_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as e:
+            self.last_error = e
+            raise
+
+
 class Worker:
     def __init__(self, cfg: AttestorConfig, ident: Identity, index: int = 0) -> None:
         self.cfg = cfg
@@ -52,18 +74,24 @@ class Worker:
         self.index = index
         self.db = Database(cfg.store)
         self.counts: Counter[str] = Counter()
-        # (topic, payload, mid, qos, connection): a mid means something only on the connection
-        # (counted by `_on_connect`) the message arrived on.
-        self.inbox: queue.Queue[tuple[str, bytes, int, int, int]] = queue.Queue(QUEUE)
+        self.lanes = Lanes(cfg.inbox_bytes)
+        # Counted in paho's thread (refused unread, dropped from a full junk lane), written to
+        # the store at the next tick under did "" (nobody's): never a store call in that thread.
+        self.refused: Counter[str] = Counter()
+        self._refused_lock = threading.Lock()
         self.connected = threading.Event()
+        self._stopping = threading.Event()
         # Bumped at every connect and disconnect (paho's thread); under the lock with an ack,
         # so an ack never goes out on a connection other than its message's.
         self._connection = 0
         self._fresh_session = 0  # the last connection the broker had no session for
         self._conn_lock = threading.Lock()
-        self._known: set[str] = set()
+        # Registered dids, read by the cheap checks in paho's thread: replaced whole (never
+        # changed in place) by the worker's thread, from the store, at start and every tick.
+        self._registered: frozenset[str] = registry.registered_dids(self.db)
         self._last_tick = 0.0
-        self.client = mqtt.Client(
+        self._quiet = Quiet(QUIET)
+        self.client = _Client(
             CallbackAPIVersion.VERSION2,
             # Stable across restarts (the broker keeps the session's queue), unique per
             # attestor key, group and worker.
@@ -100,7 +128,7 @@ class Worker:
         self, client: mqtt.Client, _u: object, flags: object, rc: object, _p: object = None
     ) -> None:
         if getattr(rc, "is_failure", False):
-            log.warning("broker refused the attestor: %s", rc)
+            self._broker_warning("refused", f"the broker refused the attestor: {rc}")
             return
         self._reconnect.reset()
         # From now on the messages still queued from an earlier connection are stale: their
@@ -115,6 +143,7 @@ class Worker:
                 self._fresh_session = self._connection
         client.subscribe([(t, 1) for t in self.topics()])
         self.connected.set()
+        log.info("connected to the broker at %s:%d", self.cfg.host, self.cfg.port)
 
     def _on_disconnect(self, *_args: object) -> None:
         self.connected.clear()
@@ -123,7 +152,15 @@ class Worker:
         self._next_reconnect()
 
     def _on_connect_fail(self, *_args: object) -> None:
+        error = self.client.last_error
+        self._broker_warning("unreachable", f"cannot reach the broker: {error or 'no reason'}")
         self._next_reconnect()
+
+    def _broker_warning(self, key: str, what: str) -> None:
+        held = self._quiet.due(key)
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            log.warning("broker %s:%d: %s%s", self.cfg.host, self.cfg.port, what, more)
 
     def _next_reconnect(self) -> None:
         """Set the wait before paho's next connect attempt. paho waits its reconnect delay
@@ -134,52 +171,109 @@ class Worker:
         self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._connection))
+        """The cheap checks, in the order of their cost: the size for the topic, then the
+        signature and whether its signer is registered. Only what passes both waits for the
+        store before its ack; everything else is acked at once, so junk never holds the
+        broker's in-flight window (100 messages) that honest batches need."""
+        topic, payload = msg.topic, bytes(msg.payload)
+        why = limits.too_big(topic, len(payload))
+        if why is not None:
+            self._ack_now(msg)
+            self._refuse("oversized", f"{topic}: {why}")
+            return
+        connection = self._connection
+        if gate.signer(payload) in self._registered:
+            item = Item(topic, payload, msg.mid, msg.qos, connection, acked=False)
+            self.lanes.put_priority(item, self._stopping)
+            return
+        self._ack_now(msg)
+        if not self.lanes.put_junk(Item(topic, payload, msg.mid, msg.qos, connection, True)):
+            self._refuse("dropped", "junk lane full")
+
+    def _ack_now(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos > 0:
+            with self._conn_lock:
+                self.client.ack(msg.mid, msg.qos)
+
+    def _refuse(self, kind: str, why: str) -> None:
+        with self._refused_lock:
+            self.refused[kind] += 1
+        held = self._quiet.due(kind)
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            log.warning("message refused unread (%s): %s%s", kind, why, more)
 
     # --- the work (the worker's own thread) ---------------------------------------------------
 
     def registered(self, did: str) -> bool:
-        if did in self._known:
+        if did in self._registered:
             return True
         if registry.is_registered(self.db, did):
-            self._known.add(did)
+            self._registered = self._registered | {did}
             return True
         return False
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> Finding:
-        """One message, whatever it holds; never raises on what arrives."""
+        """One message, whatever it holds: its finding. Raises StoreAway only, when the store
+        is away (the caller tries again); anything else raised while the message is judged or
+        stored is about the message: a "malformed" finding, counted once, never retried."""
         try:
-            found = examine(payload, topic, registered=self.registered)
-            if isinstance(found, Examined) and found.batch.seq >= MAX_SEQ:
-                # Valid CBOR, but beyond what a store column (and any honest device) holds.
-                finding = found.finding("malformed", f"seq beyond {MAX_SEQ - 1}")
+            finding = self._judge(topic, payload, now)
+        except Exception as e:
+            if is_outage(e):
+                log.warning("store away, message on %s kept for later: %s", topic, e)
+                raise StoreAway(f"not processed: {e}") from e
+            detail = f"cannot be judged: {type(e).__name__}: {e}"[:200]
+            finding = Finding("malformed", None, None, None, 0, detail, topic)
+            try:
                 self._count(finding)
-            elif isinstance(found, Examined):
-                finding = chains.process_batch(self.db, found, now=now)
-            else:
-                finding = found
-                if finding.kind == "birth" and not chains.process_birth(self.db, payload, now=now):
-                    finding = Finding(
-                        "malformed", found.did, None, found.batch_id, 0, "bad sensor list", topic
-                    )
-                if finding.forged:
-                    self._count(finding)
-        except Exception as e:  # a store outage or a bug: the message stays unacknowledged
-            log.exception("message on %s not processed", topic)
-            raise RuntimeError(f"not processed: {e}") from e
+            except Exception as again:  # the count's own store call
+                if is_outage(again):
+                    raise StoreAway(f"not counted: {again}") from again
+                raise
+            held = self._quiet.due("unjudged")
+            if held is not None:
+                log.warning("message on %s %s (%d more since)", topic, detail, held)
         self.counts[finding.kind] += 1
         if finding.kind == "equivocation":
             # The one finding that proves a device lied: both signed batches are kept.
-            log.error(
-                "ALARM: %s signed two different batches for seq %s; both kept as evidence",
-                finding.did,
-                finding.seq,
-            )
+            held = self._quiet.due(f"equivocation {finding.did}")
+            if held is not None:
+                log.error(
+                    "ALARM: %s signed two different batches for seq %s; kept as evidence "
+                    "(%d more since)",
+                    finding.did, finding.seq, held,
+                )  # fmt: skip
         elif finding.forged:
-            log.warning(
-                "%s %s seq %s on %s: %s", finding.kind, finding.did, finding.seq, topic,
-                finding.detail,
-            )  # fmt: skip
+            held = self._quiet.due(f"forged {finding.kind}")
+            if held is not None:
+                log.warning(
+                    "%s %s seq %s on %s: %s (%d more since)", finding.kind, finding.did,
+                    finding.seq, topic, finding.detail, held,
+                )  # fmt: skip
+        return finding
+
+    def _judge(self, topic: str, payload: bytes, now: float | None) -> Finding:
+        why = limits.too_big(topic, len(payload))
+        if why is not None:
+            finding = Finding("malformed", None, None, None, 0, why, topic)
+            self._count(finding)
+            return finding
+        found = examine(payload, topic, registered=self.registered)
+        if isinstance(found, Examined) and found.batch.seq >= MAX_SEQ:
+            # Valid CBOR, but beyond what a store column (and any honest device) holds.
+            finding = found.finding("malformed", f"seq beyond {MAX_SEQ - 1}")
+            self._count(finding)
+        elif isinstance(found, Examined):
+            finding = chains.process_batch(self.db, found, now=now, epoch=self.cfg.epoch_seconds)
+        else:
+            finding = found
+            if finding.kind == "birth" and not chains.process_birth(self.db, payload, now=now):
+                finding = Finding(
+                    "malformed", found.did, None, found.batch_id, 0, "bad sensor list", topic
+                )
+            if finding.forged:
+                self._count(finding)
         return finding
 
     def _count(self, f: Finding) -> None:
@@ -191,14 +285,16 @@ class Worker:
             chains.count(tx, did, f.kind)
 
     def tick(self, now: float | None = None) -> int:
-        """Score and sign every closed epoch not attested yet; returns how many this worker
-        signed (another worker may have signed some first)."""
+        """Score and sign every closed epoch not attested yet, and the next revision of every
+        attestation that batches arrived for since; returns how many this worker signed
+        (another worker may have signed some first)."""
         now = time.time() if now is None else now
         length = self.cfg.epoch_seconds
         closed = epochs.epoch_of(now - self.cfg.grace, length)  # epochs ending by then
         signed = 0
         try:
             devices = registry.attestable(self.db)
+            stale = registry.stale(self.db)
         except Exception:  # the store is away: the next tick tries again
             log.exception("closed epochs not looked for")
             return 0
@@ -215,23 +311,31 @@ class Worker:
                     start += length
             except Exception:  # one device's odd data must not stop the others' attestations
                 log.exception("epoch %d of %s not attested", start, did)
+        for did, start in stale:
+            try:
+                message = epochs.revise(self.db, self.identity, did, start)
+            except Exception:
+                log.exception("epoch %d of %s not revised", start, did)
+                continue
+            if message is not None:
+                signed += 1
+                log.info("epoch %d of %s: a new revision for batches that came late", start, did)
         return signed
 
     def run(self, stop: threading.Event) -> None:
+        self._stopping = stop
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
         self.client.loop_start()
         try:
             while not stop.is_set():
-                try:
-                    item = self.inbox.get(timeout=0.2)
-                except queue.Empty:
-                    pass
-                else:
+                item = self.lanes.get(timeout=0.2)
+                if item is not None:
                     self._take(item, stop)
                 if time.monotonic() - self._last_tick >= self.cfg.tick:
                     self._last_tick = time.monotonic()
                     self._periodic()
         finally:
+            stop.set()  # paho's thread may wait on a full priority lane
             self.client.disconnect()
             self.client.loop_stop()
             self.db.close()
@@ -241,39 +345,56 @@ class Worker:
         the client has reconnected since, and the broker kept the session."""
         return connection != self._connection and self._fresh_session <= connection
 
-    def _take(self, item: tuple[str, bytes, int, int, int], stop: threading.Event) -> None:
-        """Store one message, then ack it. While the store is away the SAME message is tried
-        again (backing off up to RETRY_MAX): a message dropped unacked would hold one of the
-        broker's in-flight slots for good, and once they are all held nothing arrives."""
-        topic, payload, mid, qos, connection = item
+    def _take(self, item: Item, stop: threading.Event) -> None:
+        """Store one message, then ack it (junk was acked on arrival). While the store is away
+        the SAME message is tried again (backing off up to RETRY_MAX): a message dropped unacked
+        would hold one of the broker's in-flight slots for good, and once they are all held
+        nothing arrives. Only an outage is retried: a message that cannot be judged is a
+        finding like any other."""
         delays = Backoff(RETRY_MAX, base=RETRY_MIN)
         while True:
-            if self._stale(connection):
+            if not item.acked and self._stale(item.connection):
                 return  # delivered again on the current connection; not stored twice for it
             try:
-                self.handle(topic, payload)
+                self.handle(item.topic, item.payload)
                 break
-            except RuntimeError:  # the store is away (logged): no ack, the broker keeps it
+            except StoreAway:  # logged: no ack, the broker keeps it
                 if stop.wait(next(delays)):
                     return  # stopping: unacked, the broker delivers it again
-        if qos > 0:
+        if item.qos > 0 and not item.acked:
             with self._conn_lock:
                 # A message of an earlier connection the broker forgot (no session) is stored
                 # but not acked: its mid means nothing on this connection.
-                if connection == self._connection:
-                    self.client.ack(mid, qos)
+                if item.connection == self._connection:
+                    self.client.ack(item.mid, item.qos)
 
     def _periodic(self) -> None:
-        """Closed epochs and unpublished attestations; a failure waits for the next tick."""
+        """Closed epochs, revisions and unpublished attestations, the registered dids and the
+        counts of refused messages; a failure waits for the next tick."""
         try:
+            self._registered = registry.registered_dids(self.db)
+            self._flush_refused()
             self.tick()
             self.publish_pending()
         except Exception:
             log.exception("attestations not signed or published this tick")
 
+    def _flush_refused(self) -> None:
+        with self._refused_lock:
+            refused, self.refused = self.refused, Counter()
+        try:
+            with self.db.transaction() as tx:
+                for kind, n in refused.items():
+                    chains.count(tx, "", kind, n)
+        except Exception:
+            with self._refused_lock:
+                self.refused.update(refused)
+            raise
+
     def publish_pending(self) -> None:
-        """Publish (retained) the attestations not published yet, whoever signed them."""
-        for did, start, message in registry.unpublished(self.db):
+        """Publish (retained) the newest revision of every attestation not published yet,
+        whoever signed it."""
+        for did, start, revision, message in registry.unpublished(self.db):
             if not self.connected.is_set():
                 return
             topic = f"{self.cfg.topic_prefix}/{device_id_of(did)}/attestation"
@@ -281,34 +402,29 @@ class Worker:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=10)
             if info.is_published():
-                registry.mark_published(self.db, did, start)
-                log.info("attestation for %s epoch %d published", did, start)
+                registry.mark_published(self.db, did, start, revision)
+                log.info("attestation for %s epoch %d revision %d published", did, start, revision)
 
 
 def run(cfg: AttestorConfig, *, worker: int | None = None) -> int:
     """`attestor run`: one worker in this process, or `workers` child processes."""
     if cfg.workers > 1 and worker is None:
         return _supervise(cfg)
+    # The store's password never reaches the log, whatever echoes it (a driver's error).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(Redact(cfg.store))
     ident = identity.load(cfg.key_file)
     w = Worker(cfg, ident, worker or 0)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info(
-        "attestor %s worker %d: store %s, broker %s:%d, topics %s",
-        ident.did, worker or 0, _safe(cfg.store), cfg.host, cfg.port, ", ".join(w.topics()),
+        "attestor %s worker %d: store %s, broker %s:%d, topics %s, inbox %d bytes",
+        ident.did, worker or 0, safe_url(cfg.store), cfg.host, cfg.port, ", ".join(w.topics()),
+        cfg.inbox_bytes,
     )  # fmt: skip
     w.run(stop)
     return 0
-
-
-def _safe(url: str) -> str:
-    """The store url without its password, for the log."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}@{host}"
-    return url
 
 
 def _supervise(cfg: AttestorConfig) -> int:

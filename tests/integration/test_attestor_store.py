@@ -79,7 +79,7 @@ def test_hand_computed_epoch_score(store: str, tmp_path: Path) -> None:
     assert (a["expected"], a["verified"], a["flagged"], a["status"]) == (60, 30, 3, "ok")
     # availability 30/60 x quality (1 - 3/30) x clock 1 x chain 1 = 0.45
     assert a["score"] == pytest.approx(0.45) == score(60, 30, 30, 3, "ok")
-    (_, _, message) = registry.unpublished(w.db)[0]
+    (_, _, _, message) = registry.unpublished(w.db)[0]
     s = cose.verify1(message)
     assert s.typ == cose.TYP_ATTESTATION and s.public_key == mb.identity(mb.SEED_B).public_key
     m = cbor2.loads(s.payload)
