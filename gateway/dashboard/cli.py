@@ -23,6 +23,21 @@ def _password(path: str | None) -> str | None:
         raise ConfigError([f"--password-file {path}: {e.strerror or e}"]) from None
 
 
+def _attestors(entries: list[str] | tuple[str, ...]) -> list[str]:
+    """--attestor: did:key or bare ids, as dids; a ConfigError naming every bad one."""
+    from gateway.wire.verify import normalise_did
+
+    good, bad = [], []
+    for entry in entries:
+        try:
+            good.append(normalise_did(entry.strip()))
+        except ValueError:
+            bad.append(f"--attestor {entry!r}: not an Ed25519 did:key or device id")
+    if bad:
+        raise ConfigError(bad)
+    return good
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from gateway.dashboard import server, subscriber
     from gateway.dashboard.model import Fleet
@@ -42,7 +57,7 @@ async def _serve(args: argparse.Namespace) -> None:
         password=_password(args.password_file),
         ca_file=ca_file,
     )
-    fleet = Fleet(args.prefix, attestors=args.attestor or ())
+    fleet = Fleet(args.prefix, attestors=_attestors(args.attestor or ()))
 
     def ready(url: str) -> None:
         print(f"dashboard: {url} (broker {broker.label}, prefix {fleet.prefix})", flush=True)
@@ -95,8 +110,9 @@ def add_parser(sub: Any) -> None:
         "--attestor",
         action="append",
         metavar="DID",
-        help="trust attestations by this attestor did only (repeatable; default: any attestor "
-        "whose signature verifies, its did shown)",
+        help="trust attestations signed by this attestor (did:key or device id; repeatable). "
+        "Without it no attestation is shown as verified: a good signature by an attestor not "
+        "named here shows as 'not trusted'",
     )
     d.add_argument(
         "--log-level",

@@ -26,13 +26,21 @@ import math
 import re
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
-from gateway.wire import payloads
+from gateway.dashboard import fields
+from gateway.dashboard.fields import count as _count
+from gateway.dashboard.fields import flags as _flags
+from gateway.dashboard.fields import integer as _int
+from gateway.dashboard.fields import moment as _moment
+from gateway.dashboard.fields import number as _num
+from gateway.dashboard.fields import text as _text
+from gateway.wire import cose, limits, payloads, strict
 from gateway.wire.identity import device_id_of
 from gateway.wire.score import CHAIN_FACTOR, explain
 from gateway.wire.verify import Examined, Finding, examine
@@ -42,32 +50,18 @@ POINTS = 360  # points per series: one per 10 s over the hour
 MAX_DEVICES = 500
 MAX_SERIES = 32  # sparkline series per gateway
 MAX_ANOMALIES = 50  # recent flagged readings kept per gateway
-MAX_JSON = 256 * 1024  # state and health messages beyond this are ignored
+MAX_JSON = max(limits.CAPS["state"], limits.CAPS["health"])  # beyond: ignored unread
 FUTURE = 300.0  # readings stamped further ahead than this are not plotted (a wrong clock)
 KINDS = ("status", "state", "health", "birth", "batch", "attestation")
 # A device id is base58btc (spec section 1); anything else on the topic level is not a device.
 DEVICE_ID = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,64}")
-_TEXT = 64  # longest name, unit, flag or sensor id kept
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
-        return float(x)
-    return None
-
-
-def _int(x: Any) -> int | None:
-    return x if type(x) is int else None
-
-
-def _text(x: Any, limit: int = _TEXT) -> str | None:
-    return x[:limit] if isinstance(x, str) else None
-
-
-def _flags(x: Any) -> list[str]:
-    if not isinstance(x, list):
-        return []
-    return [f[:_TEXT] for f in x[:16] if isinstance(f, str) and f]
+_TEXT = fields.TEXT
+# Unsigned status, state, health and attestation messages of gateways not shown (yet): kept
+# until the gateway's signed birth or batch shows it, the oldest dropped beyond these bounds.
+PENDING_DEVICES = 256
+PENDING_BYTES = 4 * 1024 * 1024
+UNSIGNED = ("status", "state", "health", "attestation")
+_ENVELOPE_TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
 
 def _reject_constant(name: str) -> Any:
@@ -175,6 +169,9 @@ class Device:
         # When the gateway last said something: a live message's arrival, or the time the
         # gateway wrote into a retained one (which may be old); None until either.
         self.seen: float | None = None
+        # When its last signed birth or batch that verified arrived: the stalest goes first
+        # when the fleet is full.
+        self.signed_t = 0.0
         self.health_gaps: deque[float] = deque(maxlen=HEALTH_GAPS)
         self.health_stamp: float | None = None  # the gateway's own "t" of its last health
         self.status: str | None = None  # "online" / "offline" / None (never said)
@@ -242,14 +239,39 @@ class Device:
         return {k: {"u": s.unit, "points": s.points()} for k, s in sorted(self.series.items())}
 
 
-def _payload_map(message: bytes) -> dict[Any, Any] | None:
-    """The payload map of a COSE_Sign1, decoded without checking anything (for display only)."""
+@dataclass(frozen=True)
+class Verdict:
+    """A COSE message on a device's topic, judged: the payload map as strictly decoded (empty
+    when it is not one), and the problem that keeps it from counting ('' when none)."""
+
+    payload: dict[Any, Any]
+    found: Finding | Examined | None
+    problem: str
+
+
+def open_payload(message: bytes) -> tuple[dict[Any, Any], str]:
+    """The payload map of a COSE_Sign1, strictly decoded from its bytes (gateway.wire.strict:
+    no tag but the envelope's, definite and bounded lengths, bounded nesting), so nothing
+    the verifier is handed can make it build or walk more than the message holds; or the
+    problem ('' when none)."""
     try:
-        obj = cbor2.loads(message)
-        m = cbor2.loads(obj.value[2])
-    except Exception:  # any garbage: nothing to show
-        return None
-    return m if isinstance(m, dict) else None
+        env = strict.loads(message, tags=_ENVELOPE_TAGS)
+        if (
+            not isinstance(env, cbor2.CBORTag)
+            or env.tag != cose.COSE_SIGN1_TAG
+            or not isinstance(env.value, list | tuple)
+            or len(env.value) != 4
+            or not isinstance(env.value[0], bytes)
+            or not isinstance(env.value[2], bytes)
+        ):
+            return {}, "malformed: not a COSE_Sign1"
+        strict.scan(env.value[0])
+        m = strict.loads(env.value[2])
+    except strict.DecodeError as e:
+        return {}, f"malformed: {e}"
+    if not isinstance(m, dict):
+        return {}, "malformed: the payload is not a map"
+    return m, ""
 
 
 def _hex(x: Any) -> str | None:
@@ -271,19 +293,26 @@ def _sensors(x: Any) -> list[dict[str, Any]]:
         for s in x[:MAX_SERIES]:
             if isinstance(s, dict):
                 q = s.get("quantities")
+                quantities = [_text(i) for i in q[:16]] if isinstance(q, list) else []
                 out.append(
                     {
                         "id": _text(s.get("id")),
                         "driver": _text(s.get("driver")),
-                        "quantities": [_text(i) for i in q[:16]] if isinstance(q, list) else [],
-                        "interval": _num(s.get("interval")),
+                        "quantities": [i for i in quantities if i is not None],
+                        "interval": _num(s.get("interval"), 0.0, 1e7),
                     }
                 )
     return out
 
 
 class Fleet:
-    """All gateways under one topic prefix."""
+    """All gateways under one topic prefix.
+
+    A gateway is shown once its own key signed a birth or a batch that verified on its own
+    topic: anyone can publish, and only a signature says who spoke. Until then its unsigned
+    messages wait in a bounded buffer (the broker hands retained status, state and health
+    over before a birth as often as after it); at `max_devices`, a newly signed gateway
+    takes the place of the one whose last signed message is the oldest."""
 
     def __init__(
         self,
@@ -300,10 +329,17 @@ class Fleet:
         self.points = points
         self.max_devices = max_devices
         self.max_series = max_series
-        # dids whose attestations count as verified; empty: any attestor with a good signature
+        # dids whose attestations count as verified; empty: none does (shown "not trusted")
         self.attestors = frozenset(attestors)
         self.devices: dict[str, Device] = {}
-        self.ignored = 0  # messages not about a device, or from one over the cap
+        self.ignored = 0  # messages not about a device
+        # messages refused before or instead of use, by reason (shown on the page)
+        self.refused: Counter[str] = Counter()
+        self.evicted = 0  # gateways that made room for a newly signed one
+        self.gone: set[str] = set()  # evicted since the server last took an update
+        # device id -> kind -> (payload, arrival, retained), oldest device first
+        self.pending: dict[str, dict[str, tuple[bytes, float, bool]]] = {}
+        self.pending_bytes = 0
         self.broker: dict[str, Any] = {"connected": False, "error": None, "since": None}
         self._broker_dirty = True
 
@@ -315,9 +351,12 @@ class Fleet:
             self._broker_dirty = True
 
     def topics(self) -> list[tuple[str, int]]:
-        """What to subscribe to, with the QoS of each (spec section 8)."""
+        """What to subscribe to, with the QoS of each (spec section 8). Births first: the
+        broker sends what it retains filter by filter, so a gateway's unsigned messages
+        seldom wait for its signed one."""
         qos = {"state": 0, "health": 0}
-        return [(f"{self.prefix}/+/{kind}", qos.get(kind, 1)) for kind in KINDS]
+        order = ("birth", "batch", *(k for k in KINDS if k not in ("birth", "batch")))
+        return [(f"{self.prefix}/+/{kind}", qos.get(kind, 1)) for kind in order]
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -327,6 +366,9 @@ class Fleet:
         """Take one message; the id of the device it changed, or None when ignored. `retained`:
         the broker kept it and sent it because the dashboard subscribed (it may be old)."""
         now = time.time() if now is None else now
+        if limits.too_big(topic, len(payload)):  # judged by its length, before anything else
+            self.refused[f"{limits.kind_of(topic)[:16]}: too big"] += 1
+            return None
         head = self.prefix + "/"
         parts = topic[len(head) :].split("/") if topic.startswith(head) else []
         if len(parts) != 2 or parts[1] not in KINDS or not DEVICE_ID.fullmatch(parts[0]):
@@ -334,18 +376,78 @@ class Fleet:
             return None
         device_id, kind = parts
         dev = self.devices.get(device_id)
+        verdict = None
         if dev is None:
-            if not payload or len(self.devices) >= self.max_devices:
+            if not payload:
                 self.ignored += 1  # an empty payload clears a retained topic: nothing to add
+                self._hold(device_id, kind, payload, now, retained)
                 return None
-            dev = self.devices[device_id] = Device(device_id)
-        stamp = getattr(self, f"_on_{kind}")(dev, payload, now, retained)
+            if kind in UNSIGNED:
+                self._hold(device_id, kind, payload, now, retained)
+                return None
+            verdict = self._verdict(device_id, payload, kind)
+            if verdict.problem:
+                self.refused[f"{kind}: not signed by its device"] += 1
+                return None
+            dev = self._admit(device_id)
+            for k, (p, t, r) in self.pending.pop(device_id, {}).items():
+                self.pending_bytes -= len(p)
+                self._take(dev, k, p, t, r, None)
+        self._take(dev, kind, payload, now, retained, verdict)
+        return device_id
+
+    def _take(
+        self,
+        dev: Device,
+        kind: str,
+        payload: bytes,
+        now: float,
+        retained: bool,
+        verdict: Verdict | None,
+    ) -> None:
+        if kind in UNSIGNED:
+            stamp = getattr(self, f"_on_{kind}")(dev, payload, now, retained)
+        else:
+            if verdict is None:
+                verdict = self._verdict(dev.id, payload, kind)
+            stamp = getattr(self, f"_on_{kind}")(dev, verdict, now)
+            if not verdict.problem:
+                dev.signed_t = now
         # An attestation is the attestor's word, an `offline` the broker's Last Will (or the
         # gateway's goodbye): neither says the gateway is there.
         if kind != "attestation" and not (kind == "status" and dev.status == "offline"):
             dev.heard(now, stamp, retained)
         dev.dirty = True
-        return device_id
+
+    def _hold(self, device_id: str, kind: str, payload: bytes, now: float, retained: bool) -> None:
+        """Keep an unsigned message of a gateway not shown, the newest of each kind, until its
+        signed birth or batch arrives; the oldest gateways' go first beyond the bounds."""
+        held = self.pending.pop(device_id, {})
+        old = held.pop(kind, None)
+        if old is not None:
+            self.pending_bytes -= len(old[0])
+        if payload and kind in UNSIGNED:
+            held[kind] = (payload, now, retained)
+            self.pending_bytes += len(payload)
+        if held:
+            self.pending[device_id] = held  # now the newest
+        while self.pending and (
+            len(self.pending) > PENDING_DEVICES or self.pending_bytes > PENDING_BYTES
+        ):
+            oldest = next(iter(self.pending))
+            for p, _, _ in self.pending.pop(oldest).values():
+                self.pending_bytes -= len(p)
+                self.refused["unsigned: device never signed"] += 1
+
+    def _admit(self, device_id: str) -> Device:
+        if len(self.devices) >= self.max_devices:
+            stalest = min(self.devices.values(), key=lambda d: d.signed_t)
+            del self.devices[stalest.id]
+            self.gone.add(stalest.id)
+            self.evicted += 1
+        self.gone.discard(device_id)
+        dev = self.devices[device_id] = Device(device_id)
+        return dev
 
     # Each handler returns the gateway's own time of the message, when it has one.
 
@@ -362,14 +464,14 @@ class Fleet:
         if doc is None:
             return None
         dev.name = _text(doc.get("name")) or dev.name
-        dev.state_t = _num(doc.get("updated"))
+        dev.state_t = _moment(doc.get("updated"))
         sensors = doc.get("sensors")
         if not isinstance(sensors, dict):
             return dev.state_t
-        for sid, quantities in sensors.items():
+        for sid, quantities in list(sensors.items())[: self.max_series * 2]:
             if not isinstance(quantities, dict) or not isinstance(sid, str):
                 continue
-            for q, r in quantities.items():
+            for q, r in list(quantities.items())[: self.max_series * 2]:
                 if isinstance(r, dict):
                     self._reading(
                         dev, f"{sid}/{q}", r.get("v"), r.get("u"), r.get("t"), r.get("as"),
@@ -389,7 +491,7 @@ class Fleet:
         src: str,
         now: float,
     ) -> None:
-        tt, value = _num(t), _num(v)
+        tt, value = _moment(t), _num(v)
         if tt is None or len(key) > 2 * _TEXT:
             return
         af = _flags(flags)
@@ -414,94 +516,109 @@ class Fleet:
         doc = parse_json(payload)
         if doc is None:
             return None
-        stamp = _num(doc.get("t"))
+        health = fields.health(doc)
+        stamp = health.get("t")
         # Intervals by the gateway's own clock, so the broker's and the network's delays do not
         # count; a gap across an outage is one of several and the median passes over it.
         if stamp is not None and dev.health_stamp is not None and stamp > dev.health_stamp:
             dev.health_gaps.append(stamp - dev.health_stamp)
         if stamp is not None:
             dev.health_stamp = stamp
-        attestation = doc.get("attestation")
-        if isinstance(attestation, dict):  # the page explains this score like a signed one's
-            doc["attestation"] = {**attestation, "why": why_score(attestation)}
-        dev.health = doc
+        attestation = health.get("attestation")
+        if attestation is not None:  # the page explains this score like a signed one's
+            attestation["why"] = why_score(attestation)
+        dev.health = health
         dev.health_t = now
-        dev.name = _text(doc.get("name")) or dev.name
+        dev.name = health.get("name") or dev.name
         return stamp
 
-    def _verdict(self, dev: Device, payload: bytes, kind: str) -> tuple[Finding | Examined, str]:
-        """The verifier's verdict on a COSE message on `kind`'s topic, and the problem ('' when
-        none) that keeps it from counting for this device."""
-        v = examine(payload, source=f"{self.prefix}/{dev.id}/{kind}")
+    def _verdict(self, device_id: str, payload: bytes, kind: str) -> Verdict:
+        """The verifier's verdict on a COSE message on `kind`'s topic of `device_id`, after the
+        bytes passed the strict decoder."""
+        m, problem = open_payload(payload)
+        if problem:
+            return Verdict({}, None, problem)
+        try:
+            v = examine(payload, source=f"{self.prefix}/{device_id}/{kind}")
+        except Exception as e:  # a verifier that raises has still not verified it
+            return Verdict(m, None, f"malformed: {type(e).__name__}")
         if isinstance(v, Finding) and v.kind != kind:
-            return v, f"{v.kind}: {v.detail}"
-        if kind != "attestation" and v.did is not None and device_id_of(v.did) != dev.id:
-            return v, "signed by another device's key"
-        return v, ""
+            return Verdict(m, v, f"{v.kind}: {v.detail}"[:200])
+        if kind != "attestation" and (v.did is None or device_id_of(v.did) != device_id):
+            return Verdict(m, v, "signed by another device's key")
+        return Verdict(m, v, "")
 
-    def _on_birth(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
-        if not payload:
-            dev.birth = None
+    def _on_birth(self, dev: Device, verdict: Verdict, now: float) -> None:
+        if verdict.problem:  # what is shown stays what was signed
+            dev.rejected += 1
+            dev.last_problem = f"birth: {verdict.problem}"
             return
-        _, problem = self._verdict(dev, payload, "birth")
-        m = _payload_map(payload) or {}
+        m = verdict.payload
         dev.birth = {
-            "verified": not problem,
-            "problem": problem or None,
+            "verified": True,
+            "problem": None,
             "received": now,
             "version": _text(m.get(2)),
             "boot": _hex(m.get(3)),
-            "started": _num(m.get(4)),
+            "started": _moment(m.get(4)),
             "config_sha256": _hex(m.get(5)),
             "sensors": _sensors(m.get(6)),
             "modules": _modules(m.get(7)),
-            "next_seq": _int(m.get(8)),
+            "next_seq": _count(m.get(8)),
         }
 
-    def _on_batch(self, dev: Device, payload: bytes, now: float, retained: bool) -> float | None:
-        v, problem = self._verdict(dev, payload, "batch")
-        if problem or not isinstance(v, Examined):
+    def _on_batch(self, dev: Device, verdict: Verdict, now: float) -> float | None:
+        v = verdict.found
+        if verdict.problem or not isinstance(v, Examined):
             dev.rejected += 1
-            dev.last_problem = problem or "not a batch"
+            dev.last_problem = verdict.problem or "not a batch"
             return None
         b = v.batch
         dev.batches += 1
         if dev.batch_seq is None or b.seq > dev.batch_seq:
             dev.batch_seq = b.seq
-            dev.batch_t = b.sealed
+            dev.batch_t = _moment(b.sealed)
         for rec in b.records:
             self._reading(
                 dev, str(rec[payloads.N]), rec.get(payloads.V), rec[payloads.U],
                 rec[payloads.T], rec.get(payloads.SCORE), rec.get(payloads.FLAGS), "batch", now,
             )  # fmt: skip
-        return float(b.sealed)
+        return _moment(b.sealed)
 
     def _on_attestation(self, dev: Device, payload: bytes, now: float, retained: bool) -> None:
         # Not the gateway's own word: an attestation says nothing about when it was last heard.
         if not payload:
             dev.attestation = None
             return
-        _, problem = self._verdict(dev, payload, "attestation")
-        m = _payload_map(payload) or {}
+        verdict = self._verdict(dev.id, payload, "attestation")
+        problem, m = verdict.problem, verdict.payload
         about = m.get(2)
         if not problem and (not isinstance(about, str) or device_id_of(about) != dev.id):
             problem = "about another device"
+        signer = verdict.found.did if verdict.found is not None else None
+        signed = not problem
+        if signed and signer not in self.attestors:
+            problem = (
+                "attestor not trusted (the dashboard trusts none: --attestor)"
+                if not self.attestors
+                else "attestor not trusted"
+            )
         attestor = _text(m.get(1), 128)
-        if not problem and self.attestors and attestor not in self.attestors:
-            problem = "attestor not trusted"
-        score = _num(m.get(9))
+        score = _num(m.get(9), 0.0, 1.0)
+        status = _text(m.get(8))
         dev.attestation = {
             "verified": not problem,
+            "signed": signed,
             "problem": problem or None,
             "received": now,
             "attestor": attestor,
-            "epoch_start": _num(m.get(3)),
-            "epoch_end": _num(m.get(4)),
-            "expected": _int(m.get(5)),
-            "verified_readings": _int(m.get(6)),
-            "flagged": _int(m.get(7)),
-            "status": _text(m.get(8)),
-            "score": score if score is not None and 0 <= score <= 1 else None,
+            "epoch_start": _moment(m.get(3)),
+            "epoch_end": _moment(m.get(4)),
+            "expected": _count(m.get(5)),
+            "verified_readings": _count(m.get(6)),
+            "flagged": _count(m.get(7)),
+            "status": status if status in CHAIN_FACTOR else None,
+            "score": score,
             "root": _hex(m.get(10)),
         }
         dev.attestation["why"] = why_score(dev.attestation, "verified_readings")
@@ -525,10 +642,28 @@ class Fleet:
                     s.dirty = set()
             if changed:
                 points[dev.id] = changed
-        if not devices and not self._broker_dirty:
+        if not devices and not self._broker_dirty and not self.gone:
             return None
         self._broker_dirty = False
-        return {"broker": self.broker, "devices": devices, "points": points}
+        gone, self.gone = sorted(self.gone), set()
+        return {
+            "broker": self.broker,
+            "devices": devices,
+            "points": points,
+            "gone": gone,
+            "intake": self.intake(),
+        }
+
+    def intake(self) -> dict[str, Any]:
+        """What the dashboard refused or set aside, for the operator: messages refused by
+        reason, gateways waiting for a signed message, gateways evicted, whom it trusts."""
+        return {
+            "refused": dict(sorted(self.refused.items())),
+            "ignored": self.ignored,
+            "pending": len(self.pending),
+            "evicted": self.evicted,
+            "attestors": sorted(self.attestors),
+        }
 
     def snapshot(self, *, series: bool = True) -> dict[str, Any]:
         devices = []
@@ -544,6 +679,7 @@ class Fleet:
             "points": self.points,
             "broker": self.broker,
             "devices": devices,
+            "intake": self.intake(),
             "t": time.time(),
         }
 

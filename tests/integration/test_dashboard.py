@@ -77,6 +77,11 @@ def _health(**extra: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _birth(ident: Any = DEV) -> bytes:
+    """The device's own signed birth: what puts it on the page."""
+    return mb.sign(ident, mb.birth_payload(ident), cose.TYP_BIRTH)
+
+
 def _forge(message: bytes) -> bytes:
     """The message with its signature's last byte flipped."""
     env = cbor2.loads(message).value
@@ -88,9 +93,10 @@ def _forge(message: bytes) -> bytes:
 
 
 def test_model_takes_every_kind_of_message() -> None:
-    fleet = Fleet(P)
+    fleet = Fleet(P, attestors=[ATTESTOR.did])
     d = DEV.device_id
-    assert fleet.handle(f"{P}/{d}/status", b"online", NOW) == d
+    # unsigned messages of a gateway not shown yet wait for its signed birth or batch
+    assert fleet.handle(f"{P}/{d}/status", b"online", NOW) is None
     fleet.handle(
         f"{P}/{d}/state",
         _state(
@@ -108,9 +114,14 @@ def test_model_takes_every_kind_of_message() -> None:
         NOW,
     )
     fleet.handle(f"{P}/{d}/health", _health(), NOW)
-    fleet.handle(
-        f"{P}/{d}/birth", mb.sign(DEV, mb.birth_payload(DEV, next_seq=3), cose.TYP_BIRTH), NOW
+    assert fleet.devices == {} and set(fleet.pending[d]) == {"status", "state", "health"}
+    assert (
+        fleet.handle(
+            f"{P}/{d}/birth", mb.sign(DEV, mb.birth_payload(DEV, next_seq=3), cose.TYP_BIRTH), NOW
+        )
+        == d
     )
+    assert fleet.pending == {} and fleet.pending_bytes == 0
     chain = mb.Chain(DEV)
     for b in chain.take(3):
         fleet.handle(f"{P}/{d}/batch", b.message, NOW)
@@ -155,9 +166,10 @@ def test_model_takes_every_kind_of_message() -> None:
 
 
 def test_model_marks_what_does_not_verify() -> None:
-    fleet = Fleet(P)
+    fleet = Fleet(P, attestors=[ATTESTOR.did])
     d = DEV.device_id
     other = mb.identity(bytes(range(64, 96)))
+    fleet.handle(f"{P}/{d}/birth", _birth(), NOW)
     attestation = mb.sign(ATTESTOR, mb.attestation_payload(ATTESTOR, DEV), cose.TYP_ATTESTATION)
 
     fleet.handle(f"{P}/{d}/attestation", _forge(attestation), NOW)
@@ -169,21 +181,26 @@ def test_model_marks_what_does_not_verify() -> None:
     fleet.handle(f"{P}/{d}/attestation", about_other, NOW)
     assert fleet.detail(d)["attestation"]["problem"] == "about another device"  # type: ignore[index]
 
-    trusting = Fleet(P, attestors=[other.did])
-    trusting.handle(f"{P}/{d}/attestation", attestation, NOW)
-    assert trusting.detail(d)["attestation"]["problem"] == "attestor not trusted"  # type: ignore[index]
+    # a good signature by an attestor the dashboard was not told to trust is not "verified"
+    for trusting in (Fleet(P, attestors=[other.did]), Fleet(P)):
+        trusting.handle(f"{P}/{d}/birth", _birth(), NOW)
+        trusting.handle(f"{P}/{d}/attestation", attestation, NOW)
+        att = trusting.detail(d)["attestation"]  # type: ignore[index]
+        assert att["verified"] is False and att["signed"] is True
+        assert att["problem"].startswith("attestor not trusted")
 
-    # a birth signed by another device's key on this device's topic
+    # a birth signed by another device's key on this device's topic: counted, never shown
     fleet.handle(f"{P}/{d}/birth", mb.sign(other, mb.birth_payload(other), cose.TYP_BIRTH), NOW)
-    birth = fleet.detail(d)["birth"]  # type: ignore[index]
-    assert not birth["verified"] and birth["problem"] == "signed by another device's key"
+    s = fleet.detail(d)
+    assert s is not None and s["birth"]["verified"] and s["birth"]["version"] == "0.1.0"
+    assert s["chain"]["problem"] == "birth: signed by another device's key"
 
     # a tampered batch is counted, not plotted
     b = mb.Chain(DEV).next()
     fleet.handle(f"{P}/{d}/batch", mb.tampered_unsigned(b), NOW)
     s = fleet.detail(d)
     assert s is not None
-    assert s["chain"]["rejected"] == 1 and s["chain"]["seen"] is None
+    assert s["chain"]["rejected"] == 2 and s["chain"]["seen"] is None
     assert s["chain"]["problem"].startswith("bad-signature")
     assert s["series"] == {} and s["latest"] == {}
 
@@ -199,6 +216,7 @@ def test_model_ignores_junk() -> None:
     assert fleet.handle(f"{P}/not+an+id/state", b"{}", NOW) is None
     assert fleet.handle(f"other/{d}/state", b"{}", NOW) is None
     assert fleet.handle(f"{P}/{d}/status", b"", NOW) is None  # a cleared retained topic
+    fleet.handle(f"{P}/{d}/birth", _birth(), NOW)
     fleet.handle(f"{P}/{d}/state", b'{"sensors": {"a": {"x": {"v": NaN, "t": 1}}}}', NOW)
     fleet.handle(f"{P}/{d}/state", b"\xff\xfe", NOW)
     fleet.handle(f"{P}/{d}/health", b"[1, 2]", NOW)
@@ -208,14 +226,31 @@ def test_model_ignores_junk() -> None:
     many = {f"s{i}__q": {"v": i, "u": "1", "t": NOW, "af": []} for i in range(10)}
     fleet.handle(f"{P}/{d}/state", _state(d, **many), NOW)
     assert len(fleet.devices[d].series) == 3
-    assert fleet.handle(f"{P}/z6MkB/status", b"online", NOW) is not None
-    assert fleet.handle(f"{P}/z6MkC/status", b"online", NOW) is None
-    assert len(fleet.devices) == 2
     # a wrong clock far ahead is not plotted (it would push the hour out of view)
-    fleet.handle(
-        f"{P}/z6MkB/state", _state("z6MkB", a__q={"v": 1, "u": "1", "t": NOW + 86400}), NOW
-    )
-    assert len(fleet.devices["z6MkB"].series["a/q"]) == 0
+    fleet.handle(f"{P}/{d}/state", _state(d, a__q={"v": 1, "u": "1", "t": NOW + 86400}), NOW)
+    assert "a/q" not in fleet.devices[d].series or len(fleet.devices[d].series["a/q"]) == 0
+    # unsigned messages never show a gateway
+    assert fleet.handle(f"{P}/z6MkB/status", b"online", NOW) is None
+    assert fleet.handle(f"{P}/z6MkB/health", _health(), NOW) is None
+    assert list(fleet.devices) == [d]
+
+
+def test_a_full_fleet_makes_room_for_a_signed_gateway() -> None:
+    """At the cap, a newly signed gateway takes the place of the one whose last signed message
+    is the oldest: gateways signed by throwaway keys cannot keep a live one off the page."""
+    fleet = Fleet(P, max_devices=3)
+    d = DEV.device_id
+    fleet.handle(f"{P}/{d}/birth", _birth(), NOW)
+    fakes = [mb.identity(bytes([i]) * 32) for i in range(1, 6)]
+    for i, fake in enumerate(fakes):
+        fleet.handle(f"{P}/{fake.device_id}/birth", _birth(fake), NOW + 1 + i)
+    assert len(fleet.devices) == 3 and d not in fleet.devices and fleet.evicted == 3
+    update = fleet.take_update()
+    assert update is not None and d in update["gone"]
+    # the honest gateway's next batch brings it back, in place of the stalest fake
+    batch = mb.Chain(DEV).next()
+    assert fleet.handle(f"{P}/{d}/batch", batch.message, NOW + 10) == d
+    assert d in fleet.devices and fakes[2].device_id not in fleet.devices
 
 
 def test_series_memory_is_bounded() -> None:
@@ -250,6 +285,8 @@ def test_series_memory_is_bounded() -> None:
 def test_update_carries_only_what_changed() -> None:
     fleet = Fleet(P)
     a, b = DEV.device_id, ATTESTOR.device_id
+    fleet.handle(f"{P}/{a}/birth", _birth(DEV), NOW, retained=True)
+    fleet.handle(f"{P}/{b}/birth", _birth(ATTESTOR), NOW, retained=True)
     fleet.handle(f"{P}/{a}/status", b"online", NOW)
     fleet.handle(f"{P}/{b}/status", b"online", NOW)
     first = fleet.take_update()
@@ -272,6 +309,7 @@ def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
     fleet = Fleet(P)
     d = DEV.device_id
     then = NOW - 18 * 60
+    fleet.handle(f"{P}/{d}/birth", _birth(), NOW, retained=True)  # carries no time
     fleet.handle(f"{P}/{d}/status", b"online", NOW, retained=True)
     assert fleet.devices[d].seen is None  # a status carries no time
     assert fleet.devices[d].status_t is None  # nor when it was set
@@ -288,6 +326,7 @@ def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
 
     # live messages are news when they arrive; health every 60 s by the gateway's clock
     live = Fleet(P)
+    live.handle(f"{P}/{d}/birth", _birth(), NOW - 1)
     for i, t in enumerate([NOW, NOW + 60, NOW + 120, NOW + 900, NOW + 960]):  # an outage
         live.handle(f"{P}/{d}/health", _health(t=t), t + 0.3 + i)
     assert live.devices[d].seen == NOW + 964.3
@@ -303,6 +342,7 @@ def test_a_retained_message_is_as_old_as_the_gateway_says() -> None:
 def test_an_attestation_says_why_its_score_is_low() -> None:
     fleet = Fleet(P)
     d = DEV.device_id
+    fleet.handle(f"{P}/{d}/birth", _birth(), NOW)
     fleet.handle(
         f"{P}/{d}/attestation", _attestation(d, 0.0, expected=120, verified=108, flagged=0), NOW
     )
@@ -352,6 +392,7 @@ def test_http_routes_and_event_stream() -> None:
     fleet = Fleet(P)
     d = DEV.device_id
     now = time.time()
+    fleet.handle(f"{P}/{d}/birth", _birth(), now, retained=True)
     fleet.handle(f"{P}/{d}/status", b"online", now)
     fleet.handle(f"{P}/{d}/state", _state(d, c__t={"v": 20.0, "u": "Cel", "t": now, "af": []}), now)
 
@@ -450,7 +491,8 @@ def test_follows_a_real_broker(mosquitto: Mosquitto) -> None:
     pub.loop_start()
     now = time.time()
     state = _state(d, c__t={"v": 19.5, "u": "Cel", "t": now, "af": []})
-    for topic, payload in (("status", b"online"), ("state", state), ("health", _health())):
+    retained = (("status", b"online"), ("state", state), ("health", _health()), ("birth", _birth()))
+    for topic, payload in retained:
         pub.publish(f"{P}/{d}/{topic}", payload, qos=1, retain=True).wait_for_publish(5)
 
     async def main() -> None:
@@ -669,7 +711,8 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
         return ["-m", "gateway", "demo", "--simulated", "--broker", mosquitto.url,
                 "--duration", "120", "--dir", work, "--seed", str(n)]  # fmt: skip
 
-    dash_args = ["-m", "gateway.dashboard", "--broker", mosquitto.url, "--listen", "127.0.0.1:0"]
+    dash_args = ["-m", "gateway.dashboard", "--broker", mosquitto.url, "--listen", "127.0.0.1:0",
+                 "--attestor", ATTESTOR.did]  # fmt: skip
     with _processes((dash_args, logs[0]), (gateway(1), logs[1]), (gateway(2), logs[2]), cwd=root):
         found = _wait_for(
             "the dashboard's address",
@@ -881,6 +924,8 @@ def test_a_first_look_on_a_phone(tmp_path: Path, mosquitto: Mosquitto) -> None:
     # "ghost": said online, last health 18 minutes ago, and then nothing: its Will was lost
     ghost_health = json.loads(_health(t=now - 18 * 60, name="ghost"))
     retained = [
+        (f"{P}/{roof}/birth", _birth(DEV), True),
+        (f"{P}/{ghost}/birth", _birth(mb.identity(bytes(range(64, 96)))), True),
         (f"{P}/{roof}/status", b"online", True),
         (f"{P}/{roof}/state", state, True),
         (f"{P}/{roof}/health", health, True),

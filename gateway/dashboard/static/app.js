@@ -16,9 +16,17 @@ const S = {
   dirty: new Set(),
   all: true, // everything needs drawing
   cards: new Map(), // device id -> card element
+  intake: null, // what the dashboard refused or set aside (model.py Fleet.intake)
 };
 
 const now = () => Date.now() / 1000 + S.offset;
+
+// The server checks every field, but a page that throws shows nothing at all: whatever a value
+// is, these give the type the drawing needs, or nothing.
+const num = (x) => (typeof x === "number" && Number.isFinite(x) ? x : null);
+const list = (x) => (Array.isArray(x) ? x : []);
+const str = (x) => (typeof x === "string" ? x : null);
+const obj = (x) => (x && typeof x === "object" && !Array.isArray(x) ? x : {});
 
 // --- tiny DOM helpers ---------------------------------------------------------------------------
 
@@ -45,7 +53,8 @@ function svg(tag, attrs) {
 // --- formatting ---------------------------------------------------------------------------------
 
 function fmtValue(v, digits) {
-  if (v === null || v === undefined) return "—";
+  v = num(v);
+  if (v === null) return "—";
   if (digits !== undefined) return v.toFixed(digits);
   const a = Math.abs(v);
   if (a >= 10000) return v.toFixed(0);
@@ -80,8 +89,8 @@ function unitOf(u) {
 
 // One value as a person reads it: {text: "1013.3", unit: "hPa"}.
 function shown(v, u) {
-  if (v === null || v === undefined) return { text: "—", unit: "" }; // a failed read
-  const d = unitOf(u);
+  if (num(v) === null) return { text: "—", unit: "" }; // a failed read
+  const d = unitOf(str(u) || "");
   return { text: fmtValue(v * (d.scale || 1), d.digits), unit: d.u };
 }
 
@@ -92,7 +101,7 @@ function shownText(v, u) {
 
 // The hour's range of a series, in the reader's unit ("—" when it has no value).
 function rangeText(s) {
-  const finite = s ? s.v.filter((v) => v !== null) : [];
+  const finite = s ? s.v.filter((v) => num(v) !== null) : [];
   if (!finite.length) return "—";
   const lo = shown(Math.min(...finite), s.u);
   const hi = shown(Math.max(...finite), s.u);
@@ -111,6 +120,7 @@ const QUANTITIES = {
 };
 
 function keyNode(key) {
+  key = String(key);
   const cut = key.indexOf("/");
   const sensor = cut < 0 ? "" : key.slice(0, cut);
   const q = cut < 0 ? key : key.slice(cut + 1);
@@ -118,7 +128,8 @@ function keyNode(key) {
 }
 
 function ago(t) {
-  if (t === null || t === undefined) return "never";
+  t = num(t);
+  if (t === null) return "never";
   const s = Math.max(0, now() - t);
   if (s < 2) return "just now";
   if (s < 90) return `${Math.round(s)} s ago`;
@@ -128,7 +139,8 @@ function ago(t) {
 }
 
 function duration(s) {
-  if (s === null || s === undefined) return "—";
+  s = num(s);
+  if (s === null) return "—";
   if (s < 90) return `${Math.round(s)} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;
   if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
@@ -136,16 +148,19 @@ function duration(s) {
 }
 
 function isoTime(t) {
-  if (t === null || t === undefined) return "—";
-  return new Date(t * 1000).toISOString().replace(".000Z", "Z");
+  t = num(t);
+  const date = t === null ? null : new Date(t * 1000);
+  if (!date || Number.isNaN(date.getTime())) return "—"; // out of any calendar's range
+  return date.toISOString().replace(".000Z", "Z");
 }
 
 function shortId(id) {
+  id = String(id);
   return id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-6)}` : id;
 }
 
 function displayName(d) {
-  return d.name || shortId(d.id);
+  return str(d.name) || shortId(d.id);
 }
 
 // --- the model on this side -----------------------------------------------------------------------
@@ -203,9 +218,10 @@ function onSnapshot(doc) {
   S.prefix = doc.prefix;
   S.offset = doc.t - Date.now() / 1000;
   S.broker = doc.broker;
+  S.intake = doc.intake;
   S.devices.clear();
   S.series.clear();
-  for (const d of doc.devices) {
+  for (const d of list(doc.devices)) {
     const series = d.series;
     delete d.series;
     S.devices.set(d.id, d);
@@ -219,11 +235,19 @@ function onUpdate(doc) {
   // every gateway's presence depends on the broker connection
   if (!S.broker || S.broker.connected !== doc.broker.connected) S.all = true;
   S.broker = doc.broker;
-  for (const d of doc.devices) {
+  S.intake = doc.intake;
+  for (const d of list(doc.devices)) {
     S.devices.set(d.id, d);
     S.dirty.add(d.id);
   }
-  for (const [id, changed] of Object.entries(doc.points)) {
+  // made room for a newly signed gateway (the one whose last signed message was the oldest)
+  for (const id of list(doc.gone)) {
+    S.devices.delete(id);
+    S.series.delete(id);
+    S.all = true;
+  }
+  for (const [id, changed] of Object.entries(obj(doc.points))) {
+    if (!S.devices.has(id)) continue;
     takeSeries(id, changed);
     S.dirty.add(id);
   }
@@ -241,7 +265,7 @@ function sparkline(s, width, height, cls) {
     preserveAspectRatio: "none",
     role: "img",
   });
-  const finite = s ? s.v.filter((v) => v !== null) : [];
+  const finite = s ? s.v.filter((v) => num(v) !== null) : [];
   if (!s || finite.length === 0) return box;
   // the last hour, or since the first point when there is less (at least a minute)
   const t1 = now();
@@ -332,7 +356,7 @@ function uplinkText(d) {
 
 function queueText(d) {
   const h = d.health;
-  if (!h || h.queue_depth === undefined) return "—";
+  if (!h || num(h.queue_depth) === null) return "—";
   const oldest = h.oldest_unsent_age_s;
   return `${h.queue_depth} unsent` + (oldest !== null && oldest !== undefined ? ` · oldest ${duration(oldest)}` : "");
 }
@@ -341,7 +365,9 @@ function queueText(d) {
 // interval old); `seen` the newest batch this dashboard received through the broker and
 // verified. A batch seen was sealed, so a seen ahead of sealed only means the health is older.
 function chainText(d) {
-  const { sealed, seen } = d.chain;
+  const c = obj(d.chain);
+  const sealed = num(c.sealed);
+  const seen = num(c.seen);
   if (sealed === null && seen === null) return "—";
   if (seen === null) return `last batch #${sealed} sealed`;
   if (sealed === null || seen >= sealed) return `last batch #${seen} sealed and delivered`;
@@ -352,9 +378,22 @@ const CHAIN_TITLE =
   "sealed: the gateway's own count, from its health message; delivered: the newest signed " +
   "batch this dashboard received through the broker and verified";
 
+// "verified" only for a good signature by an attestor the dashboard was told to trust
+// (--attestor); a good signature by any other key is "not trusted", anything else "unverified".
+function trustText(a) {
+  if (a.verified === true) return "verified";
+  return a.signed === true ? "not trusted" : "unverified";
+}
+
+function trustNode(a) {
+  const text = trustText(a);
+  const cls = text === "verified" ? "verified" : "unverified";
+  return el("span", { class: cls, title: str(a.problem) || "" }, text);
+}
+
 function attestationOf(d) {
-  if (d.attestation) return { ...d.attestation, source: "signed" };
-  const h = d.health && d.health.attestation;
+  if (d.attestation && typeof d.attestation === "object") return { ...d.attestation, source: "signed" };
+  const h = d.health && typeof d.health.attestation === "object" && d.health.attestation;
   // the gateway's own copy: its "verified" is a count of readings, its signature unseen here
   if (h) return { ...h, source: "health", verified_readings: h.verified, verified: null };
   return null;
@@ -374,46 +413,42 @@ function attestationNode(d, long) {
   if (!a) return el("span", { class: "muted" }, "none yet");
   const tone = scoreTone(a);
   const chainTone = a.verified === false ? "doubtful" : a.status === "ok" || a.status === "gap" ? "good" : "bad";
-  const score = a.score === null || a.score === undefined ? "—" : a.score.toFixed(3);
+  const score = num(a.score) === null ? "—" : a.score.toFixed(3);
   const kids = [
     el("span", { class: `score ${tone}` }, score),
     " ",
     el("span", { class: `chain-status ${chainTone}`, title: "the chain's status in the epoch" }, `chain ${a.status || "?"}`),
   ];
   if (a.source === "signed") {
-    kids.push(
-      " ",
-      a.verified
-        ? el("span", { class: "verified" }, "verified")
-        : el("span", { class: "unverified", title: a.problem || "" }, "unverified"),
-    );
+    kids.push(" ", trustNode(a));
   } else {
     kids.push(" ", el("span", { class: "muted" }, "(as the gateway reports it)"));
   }
-  if (a.why && a.why.length) {
+  if (list(a.why).length) {
     // what costs, in words: a score of 0 says why ("clock not synced: 0 of 108 readings synced")
-    kids.push(el("span", { class: "why" }, ...a.why.map((w) => el("span", {}, w))));
+    kids.push(el("span", { class: "why" }, ...list(a.why).map((w) => el("span", {}, String(w)))));
   }
   return el("span", { class: "attestation" }, ...kids);
 }
 
 function flagNodes(flags) {
   // spaces between the badges, so they also read (and copy) as separate words
-  return flags.flatMap((f, i) => (i ? [" ", el("span", { class: "flag" }, f)] : [el("span", { class: "flag" }, f)]));
+  return list(flags).map(String).flatMap((f, i) => (i ? [" ", el("span", { class: "flag" }, f)] : [el("span", { class: "flag" }, f)]));
 }
 
 function flagsNode(r) {
-  if (!r.af || !r.af.length) return null;
+  if (!list(r.af).length) return null;
   return el("span", { class: "flags" }, ...flagNodes(r.af));
 }
 
 function readingRows(d, width, height, long) {
   const series = seriesOf(d.id);
-  const keys = [...new Set([...Object.keys(d.latest), ...series.keys()])].sort();
+  const latest = obj(d.latest);
+  const keys = [...new Set([...Object.keys(latest), ...series.keys()])].sort();
   const rows = [];
   for (const key of keys) {
-    const r = d.latest[key] || { v: null, u: (series.get(key) || {}).u || "", af: [], t: null };
-    const flagged = r.af && r.af.length > 0;
+    const r = obj(latest[key] || { v: null, u: (series.get(key) || {}).u || "", af: [], t: null });
+    const flagged = list(r.af).length > 0;
     const s = series.get(key);
     const value = shown(r.v, r.u);
     // The card has no room for a flags column: its flags go under the reading's name, where
@@ -427,7 +462,7 @@ function readingRows(d, width, height, long) {
       cells.push(
         el("td", { class: "flags-cell" }, flagsNode(r)),
         el("td", { class: "range", "data-label": "hour" }, rangeText(s)),
-        el("td", { class: "score-cell", "data-label": "score" }, r.as === null || r.as === undefined ? "—" : r.as.toFixed(2)),
+        el("td", { class: "score-cell", "data-label": "score" }, num(r.as) === null ? "—" : r.as.toFixed(2)),
         el("td", { class: "when", "data-label": "read" }, ago(r.t)),
       );
     }
@@ -437,7 +472,7 @@ function readingRows(d, width, height, long) {
 }
 
 function anomalyList(d, limit) {
-  const items = d.anomalies.slice(-limit).reverse();
+  const items = list(d.anomalies).slice(-limit).reverse().map(obj);
   if (!items.length) return null;
   return el(
     "ul",
@@ -460,7 +495,7 @@ function anomalyList(d, limit) {
 function anomalyPill(d) {
   const n = recentAnomalies(d);
   if (!n) return null;
-  const more = n >= d.anomalies.length && d.anomalies.length >= 50 ? "+" : "";
+  const more = n >= list(d.anomalies).length && list(d.anomalies).length >= 50 ? "+" : "";
   return el("span", { class: "pill anomaly-count", title: "flagged readings seen in the last hour" }, `${n}${more} ${n === 1 ? "anomaly" : "anomalies"} (1 h)`);
 }
 
@@ -470,16 +505,32 @@ function fact(label, value, cls, title) {
 
 function recentAnomalies(d) {
   const since = now() - S.window;
-  return d.anomalies.filter((a) => a.t >= since).length;
+  return list(d.anomalies).filter((a) => num(obj(a).t) !== null && a.t >= since).length;
 }
 
 function heardText(d) {
   return d.seen === null || d.seen === undefined ? "not heard from yet" : `last heard ${ago(d.seen)}`;
 }
 
+// One gateway's drawing; should anything in it still throw, that gateway alone says so and
+// the rest of the page is drawn.
+function drawn(draw, d) {
+  try {
+    return draw();
+  } catch (e) {
+    const id = String(d && d.id);
+    return el(
+      "article",
+      { class: "card", "data-device": id },
+      el("header", {}, el("span", { class: "name" }, shortId(id))),
+      el("p", { class: "muted" }, `cannot show this gateway: ${e && e.message}`),
+    );
+  }
+}
+
 function card(d) {
   const status = presence(d).state;
-  const flagged = d.flagged.length > 0;
+  const flagged = list(d.flagged).length > 0;
   const classes = ["card", `status-${status}`];
   if (status === "offline") classes.push("offline");
   if (flagged) classes.push("has-flags");
@@ -492,7 +543,7 @@ function card(d) {
       {},
       el("a", { href: `#/device/${d.id}`, class: "name" }, displayName(d)),
       statusPill(d),
-      flagged ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
+      flagged ? el("span", { class: "pill flagged-count" }, `${list(d.flagged).length} flagged`) : null,
       anomalyPill(d),
     ),
     el("div", { class: "id muted", title: d.id }, shortId(d.id), " · ", heardText(d)),
@@ -534,7 +585,7 @@ function renderOverview(view) {
   for (const d of devices) {
     let c = S.cards.get(d.id);
     if (!c || S.all || S.dirty.has(d.id)) {
-      const fresh = card(d);
+      const fresh = drawn(() => card(d), d);
       if (c) c.replaceWith(fresh);
       c = fresh;
       S.cards.set(d.id, c);
@@ -592,8 +643,9 @@ function renderDetail(view, id) {
     return;
   }
   const status = presence(d).state;
-  const h = d.health || {};
-  const b = d.birth;
+  const h = obj(d.health);
+  const b = d.birth && typeof d.birth === "object" ? d.birth : null;
+  const chain = obj(d.chain);
   const a = attestationOf(d);
   const sections = [];
   sections.push(
@@ -628,12 +680,12 @@ function renderDetail(view, id) {
         ["uplink", uplinkText(d)],
         ["queue", queueText(d)],
         ["chain", el("span", { title: CHAIN_TITLE }, chainText(d))],
-        ["batches seen", `${d.chain.batches} verified, ${d.chain.rejected} rejected` + (d.chain.problem ? ` (last: ${d.chain.problem})` : "")],
+        ["batches seen", `${num(chain.batches) ?? 0} verified, ${num(chain.rejected) ?? 0} rejected` + (str(chain.problem) ? ` (last: ${chain.problem})` : "")],
         ["version", h.version || (b && b.version) || "—"],
         ["uptime", duration(h.uptime_s)],
         ["readings", h.readings === undefined ? "—" : `${h.readings} (${h.flagged} flagged, rate ${h.anomaly_rate})`],
         ["batches", h.batches_sealed === undefined ? "—" : `${h.batches_sealed} sealed, ${h.batches_acked} acknowledged`],
-        ["clock", h.clock ? `${h.clock.synced ? "synced" : "not synced"} (${h.clock.source || "?"})` : "—"],
+        ["clock", h.clock ? `${obj(h.clock).synced ? "synced" : "not synced"} (${str(obj(h.clock).source) || "?"})` : "—"],
         ["last error", h.last_error || "—"],
         // by the gateway's own time: a retained health arrives now, however old it is
         ["health", h.t ? `published ${ago(Math.min(h.t, now()))}` : d.health_t ? `received ${ago(d.health_t)}` : "none received"],
@@ -653,7 +705,7 @@ function renderDetail(view, id) {
             ["epoch", `${isoTime(a.epoch_start)} – ${isoTime(a.epoch_end)}`],
             ["readings", a.expected == null ? "—" : `${a.verified_readings} verified of ${a.expected} expected, ${a.flagged} flagged`],
             ["attestor", a.attestor ? el("code", {}, a.attestor) : "—"],
-            ["signature", a.source === "signed" ? (a.verified ? "verified" : `unverified: ${a.problem}`) : "not seen (from the gateway's health)"],
+            ["signature", a.source === "signed" ? trustText(a) + (a.problem ? `: ${a.problem}` : "") : "not seen (from the gateway's health)"],
           ])
         : el("p", { class: "muted" }, "No attestation seen yet."),
     ),
@@ -673,7 +725,10 @@ function renderDetail(view, id) {
             ["next seq", b.next_seq === null ? "—" : `#${b.next_seq}`],
             [
               "sensors",
-              b.sensors.map((s) => `${s.id} (${s.driver}: ${s.quantities.join(", ")} every ${s.interval} s)`).join("; ") || "—",
+              list(b.sensors)
+                .map(obj)
+                .map((s) => `${s.id} (${s.driver}: ${list(s.quantities).join(", ")} every ${s.interval} s)`)
+                .join("; ") || "—",
             ],
           ])
         : el("p", { class: "muted" }, "No birth message seen."),
@@ -690,7 +745,7 @@ function renderDetail(view, id) {
   );
   const classes = ["detail", `status-${status}`];
   if (status === "offline") classes.push("offline");
-  if (d.flagged.length) classes.push("has-flags");
+  if (list(d.flagged).length) classes.push("has-flags");
   view.replaceChildren(
     el(
       "article",
@@ -701,7 +756,7 @@ function renderDetail(view, id) {
         el("a", { href: "#/", class: "back" }, "← fleet"),
         el("h2", { class: "name" }, displayName(d)),
         statusPill(d),
-        d.flagged.length ? el("span", { class: "pill flagged-count" }, `${d.flagged.length} flagged`) : null,
+        list(d.flagged).length ? el("span", { class: "pill flagged-count" }, `${list(d.flagged).length} flagged`) : null,
         anomalyPill(d),
       ),
       el("div", { class: "sections" }, ...sections),
@@ -717,11 +772,28 @@ function renderHeader() {
   broker.title = b && b.error ? b.error : "the dashboard's connection to the MQTT broker";
   const devices = [...S.devices.values()];
   const online = devices.filter((d) => presence(d).state === "online").length;
-  const flagged = devices.filter((d) => d.flagged.length).length;
+  const flagged = devices.filter((d) => list(d.flagged).length).length;
   const recent = devices.filter((d) => recentAnomalies(d) > 0).length;
   document.getElementById("counts").textContent =
     `${devices.length} gateway${devices.length === 1 ? "" : "s"} · ${online} online · ` +
     `${flagged} flagged now · ${recent} with anomalies in the last hour`;
+  renderIntake();
+}
+
+// What the dashboard refused or set aside: anyone may publish on the broker, and an operator
+// should see that someone does.
+function renderIntake() {
+  const box = document.getElementById("intake");
+  if (!box) return;
+  const i = obj(S.intake);
+  const refused = Object.entries(obj(i.refused)).map(([why, n]) => `${n} ${why}`);
+  const trusted = list(i.attestors);
+  box.replaceChildren(
+    el("span", {}, `Shown: gateways whose own key signed a birth or batch that verified. `),
+    el("span", {}, trusted.length ? `Attestations trusted from ${trusted.map(String).join(", ")}. ` : "No attestor trusted (--attestor): attestations show as not trusted. "),
+    el("span", { class: "refused" }, `Refused messages: ${refused.join(", ") || "none"}`),
+    el("span", {}, ` · waiting for a signature: ${num(i.pending) ?? 0} · evicted: ${num(i.evicted) ?? 0}`),
+  );
 }
 
 let timer = null;
@@ -741,7 +813,13 @@ function render() {
   const id = route();
   const full = S.all || id !== lastRoute;
   if (id) {
-    if (full || S.dirty.has(id)) renderDetail(view, id);
+    if (full || S.dirty.has(id)) {
+      try {
+        renderDetail(view, id);
+      } catch (e) {
+        view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← fleet")), drawn(() => { throw e; }, { id }));
+      }
+    }
   } else {
     renderOverview(view);
   }
