@@ -15,6 +15,12 @@ things commit sooner:
 A reading counts as read only after the commit holding it returned; `health.readings` counts it
 then. The batches a commit sealed go to the outbox (the uplink) from here, and the broker's
 acknowledgements come back here: they are deleted from the spool in a later commit.
+
+A commit the disk refuses for want of space changes nothing in the spool: its readings go back
+to the front of the buffer, acknowledgements stay to be recorded, and the commit is tried again,
+backing off, until the disk takes it. Meanwhile the buffer holds at most HELD_MAX readings; past
+that the oldest go, and a signed receipt (`disk-full`) says how many of which period.
+Sealed batches keep being published meanwhile.
 """
 
 from __future__ import annotations
@@ -33,11 +39,17 @@ from gateway.core.health import Health
 from gateway.core.reading import Reading
 from gateway.device.seal import SealedBatch
 from gateway.device.service import Plain
-from gateway.device.spool import CommitResult, PendingRecord, Spool
+from gateway.device.spool import CommitResult, DiskFull, PendingRecord, Spool
+from gateway.device.spool_service import Refusals
 from gateway.wire import payloads
 
 # The name it had before the commit buffer had its own: what owners filter their logs by.
 log = logging.getLogger("gateway.pipeline")
+
+#: readings held in memory at most while the disk refuses them (some 20 MB; 17 hours of 8
+#: quantities every 10 s). Past it the oldest are given up, with a signed receipt.
+HELD_MAX = 50_000
+DROP_WHY_DISK_FULL = "disk-full"
 
 
 class Outbox(Protocol):
@@ -62,6 +74,7 @@ class CommitBuffer(Plain):
         batch_max_readings: int,
         clock_source: Callable[[], str],
         outbox: Outbox | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.spool = spool
         self.executor = executor
@@ -87,6 +100,11 @@ class CommitBuffer(Plain):
         # Spool thread only: no pending rows were left by the last commit (lets that thread
         # skip asking the spool when a commit sealed everything it was given).
         self._spool_clear = False
+        self.refusals = refusals or Refusals(health)
+        # Loop time of the next try after a commit the disk refused; None while commits pass.
+        self._retry_at: float | None = None
+        # Receipts for readings given up in memory, for the next commit that goes through.
+        self._dropped: list[payloads.DropReceipt] = []
 
     def accept(self, readings: Sequence[Reading]) -> None:
         """Take judged readings; they become durable at the next commit."""
@@ -98,8 +116,29 @@ class CommitBuffer(Plain):
             buf.append(PendingRecord(r.t, r.synced, source if r.synced else "none", rec))
         if self._debug:
             self._names.extend(readings)
+        if len(buf) > HELD_MAX:
+            self._give_up(len(buf) - HELD_MAX)
         if self.commit_interval <= 0 or len(buf) >= self.batch_max_readings:
             self._wake.set()
+
+    def _give_up(self, n: int) -> None:
+        """Drop the `n` oldest readings in memory (the disk has refused them for long), into
+        one receipt with those dropped before it since the last commit that went through."""
+        gone, self._buffer[:n] = self._buffer[:n], []
+        if self._debug:
+            del self._names[:n]
+        t_from, t_to = min(r.t for r in gone), max(r.t for r in gone)
+        if self._dropped:
+            last = self._dropped.pop()
+            n, t_from, t_to = last.n + n, min(last.t_from, t_from), max(last.t_to, t_to)
+        else:
+            log.error(
+                "disk full for long: %d readings held in memory, the oldest are given up "
+                "(a signed receipt says how many)",
+                HELD_MAX,
+            )
+        self._dropped.append(payloads.DropReceipt(n, t_from, t_to, DROP_WHY_DISK_FULL))
+        self.health.readings_dropped += len(gone)
 
     def acked(self, seq: int, n: int) -> None:
         """The broker acknowledged batch `seq`; it is deleted at the next commit, at once when
@@ -132,7 +171,10 @@ class CommitBuffer(Plain):
     ) -> CommitResult:
         """Make the whole buffer durable. `then` runs on the spool's thread right after this
         commit and before any later one: what it changes (the module list batches name) applies
-        to the batches sealed after this commit only."""
+        to the batches sealed after this commit only.
+
+        A commit the disk refuses for want of space returns an empty result, its readings kept
+        in memory for the next try; with `then`, which did not run, it raises DiskFull."""
         return await self._commit(
             len(self._buffer), force_seal=force_seal, seal_all=seal_all, then=then
         )
@@ -157,6 +199,7 @@ class CommitBuffer(Plain):
             batch, self._buffer = self._buffer[:take], self._buffer[take:]
             names, self._names = self._names[:take], self._names[take:]
         acked = set(self._acked)
+        dropped, self._dropped = self._dropped, []
         horizon = self.commit_interval
 
         def job() -> tuple[CommitResult, bool]:
@@ -167,6 +210,7 @@ class CommitBuffer(Plain):
                 force_seal=force_seal,
                 horizon=horizon,
                 seal_all=seal_all,
+                dropped=dropped,
             )
             held = self._spool_holds_back(sum(n for _, _, n in result.sealed), len(batch))
             if then is not None:  # only after a commit that happened: nothing switches otherwise
@@ -178,7 +222,10 @@ class CommitBuffer(Plain):
             deadline they had."""
             self._buffer[:0] = batch
             self._names[:0] = names
+            self._dropped[:0] = dropped
             self._flushed_at = flushed_before
+            if len(self._buffer) > HELD_MAX:
+                self._give_up(len(self._buffer) - HELD_MAX)
 
         fut = loop.run_in_executor(self.executor, job)
         try:
@@ -189,16 +236,31 @@ class CommitBuffer(Plain):
             # sealed batches never offered. Then stop as asked.
             try:
                 result, held = await fut
+            except DiskFull as e:
+                restore()
+                self._refused(e)
             except Exception:
                 restore()
                 raise
-            self._after(result, held, acked, names)
+            else:
+                self._after(result, held, acked, names)
             raise
+        except DiskFull as e:
+            restore()
+            self._refused(e)
+            if then is not None:
+                raise
+            return CommitResult()
         except BaseException:
             restore()
             raise
         self._after(result, held, acked, names)
         return result
+
+    def _refused(self, e: DiskFull, held: str = "") -> None:
+        held = held or f"{len(self._buffer)} readings held in memory"
+        delay = self.refusals.refused(e, held=held)
+        self._retry_at = asyncio.get_running_loop().time() + delay
 
     def _spool_holds_back(self, sealed: int | None = None, handed: int = 0) -> bool:
         """On the spool's thread: whether pending rows wait for room in the sealed-ahead window.
@@ -221,6 +283,12 @@ class CommitBuffer(Plain):
     ) -> None:
         self._acked -= acked
         self._held_back = held
+        if self.spool.refused is not None:
+            # Stored, but the chain record was refused: the batches sealed wait for it.
+            self._refused(self.spool.refused, "sealed batches wait for it to be written")
+        else:
+            self._retry_at = None
+            self.refusals.stored(f"{result.durable} readings held in memory are stored")
         if held and self._acked:
             # Acknowledged while this commit ran, before it knew the spool was holding back.
             self._wake.set()
@@ -254,6 +322,13 @@ class CommitBuffer(Plain):
         if self.spool.due(time.time(), interval):
             await self.commit()
         while True:
+            if self._retry_at is not None:
+                # The disk refused the last commit: try again when its back-off says, with
+                # all there is (acknowledgements too), whatever woke us meanwhile.
+                await asyncio.sleep(max(0.0, self._retry_at - loop.time()))
+                self._wake.clear()
+                await self.commit()
+                continue
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the event is set, and the daemon's shutdown would wait forever.
             if interval > 0:

@@ -76,6 +76,7 @@ class Gateway:
             commit_interval=cfg.spool.commit_interval,
             batch_max_readings=u.batch_max_readings,
             clock_source=self.clock.source,
+            refusals=storage.refusals,
         )
         self.sampler = Sampler(
             cfg.sensors,
@@ -102,7 +103,11 @@ class Gateway:
                 ident,
                 boot=boot,
                 spool=storage.spool,
-                in_spool=storage.call,
+                # Taking the chain up after the broker's head writes the spool before anything
+                # is sealed; on a full disk it waits for room rather than fail the connection.
+                in_spool=lambda fn: storage.patiently(
+                    fn, waiting="sealing waits for space to take the chain up"
+                ),
                 anchored=commits.commit,
             ),
         )
@@ -177,6 +182,12 @@ class Gateway:
         sdnotify.notify("STOPPING=1", "STATUS=stopping: sealing and flushing")
         await asyncio.gather(*(_cancel_until_done(t) for t in workers))
         await self.commits.commit(force_seal=True)
+        if self.commits.buffered:
+            log.error(
+                "disk full: %d readings held in memory could not be stored and are lost with "
+                "this stop",
+                self.commits.buffered,
+            )
         if self.spool.held:
             st = await self.storage.call(self.spool.stats)
             log.info(

@@ -29,10 +29,11 @@ class Progress(Plain):
     def line(self, new_readings: int, seconds: float) -> str:
         h = self.health
         broker = f"broker connected (MQTT {h.protocol})" if h.connected else "broker away"
+        disk = "; disk full: readings held in memory" if h.disk_full else ""
         return (
             f"{broker}; {self.sampler.taken} readings since start, {new_readings} in the last "
             f"{seconds:.0f} s; {h.batches_acked} batches acknowledged; {h.queue_depth} "
-            "readings queued"
+            f"readings queued{disk}"
         )
 
     async def run(self) -> None:

@@ -17,10 +17,14 @@ Decisions (docs/spool.md has the full story):
   the spool goes back in time or is replaced: the chain's position is also kept outside the
   spool (`highwater`), written after each commit that sealed a batch and before the uplink
   gets any of its batches; a spool found behind it takes the chain up after it.
+- A full disk is not an error of the spool: a write refused for want of space raises `DiskFull`
+  with nothing of it stored (what was durable stays so), and the same write can be tried again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -43,6 +47,11 @@ log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
 DROP_WHY_FULL = "spool-full"
+#: free bytes below which an I/O error of SQLite's is a full disk: SQLite reports a `-shm` it
+#: cannot grow (SQLITE_IOERR_SHMSIZE, at every open of a spool on a full disk) and some refused
+#: writes as "disk I/O error", not as SQLITE_FULL
+LOW_SPACE = 64 * 1024
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: The tables. Plain SQL rather than sqlite-utils' table builder: importing sqlite-utils brings
 #: numpy (and pandas) wherever they are installed, 130-220 ms of every start and ~17 MB
 #: (bench/startup.py). The `sqlite-utils` command still reads the file, as the README shows.
@@ -55,6 +64,63 @@ SCHEMA = (
     'CREATE TABLE "drops" ("id" INTEGER PRIMARY KEY, "n" INTEGER, "t_from" REAL, "t_to" REAL, '
     '"why" TEXT)',
 )
+
+
+class DiskFull(SpoolError):
+    """A write the file system refused for want of space. Nothing of that write was stored,
+    what was durable before still is, and the same write can be tried again once there is
+    room. `cause` is the error the write met (not one raised while cleaning up after it)."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"disk full: {path} ({cause})")
+
+
+def disk_full(e: BaseException, where: Path | None = None) -> bool:
+    """Whether `e`, or an error it was raised from or while handling, is a refused write for
+    want of space: ENOSPC or EDQUOT, SQLITE_FULL ("database or disk is full"), or an SQLite
+    I/O error while the file system holding `where` has (nearly) no space left. The chain is
+    followed because a failed COMMIT is often followed by a ROLLBACK that fails in turn
+    ("cannot rollback - no transaction is active"), hiding the error that counts."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, DiskFull):
+            return True
+        if isinstance(x, OSError) and x.errno in _NO_SPACE:
+            return True
+        if isinstance(x, sqlite3.Error):
+            code = getattr(x, "sqlite_errorcode", None)
+            primary = None if code is None else code & 0xFF
+            if primary == sqlite3.SQLITE_FULL or "database or disk is full" in str(x):
+                return True
+            if primary == sqlite3.SQLITE_IOERR and where is not None and _low_space(where):
+                return True
+        todo += [x.__cause__, x.__context__]
+    return False
+
+
+def _low_space(where: Path) -> bool:
+    folder = where if where.is_dir() else where.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE
+
+
+def _abandon(db: sqlite3.Connection) -> None:
+    """Undo a transaction that failed. After some errors (SQLITE_FULL at COMMIT among them)
+    SQLite has rolled it back already: a ROLLBACK then fails with "no transaction is active",
+    and must not replace the error that made the transaction fail."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,24 +201,32 @@ class Spool:
         # Pending rows the spool held when it opened: only those can have gone into batches
         # signed elsewhere (a head ahead of the spool), never the readings of this run.
         self._pending_at_open = 0
+        # The last write of the chain record, when it was refused for want of space (the
+        # commit itself went through; the batches it sealed wait for the record), else None.
+        self.refused: DiskFull | None = None
 
     # --- opening ------------------------------------------------------------------------------
 
     def open(self) -> None:
         """Lock, check and open the spool, and take the chain up where it really stands.
         Raises SpoolError, before anything is written, when another process has the spool or
-        the key, or the spool or its chain record is unusable."""
+        the key, or the spool or its chain record is unusable; DiskFull (having stored nothing)
+        when its file system has no room for what opening writes: try again later."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if disk_full(e):
+                raise DiskFull(self.path.parent, e) from e
             raise SpoolError(f"spool {self.path} cannot be opened: {e}") from None
-        self._locks = [lockfile.lock(self.path, what="spool", lock_file=self.lock_path)]
         try:
+            self._locks = [lockfile.lock(self.path, what="spool", lock_file=self.lock_path)]
             if self.key_file is not None:
                 self._locks.append(lockfile.lock(self.key_file, what="device key"))
             self._open()
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if not isinstance(e, DiskFull) and disk_full(e, self.path):
+                raise DiskFull(self.path, e) from e
             raise
 
     @property
@@ -177,18 +251,23 @@ class Spool:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as e:
+            if disk_full(e, self.path):
+                raise DiskFull(self.path, e) from e
             raise SpoolError(f"spool {self.path} cannot be opened: {e}") from None
         try:
             self._prepare(conn, existed)
             self._take_up(conn, record)
         except sqlite3.DatabaseError as e:
             conn.close()
+            if disk_full(e, self.path):
+                # Not a damaged spool: on a full disk SQLite cannot even set up its -shm.
+                raise DiskFull(self.path, e) from e
             raise SpoolError(
                 f"spool {self.path} is corrupt or not an SQLite database ({e}); it was left "
                 f"untouched: {self._aside()}, or "
                 f"inspect it with `sqlite3 {self.path} .recover`"
             ) from None
-        except SpoolError:
+        except BaseException:
             conn.close()
             raise
         self.conn = conn
@@ -226,19 +305,23 @@ class Spool:
             raise SpoolError(f"spool {self.path} is an SQLite file but not a depin-gateway spool")
         if "meta" not in tables:
             conn.execute("BEGIN IMMEDIATE")
-            for ddl in SCHEMA:
-                conn.execute(ddl)
-            conn.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [
-                    ("format", str(FORMAT)),
-                    ("did", self.identity.did),
-                    ("next_seq", "0"),
-                    ("prev", payloads.ZERO_PREV.hex()),
-                    ("created", repr(time.time())),
-                ],
-            )
-            conn.execute("COMMIT")
+            try:
+                for ddl in SCHEMA:
+                    conn.execute(ddl)
+                conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [
+                        ("format", str(FORMAT)),
+                        ("did", self.identity.did),
+                        ("next_seq", "0"),
+                        ("prev", payloads.ZERO_PREV.hex()),
+                        ("created", repr(time.time())),
+                    ],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                _abandon(conn)
+                raise
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != str(FORMAT):
             raise SpoolError(f"spool {self.path} has format {meta.get('format')}, not {FORMAT}")
@@ -356,7 +439,7 @@ class Spool:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _abandon(conn)
             raise
         # Into the file itself, so that losing the -wal again cannot undo the statement.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -404,6 +487,10 @@ class Spool:
         try:
             self.chain.write(record)
         except OSError as e:
+            if disk_full(e):
+                was, self.refused = self.refused, DiskFull(self.chain.path, e)
+                if was is not None:  # said already, and counted by the commit buffer
+                    return False
             if self._covered < self._next_seq - 1:
                 log.error(
                     "chain record %s cannot be written (%s): batches from seq %d on are held "
@@ -415,6 +502,7 @@ class Spool:
             else:
                 log.warning("chain record %s cannot be written: %s", self.chain.path, e)
             return False
+        self.refused = None
         self._covered = self._next_seq - 1
         return True
 
@@ -491,17 +579,56 @@ class Spool:
         force_seal: bool = False,
         horizon: float = 0.0,
         seal_all: bool = False,
+        dropped: Sequence[payloads.DropReceipt] = (),
     ) -> CommitResult:
         """Make `new` durable, forget acknowledged batches, seal what is due — one transaction.
 
         `horizon` is the time to the next commit: a batch whose oldest reading would pass
         `batch_max_age` before then is sealed now, so no reading waits longer than that and,
-        at a slow rate, readings go straight into a batch instead of being written twice."""
+        at a slow rate, readings go straight into a batch instead of being written twice.
+        `dropped`: receipts for readings given up before they reached the spool, signed into
+        the next batch like the spool's own. Raises DiskFull, having changed nothing, when the
+        file system refuses the write for want of space."""
         now = time.time() if now is None else now
+        args = (new, acked, now, force_seal, horizon, seal_all, dropped)
+        try:
+            return self._commit(*args)
+        except DiskFull:
+            # The WAL may have taken the last of the space itself: it only starts over after a
+            # checkpoint, which SQLite tries after a commit that went through. One now lets the
+            # same commit reuse the WAL's own space, and a full disk shows only when it is one.
+            if not self._checkpoint():
+                raise
+        return self._commit(*args)
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the spool file (which may take no new space: freed pages are
+        reused) so that the next write starts the WAL over. True when it did all of it."""
+        try:
+            busy, frames, done = self._db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and frames > 0 and done == frames)
+
+    def _commit(
+        self,
+        new: Sequence[PendingRecord],
+        acked: Collection[int],
+        now: float,
+        force_seal: bool,
+        horizon: float,
+        seal_all: bool,
+        dropped: Sequence[payloads.DropReceipt],
+    ) -> CommitResult:
         db = self._db()
         result = CommitResult(durable=len(new))
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
+            if dropped:
+                db.executemany(
+                    "INSERT INTO drops(n, t_from, t_to, why) VALUES (?, ?, ?, ?)",
+                    [(r.n, r.t_from, r.t_to, r.why) for r in dropped],
+                )
             forgot = 0
             if acked:
                 n = db.executemany("DELETE FROM batches WHERE seq = ?", [(s,) for s in acked])
@@ -519,10 +646,12 @@ class Spool:
             if self._used_bytes() > self.max_size:
                 result.dropped = self._drop_oldest(db)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as e:
+            _abandon(db)
             # Caches may have moved inside the failed transaction; re-read them.
             self._resync(db)
+            if disk_full(e, self.path):
+                raise DiskFull(self.path, e) from e
             raise
         if result.sealed:
             self._note_position()

@@ -24,7 +24,10 @@ def status_line(health: Health) -> str:
     h = health
     broker = "broker connected" if h.connected else "broker away"
     seq = "-" if h.last_seq is None else h.last_seq
-    return f"{h.readings} readings, {h.queue_depth} queued, {broker}, last seq {seq}"
+    line = f"{h.readings} readings, {h.queue_depth} queued, {broker}, last seq {seq}"
+    if h.disk_full:
+        line += f"; DISK FULL: {h.writes_refused} writes refused, readings held in memory"
+    return line
 
 
 class Watchdog(Plain):
