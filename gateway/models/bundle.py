@@ -239,6 +239,26 @@ def _payload(data: bytes) -> dict[int, Any]:
     return obj
 
 
+def _check_shape(message: bytes) -> None:
+    """The first bytes of a COSE_Sign1 with the empty unprotected header the spec requires:
+    then nothing in a bundle but byte strings is left to decode. A bundle may be megabytes,
+    and a few megabytes of small CBOR items (in an unprotected header, say) are hundreds of
+    megabytes of Python objects once decoded, before any check could refuse them."""
+    if message[:2] != b"\xd2\x84":
+        raise ModelBundleError("malformed", "not a COSE_Sign1 (tag 18 around an array of 4)")
+    ib = message[2] if len(message) > 2 else 0
+    ai, pos = ib & 0x1F, 3
+    if ib >> 5 != 2 or ai > 25:
+        raise ModelBundleError("malformed", "the protected header must be a short byte string")
+    if ai >= 24:
+        size = 1 << (ai - 24)
+        n, pos = int.from_bytes(message[3 : 3 + size], "big"), 3 + size
+    else:
+        n = ai
+    if message[pos + n : pos + n + 1] != b"\xa0":
+        raise ModelBundleError("malformed", "the unprotected header must be the empty map")
+
+
 def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
     """Verify a bundle and return its contents; `ModelBundleError` names what was wrong.
 
@@ -253,6 +273,7 @@ def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
     message = bytes(message)
     if len(message) > MAX_BUNDLE_BYTES:
         raise ModelBundleError("malformed", f"over the {MAX_BUNDLE_BYTES} byte limit")
+    _check_shape(message)
     try:
         s = cose.verify1(message)
     except VerifyError as e:
