@@ -15,6 +15,7 @@ from gateway.mqtt import url as broker_url
 from gateway.mqtt.backoff import Backoff
 from gateway.mqtt.connect import ClientSettings
 from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
+from gateway.wire import limits
 from gateway.wire.identity import device_id_of
 from gateway.wire.verify import Finding, Verifier
 
@@ -62,7 +63,13 @@ async def verify_live(
     subscribed = asyncio.Event()
 
     def handle(msg: Message) -> None:
-        f = with_topic_note(verifier.check(msg.payload, source=msg.topic), msg.topic, prefix)
+        # Judged from its length on its topic before anything else (gateway/wire/limits.py).
+        big = limits.too_big(msg.topic, len(msg.payload))
+        if big is not None:
+            f = Finding("malformed", None, None, None, 0, big, msg.topic)
+            verifier.counts[f.kind] += 1
+        else:
+            f = with_topic_note(verifier.check(msg.payload, source=msg.topic), msg.topic, prefix)
         findings.append(f)
         if on_finding is not None:
             on_finding(f)

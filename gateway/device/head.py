@@ -22,13 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import cbor2
-
-from gateway.wire import cose, dcbor
+from gateway.wire import cose, dcbor, limits, strict
 from gateway.wire.identity import Identity
 
 #: A head is about 280 bytes; anything much larger on the topic is not one, and is not decoded.
-MAX_HEAD_BYTES = 512
+MAX_HEAD_BYTES = limits.CAPS["head"]
 #: How long the gateway waits for its own message on the head topic to come back, behind the
 #: retained head (if any); without it, the connection is tried again, still sealing nothing.
 WAIT = 10.0
@@ -57,13 +55,22 @@ def sign(identity: Identity, head: Head) -> bytes:
 def read(message: bytes, identity: Identity) -> Head | None:
     """The head in `message` if it is one signed by this device's key; None for anything else
     (judged by size before any decoding; never raises)."""
+    try:
+        return _read(message, identity)
+    except Exception:  # whatever else is on the topic is not our head
+        return None
+
+
+def _read(message: bytes, identity: Identity) -> Head | None:
     if len(message) > MAX_HEAD_BYTES:
         return None
     try:
         s = cose.verify1(message, _TYPS)
         if s.kid != identity.kid:
             return None
-        m = cbor2.loads(s.payload)  # signed by this device's own key: no stranger's bytes
+        # Signed by this device's key, yet read like any stranger's bytes: a copy of the key
+        # elsewhere, or an older release, must not be able to make this reader hold more.
+        m = strict.loads(s.payload, deterministic=True)
     except Exception:  # whatever else is on the topic is not our head
         return None
     if not isinstance(m, dict) or set(m) != {1, 2, 3, 4, 5, 6} or m[1] != identity.did:

@@ -6,7 +6,6 @@ checks the signature over the transported bytes, never over a re-encoding.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -16,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core.errors import VerifyError
-from gateway.wire import dcbor
+from gateway.wire import dcbor, strict
 from gateway.wire.identity import MULTICODEC_ED25519, Identity
 
 COSE_SIGN1_TAG = 18
@@ -115,25 +114,27 @@ def _load_public(public_key: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public_key)
 
 
-def _loads_exact(data: bytes, what: str) -> Any:
-    """Decode exactly one CBOR item: cbor2.loads ignores trailing bytes, which would let two
-    different byte strings pass as the same message."""
-    fp = io.BytesIO(data)
+_TAG_ONLY_AT_TOP = frozenset({COSE_SIGN1_TAG})
+
+
+def _loads_exact(data: bytes, what: str, tags: frozenset[int] = frozenset()) -> Any:
+    """Exactly one CBOR item, judged from its bytes before cbor2 builds anything
+    (gateway/wire/strict.py): trailing bytes would let two different byte strings pass as the
+    same message, and tags, indefinite or oversized lengths and deep nesting have no place."""
     try:
-        obj = cbor2.CBORDecoder(fp, read_size=1).decode()
-    except Exception as e:  # cbor2 raises several types on garbage; all mean "malformed"
-        raise VerifyError("malformed", f"{what} is not CBOR: {e}") from None
-    if fp.tell() != len(data):
-        raise VerifyError("malformed", f"{what} has {len(data) - fp.tell()} trailing bytes")
-    return obj
+        return strict.loads(data, tags=tags)
+    except strict.DecodeError as e:
+        raise VerifyError("malformed", f"{what} is not strict CBOR: {e.detail}") from None
 
 
 def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
-    obj = _loads_exact(message, "message")
-    if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
+    # Tag 18 only around the whole message: the scan allows it anywhere it allows it, so the
+    # rest is scanned with no tag at all.
+    if message[:1] != b"\xd2":
         raise VerifyError("malformed", "not a tagged COSE_Sign1 (tag 18)")
-    v = obj.value
-    if not isinstance(v, list | tuple) or len(v) != 4:  # cbor2 6 gives tag contents as tuples
+    obj = _loads_exact(bytes(message[1:]), "message")
+    v = obj
+    if not isinstance(v, list) or len(v) != 4:
         raise VerifyError("malformed", "COSE_Sign1 must be an array of 4")
     protected, unprotected, payload, signature = v
     if not isinstance(protected, bytes) or not isinstance(payload, bytes):
@@ -143,6 +144,31 @@ def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
     if unprotected != {}:
         raise VerifyError("malformed", "unprotected header must be the empty map")
     return protected, unprotected, payload, signature
+
+
+def typ_of(message: bytes) -> str | None:
+    """The typ named in the protected header, read from the message's first bytes only (the
+    tag, the array head and the header), None when they are not those of a COSE_Sign1. Not
+    checked by any signature: it only chooses the byte cap a message is held to before
+    anything else of it is decoded (gateway/wire/limits.py)."""
+    if message[:2] != b"\xd2\x84" or len(message) < 3:
+        return None
+    ib = message[2]
+    if ib >> 5 != 2:
+        return None
+    ai, pos = ib & 0x1F, 3
+    if ai < 24:
+        n = ai
+    elif ai == 24 and len(message) > 3:
+        n, pos = message[3], 4
+    else:
+        return None  # a header of 256 bytes or more is not one of the spec's
+    try:
+        hdr = strict.loads(bytes(message[pos : pos + n]))
+    except strict.DecodeError:
+        return None
+    typ = hdr.get(16) if isinstance(hdr, dict) else None
+    return typ if isinstance(typ, str) else None
 
 
 def verify1(message: bytes, typs: frozenset[str] = KNOWN_TYPS) -> Sign1:

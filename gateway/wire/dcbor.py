@@ -12,6 +12,8 @@ from typing import Any
 
 import cbor2
 
+from gateway.wire import strict
+
 _INT_LIMIT = 2**64
 
 
@@ -50,8 +52,6 @@ def dumps_normalised(obj: Any) -> bytes:
 
 
 def is_deterministic(data: bytes) -> bool:
-    """True when decoding and re-encoding `data` gives the same bytes (spec section 7)."""
-    try:
-        return dumps(cbor2.loads(data)) == data
-    except (ValueError, TypeError, cbor2.CBORDecodeError):
-        return False
+    """True when `data` is one tag-free item in the encoding of spec section 7, judged from
+    its bytes (gateway/wire/strict.py): nothing is decoded or re-encoded to tell."""
+    return strict.is_deterministic(data)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
 from collections.abc import Callable
@@ -20,10 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-import cbor2
-
 from gateway.core.errors import ProofError
-from gateway.wire import dcbor, merkle, payloads, verify
+from gateway.wire import limits, merkle, payloads, strict, verify
 from gateway.wire.identity import public_key_of_did
 
 FORMAT = "depin-proof-v1"
@@ -38,6 +35,9 @@ _OPTIONAL = frozenset({"batch", "note"})
 _READING_KEYS = frozenset({"name", "unit", "value", "time", "score", "flags"})
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _MAX_PATH = 64  # a batch holds fewer than 2**64 records
+#: A full proof holds its batch in base64 (4/3 of the largest message a file may hold) and the
+#: JSON around it; anything longer is refused before it is parsed.
+MAX_PROOF = 2 * limits.DEFAULT_CAP
 
 
 # --- making proofs ----------------------------------------------------------------------------
@@ -154,6 +154,8 @@ class _Failed(Exception):
 def parse_proof(data: bytes | str) -> Any:
     """The JSON document of a proof; ValueError (with JSON's line and column) when the text is
     not JSON. Whether the document is a proof at all is check_proof's question."""
+    if len(data) > MAX_PROOF:
+        raise ValueError(f"{len(data)} bytes, over the {MAX_PROOF} byte cap of a proof")
     if isinstance(data, bytes):
         data = data.decode("utf-8")
 
@@ -271,7 +273,7 @@ def _fields(p: Any) -> dict[str, Any]:
     if "batch" in p:
         b = p["batch"]
         try:
-            if not isinstance(b, str) or len(b) > verify.MAX_MESSAGE * 2:
+            if not isinstance(b, str) or len(b) > MAX_PROOF:
                 raise ValueError("not text of a sane length")
             out["batch"] = base64.b64decode(b, validate=True)
         except (ValueError, binascii.Error) as e:
@@ -289,16 +291,12 @@ def _hex(s: Any, what: str, size: int | None = None) -> bytes:
 
 
 def _record(data: bytes, index: int) -> dict[Any, Any]:
-    """Exactly one deterministic CBOR map that is a well-formed record (spec sections 4, 7)."""
-    fp = io.BytesIO(data)
+    """Exactly one deterministic CBOR map that is a well-formed record (spec sections 4, 7),
+    judged from its bytes before it is decoded (gateway/wire/strict.py)."""
     try:
-        rec = cbor2.CBORDecoder(fp, read_size=1).decode()
-        if fp.tell() != len(data):
-            raise ValueError(f"{len(data) - fp.tell()} trailing bytes")
-        if dcbor.dumps(rec) != data or verify.first_tag(data) is not None:
-            raise ValueError("not in deterministic encoding")
+        rec = strict.loads(data, deterministic=True)
         payloads.check_record(rec, index)
-    except Exception as e:  # cbor2 raises several types on garbage; all mean "not a record"
+    except (strict.DecodeError, payloads.PayloadError) as e:
         raise _Failed("bad-record", f"the record is not a valid SenML record: {e}") from None
     assert isinstance(rec, dict)  # check_record passed
     return rec

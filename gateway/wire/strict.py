@@ -6,41 +6,126 @@ declared length is believed until the bytes run out. So every untrusted CBOR ite
 scanned here, in one pass over its bytes with no recursion: well-formed, definite lengths only,
 each declared length within what remains, nesting and item count bounded, and no tag but the
 ones the caller allows. Only an item that passes is handed to cbor2.
+
+With `deterministic=True` the same pass also checks spec section 7 on the bytes themselves, so
+nothing untrusted is ever re-encoded to compare: shortest heads, map keys sorted bytewise and
+unique, floats in their shortest exact form, no integral float below 2^64
+(it is an integer), no NaN or infinity.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cbor2
 
-#: Deeper than any message of the spec (a batch: map, records, record, flags, text = 4).
+#: Deeper than any message of the spec (a birth: map, sensors, sensor, quantities = 4).
 MAX_DEPTH = 16
-#: Items (each head counts once); a message of n bytes holds at most n, so this bounds the
-#: work for the largest messages only.
-MAX_ITEMS = 1 << 22
+#: Items (each head counts once). An item takes a byte at least, so the bound is kept by
+#: refusing longer data: 16 MiB, the largest message any reader takes (gateway/wire/limits.py).
+MAX_ITEMS = 1 << 24
 _NO_TAGS: frozenset[int] = frozenset()
+_TWO64 = 2.0**64
+_HALF, _SINGLE = struct.Struct(">e"), struct.Struct(">f")
+_DOUBLE = struct.Struct(">d")
 
 
 class DecodeError(ValueError):
-    """Bytes that are not one strict CBOR item; the message names the byte offset."""
+    """Bytes that are not one strict CBOR item; the message names the byte offset. `kind` is
+    the verifier's name for it: "malformed", or with `deterministic` also "non-deterministic"
+    and "nan"."""
+
+    def __init__(self, detail: str, kind: str = "malformed") -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
 
 
-def scan(data: bytes, *, tags: frozenset[int] = _NO_TAGS, max_depth: int = MAX_DEPTH) -> None:
+_FLOAT_FORMS = {25: (5, 10, 15, _HALF), 26: (8, 23, 127, _SINGLE), 27: (11, 52, 1023, _DOUBLE)}
+
+
+def _float_problem(bits: int, ai: int, at: int) -> DecodeError | None:
+    """Why the float with these `bits` (head 0xf9/0xfa/0xfb, at byte `at`) is not in the form
+    spec section 7 wants, or None. Judged on the bits: no float object unless one is needed."""
+    ebits, mbits, bias, form = _FLOAT_FORMS[ai]
+    e = (bits >> mbits) & ((1 << ebits) - 1)
+    m = bits & ((1 << mbits) - 1)
+    if e == (1 << ebits) - 1:
+        x = form.unpack(bits.to_bytes(form.size, "big"))[0]
+        return DecodeError(f"byte {at}: {x} is not allowed (spec section 7)", "nan")
+    if e == 0:
+        integral = m == 0  # zero or -0.0; the other subnormals are below 1
+    else:
+        exp = e - bias
+        integral = exp < 64 and (exp >= mbits or (exp >= 0 and m & ((1 << (mbits - exp)) - 1) == 0))
+    if integral:
+        x = form.unpack(bits.to_bytes(form.size, "big"))[0]
+        return DecodeError(f"byte {at}: the float {x!r} is an integer", _NONDET)
+    # A narrower form holds the value only when the low mantissa bits it lacks are zero.
+    narrower = _HALF if ai == 26 else _SINGLE
+    if ai > 25 and m & ((1 << (mbits - (10 if ai == 26 else 23))) - 1) == 0:
+        x = form.unpack(bits.to_bytes(form.size, "big"))[0]
+        try:
+            fits = narrower.unpack(narrower.pack(x))[0] == x
+        except OverflowError:
+            fits = False
+        if fits:
+            return DecodeError(f"byte {at}: {x!r} has a shorter float form", _NONDET)
+    return None
+
+
+def scan(
+    data: bytes,
+    *,
+    tags: frozenset[int] = _NO_TAGS,
+    max_depth: int = MAX_DEPTH,
+    deterministic: bool = False,
+    marks: list[list[int]] | None = None,
+) -> None:
     """Raise DecodeError unless `data` is exactly one well-formed, definite-length CBOR item
-    within the bounds, whose only tags are in `tags`. Builds nothing."""
+    within the bounds, whose only tags are in `tags` (and, with `deterministic`, encoded as
+    spec section 7 says). Builds nothing.
+
+    `marks`, when given, receives the byte offset at which each item of nesting depth d starts
+    in marks[d], for d < len(marks) (the item itself is depth 0): a caller can slice the parts
+    of the item out of `data` without reading them again."""
     end = len(data)
+    if end > MAX_ITEMS:  # an item takes a byte at least: only longer data can hold more
+        raise DecodeError(f"byte {MAX_ITEMS}: more than {MAX_ITEMS} bytes, so maybe items")
+    try:
+        pos = _walk(data, end, tags, max_depth, deterministic, marks or [])
+    except IndexError:
+        raise DecodeError(f"byte {end}: the item ends early") from None
+    if pos != end:
+        raise DecodeError(f"byte {pos}: {end - pos} bytes after the item")
+
+
+def _walk(
+    data: bytes,
+    end: int,
+    tags: frozenset[int],
+    max_depth: int,
+    deterministic: bool,
+    marks: list[list[int]],
+) -> int:
+    """The scan itself; returns the offset after the item. The open level's state lives in
+    locals (the hot loop reads no stack): `left` items to read, whether it is a map, and the
+    bytes of its last key; outer levels wait on `stack`."""
+    stack: list[tuple[int, bool, int, int]] = []
+    n_marks = len(marks)
+    left, is_map, k0, k1 = 1, False, 0, 0
     pos = 0
-    items = 0
-    todo = [1]  # items still to read at each open nesting level
-    while todo:
-        if todo[-1] == 0:
-            todo.pop()
+    while True:
+        if left == 0:
+            if not stack:
+                return pos
+            left, is_map, k0, k1 = stack.pop()
             continue
-        todo[-1] -= 1
-        if pos >= end:
-            raise DecodeError(f"byte {pos}: the item ends early")
+        left -= 1
         at = pos
+        if n_marks and len(stack) < n_marks:
+            marks[len(stack)].append(at)
         ib = data[pos]
         pos += 1
         major, ai = ib >> 5, ib & 0x1F
@@ -51,42 +136,83 @@ def scan(data: bytes, *, tags: frozenset[int] = _NO_TAGS, max_depth: int = MAX_D
             if pos + size > end:
                 raise DecodeError(f"byte {at}: the head ends early")
             arg = int.from_bytes(data[pos : pos + size], "big")
+            if deterministic and major != 7 and arg < (24 if size == 1 else 1 << (4 * size)):
+                raise DecodeError(f"byte {at}: the head is not in its shortest form", _NONDET)
             pos += size
         elif ai == 31:
-            raise DecodeError(f"byte {at}: indefinite length")
+            # not well-formed for this reader; in a payload, not the deterministic encoding
+            kind = _NONDET if deterministic else "malformed"
+            raise DecodeError(f"byte {at}: indefinite length (spec section 7)", kind)
         else:
             raise DecodeError(f"byte {at}: reserved head {ib:#04x}")
-        items += 1
-        if items > MAX_ITEMS:
-            raise DecodeError(f"byte {at}: more than {MAX_ITEMS} items")
-        if major in (2, 3):
+        is_key = is_map and left % 2 == 1
+        if major == 3 or major == 2:
             if arg > end - pos:
                 raise DecodeError(f"byte {at}: declares {arg} bytes, {end - pos} remain")
             pos += arg
-        elif major in (4, 5):
+        elif major == 4 or major == 5:
             n = arg if major == 4 else 2 * arg
             if n > end - pos:  # every item takes a byte at least
                 raise DecodeError(f"byte {at}: declares {n} items, {end - pos} bytes remain")
-            if len(todo) > max_depth:
+            if len(stack) >= max_depth:
                 raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
-            todo.append(n)
+            if is_key:
+                raise DecodeError(f"byte {at}: a map key must not be an array or a map")
+            stack.append((left, is_map, k0, k1))
+            left, is_map, k0, k1 = n, major == 5, 0, 0
+            continue
         elif major == 6:
             if arg not in tags:
                 raise DecodeError(f"byte {at}: CBOR tag {arg} is not allowed here")
-            todo.append(1)
-        elif major == 7 and (ai == 24 or (ai < 24 and arg not in (20, 21, 22))):
-            # false, true and null only: "undefined" and unassigned simple values have no
-            # place in the spec, and cbor2 turns them into objects of its own
-            raise DecodeError(f"byte {at}: simple value {arg} is not allowed")
-    if pos != end:
-        raise DecodeError(f"byte {pos}: {end - pos} bytes after the item")
+            if is_key:
+                raise DecodeError(f"byte {at}: a map key must not be tagged")
+            if len(stack) >= max_depth:
+                raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
+            stack.append((left, is_map, k0, k1))
+            left, is_map, k0, k1 = 1, False, 0, 0
+            continue
+        elif major == 7:
+            if (ai < 24 and arg not in (20, 21, 22)) or ai == 24:
+                # false, true and null only: "undefined" and unassigned simple values have no
+                # place in the spec, and cbor2 turns them into objects of its own
+                raise DecodeError(f"byte {at}: simple value {arg} is not allowed")
+            if ai > 24 and deterministic:
+                problem = _float_problem(arg, ai, at)
+                if problem is not None:
+                    raise problem
+        if is_key and deterministic:
+            # Keys whose first bytes differ are ordered by them (most keys are one byte).
+            if k1 and (ib < data[k0] or (ib == data[k0] and data[k0:k1] >= data[at:pos])):
+                raise DecodeError(
+                    f"byte {at}: map keys not in ascending bytewise order (or repeated)", _NONDET
+                )
+            k0, k1 = at, pos
 
 
-def loads(data: bytes, *, tags: frozenset[int] = _NO_TAGS, max_depth: int = MAX_DEPTH) -> Any:
+_NONDET = "non-deterministic"
+
+
+def loads(
+    data: bytes,
+    *,
+    tags: frozenset[int] = _NO_TAGS,
+    max_depth: int = MAX_DEPTH,
+    deterministic: bool = False,
+    marks: list[list[int]] | None = None,
+) -> Any:
     """`data` as Python objects, once `scan` passed it; DecodeError otherwise. Never raises
     anything else on any input."""
-    scan(data, tags=tags, max_depth=max_depth)
+    scan(data, tags=tags, max_depth=max_depth, deterministic=deterministic, marks=marks)
     try:
         return cbor2.loads(data)
     except Exception as e:  # scanned bytes that cbor2 still refuses: say so, never raise it
         raise DecodeError(f"not decodable: {e}") from None
+
+
+def is_deterministic(data: bytes) -> bool:
+    """True when `data` is one tag-free CBOR item in the encoding of spec section 7."""
+    try:
+        scan(data, deterministic=True)
+    except DecodeError:
+        return False
+    return True

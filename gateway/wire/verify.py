@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import cbor2
-
 from gateway.core.errors import ConfigError, PathNotFoundError, VerifyError
-from gateway.wire import cose, dcbor, payloads
+from gateway.wire import cose, limits, payloads, strict
 from gateway.wire.identity import device_id_of, did_of, public_key_of_did
 
-MAX_MESSAGE = 16 * 1024 * 1024
+#: The most read of a message whose kind is not known yet (a file, `prove`'s input): the cap of
+#: gateway/wire/limits.py; a message's own kind may hold it to less (`cap_of`).
+MAX_MESSAGE = limits.DEFAULT_CAP
 _CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable
 # Kinds that leave the message acceptable; every other kind makes it invalid ("forged").
 ACCEPTED = frozenset({"valid", "duplicate", "gap", "reordered", "birth", "attestation"})
@@ -181,7 +181,7 @@ class Verifier:
             stated=b.dropped,
         )
         out = x.finding(kind, detail)
-        if kind in ("prev-mismatch", "replay", "duplicate"):
+        if kind in ("prev-mismatch", "replay", "duplicate", "malformed"):
             return out
         if kind == "equivocation":
             assert chain is not None
@@ -215,14 +215,41 @@ class Examined:
         return Finding(kind, self.did, b.seq, self.batch_id, len(b.records), detail, self.source)
 
 
+_KIND_OF_TYP = {
+    cose.TYP_BATCH: "batch",
+    cose.TYP_BIRTH: "birth",
+    cose.TYP_ATTESTATION: "attestation",
+    cose.TYP_HEAD: "head",
+}
+
+
+def cap_of(message: bytes) -> tuple[str, int]:
+    """The kind and byte cap a message is held to: by the typ its protected header names
+    (limits.CAPS), else the default cap. Reads the header only."""
+    kind = _KIND_OF_TYP.get(cose.typ_of(message) or "", "")
+    return kind or "unknown", limits.CAPS.get(kind, limits.DEFAULT_CAP)
+
+
 def examine(
     message: bytes, source: str = "", *, registered: Callable[[str], bool] | None = None
 ) -> Finding | Examined:
     """Steps 1-4 of spec section 9 for one message: the finding that settles it (any invalid
-    message, a birth, an attestation), or the checked batch, ready for the chain. Raises only
-    on bugs; `Verifier.check` turns those into findings too."""
-    if len(message) > MAX_MESSAGE:
-        return Finding("malformed", None, None, None, 0, "over the 16 MiB limit", source)
+    message, a birth, an attestation), or the checked batch, ready for the chain. Never
+    raises: whatever goes wrong inside is a "malformed" finding."""
+    try:
+        return _examine(bytes(message), source, registered)
+    except Exception as e:  # a bug or a decoder surprise is an answer, never a retry
+        return Finding("malformed", None, None, None, 0, f"unexpected {type(e).__name__}", source)
+
+
+def _examine(
+    message: bytes, source: str, registered: Callable[[str], bool] | None
+) -> Finding | Examined:
+    # Judged from the length before anything beyond the protected header is decoded.
+    kind, limit = cap_of(message)
+    if len(message) > limit:
+        detail = f"{len(message)} bytes, over the {limit} byte cap for {kind} messages"
+        return Finding("malformed", None, None, None, 0, detail, source)
     # Steps 1 and 2: envelope, typ, signature.
     try:
         s = cose.verify1(message)
@@ -239,32 +266,38 @@ def examine(
         return Finding(kind, did, seq, bid, n, detail, source)
 
     try:
-        m = cbor2.loads(s.payload)
-    except Exception as e:
-        return finding("malformed", f"payload is not CBOR: {e}")
+        sc = payloads.scan_payload(s.payload)
+    except payloads.PayloadError as e:
+        return finding(e.kind, e.detail)
+    m = sc.value
     if not isinstance(m, dict) or not isinstance(m.get(1), str):
         return finding("malformed", "payload is not a map with the signer's did at key 1")
     seq = m.get(2) if s.typ == cose.TYP_BATCH and type(m.get(2)) is int else None
     n = len(m[5]) if s.typ == cose.TYP_BATCH and isinstance(m.get(5), list) else 0
     if m[1] != did:
-        return finding("did-mismatch", f"payload names {m[1]!r} but kid is {did}", seq, n)
+        return finding("did-mismatch", f"payload names {_printable(m[1])} but kid is {did}", seq, n)
     if s.typ == cose.TYP_ATTESTATION:
-        return _other_payload(s.payload, m, finding, "attestation")
+        return _other_payload(m, finding, "attestation")
     # Step 3: only registered devices.
     if registered is not None and not registered(did):
         return finding("unknown-device", "not in the allow-list", seq, n)
     if s.typ == cose.TYP_BIRTH:
-        return _other_payload(s.payload, m, finding, "birth")
+        return _other_payload(m, finding, "birth")
     # Step 4: the payload itself.
     try:
-        b = payloads.decode_batch(s.payload, decoded=m)  # m: this payload's cbor2.loads above
+        b = payloads.decode_batch(s.payload, decoded=sc)
     except payloads.PayloadError as e:
         return finding(e.kind, e.detail, seq, n)
-    # The decoder proves most batches free of tags on its way; only the others are walked.
-    problem = _batch_shape(b) or (None if b.tag_free else _tag_problem(s.payload))
+    problem = _batch_shape(b)
     if problem:
         return finding("malformed", problem, b.seq, n)
     return Examined(did, bid, b, message, source)
+
+
+def _printable(x: Any, limit: int = 80) -> str:
+    """A stranger's value in a finding's one line: repr, cut short."""
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 class LinkView(Protocol):
@@ -287,7 +320,27 @@ def decide(
     as the verifier has it: `last`, the highest accepted seq (None: no chain yet), and
     `link(seq)`, the accepted batch at a seq. `stated`: the batch's drop receipts (key 9);
     loss receipts among them name the reason of a gap in its detail, nothing else. Pure: the
-    caller stores what it accepts."""
+    caller stores what it accepts. Never raises: arguments it cannot judge (a seq that is not
+    an integer, a link that is not one) give a "malformed" verdict."""
+    try:
+        return _decide(seq, prev, bid, last=last, link=link, stated=stated)
+    except Exception as e:
+        return "malformed", f"cannot judge the chain: unexpected {type(e).__name__}"
+
+
+def _decide(
+    seq: int,
+    prev: bytes,
+    bid: bytes,
+    *,
+    last: int | None,
+    link: Callable[[int], LinkView | None],
+    stated: Sequence[Mapping[str, Any]],
+) -> tuple[str, str]:
+    if type(seq) is not int or seq < 0 or (last is not None and type(last) is not int):
+        return "malformed", "seq is not an unsigned integer"
+    if not (type(prev) is bytes and type(bid) is bytes):
+        return "malformed", "prev and batch id are byte strings"
     if seq == 0 and prev != payloads.ZERO_PREV:
         return "prev-mismatch", "seq 0 must have the all-zero prev"
     if seq > 0 and prev == payloads.ZERO_PREV:
@@ -382,12 +435,13 @@ def _span(first: int, last: int) -> str:
 
 
 def _claims(message: bytes) -> tuple[str | None, int | None, int]:
-    """Best-effort did, seq and record count of a message whose signature failed (unproven)."""
+    """Best-effort did, seq and record count of a message whose signature failed (unproven).
+    The envelope parsed strictly already; the payload is scanned like any other."""
     try:
-        v = cbor2.loads(message).value
-        kid = cbor2.loads(v[0])[4]
+        v = strict.loads(message[1:])
+        kid = strict.loads(v[0])[4]
         did = did_of(kid[2:]) if isinstance(kid, bytes) and len(kid) == 34 else None
-        m = cbor2.loads(v[2])
+        m = strict.loads(v[2])
         seq = m.get(2) if type(m.get(2)) is int else None
         n = len(m[5]) if isinstance(m.get(5), list) else 0
         return did, seq, n
@@ -395,26 +449,20 @@ def _claims(message: bytes) -> tuple[str | None, int | None, int]:
         return None, None, 0
 
 
-def _other_payload(
-    payload: bytes, m: dict[Any, Any], finding: Callable[..., Finding], kind: str
-) -> Finding:
-    """Birth and attestation payloads: deterministic, integer keys, no NaN, no tags."""
-    keys = payloads.BIRTH_KEYS if kind == "birth" else frozenset(range(1, 11))
-    if any(type(k) is not int or k not in keys for k in m):
-        return finding("malformed", f"unknown {kind} keys")
+def _other_payload(m: dict[Any, Any], finding: Callable[..., Finding], kind: str) -> Finding:
+    """Birth and attestation payloads (already scanned: deterministic, no NaN, no tags): every
+    field as spec sections 5 and 6 (v1.1) say."""
     try:
-        canonical = dcbor.dumps(m)
-    except ValueError as e:
-        return finding("nan", str(e))
-    if canonical != payload:
-        return finding("non-deterministic", f"{kind} payload is not in deterministic encoding")
-    problem = _tag_problem(payload)
-    if problem:
-        return finding("malformed", problem)
+        if kind == "birth":
+            payloads.check_birth(m)
+        else:
+            payloads.check_attestation(m)
+    except payloads.PayloadError as e:
+        return finding(e.kind, e.detail)
     if kind == "birth":
-        nxt = m.get(8)
-        return finding("birth", f"version {m.get(2)!r}, next seq {nxt!r}")
-    return finding("attestation", f"about {m.get(2)!r}, chain {m.get(8)!r}")
+        return finding("birth", f"version {_printable(m[2])}, next seq {m[8]}")
+    revision = f", revision {m[11]}" if 11 in m else ""
+    return finding("attestation", f"about {m[2]}, chain {m[8]!r}{revision}")
 
 
 def is_finite_number(x: Any) -> bool:
@@ -450,15 +498,9 @@ def _batch_shape(b: payloads.Batch) -> str | None:
     return None
 
 
-def _tag_problem(data: bytes) -> str | None:
-    """Spec section 7 allows no tags in a payload; cbor2 turns many into Python objects
-    (bignums, sets, decimals) that re-encode to the same bytes, so look at the bytes."""
-    tag = first_tag(data)
-    return None if tag is None else f"CBOR tag {tag} inside the payload"
-
-
 def first_tag(data: bytes) -> int | None:
-    """The first tag number in a definite-length CBOR item, None when there is none."""
+    """The first tag number in a definite-length CBOR item, None when there is none. For
+    trusted bytes (tests, tools): untrusted ones go through gateway/wire/strict.py."""
     pos, todo = 0, [1]  # items still to read at each open nesting level
     while todo:
         if todo[-1] == 0:
@@ -515,12 +557,20 @@ def verify_paths(paths: Sequence[Path], verifier: Verifier) -> list[Finding]:
                 with f.open("rb") as fh:
                     data = fh.read(MAX_MESSAGE + 1)  # enough to know it is too big
             except OSError as e:
-                finding = Finding("malformed", None, None, None, 0, f"cannot read: {e}", str(f))
-                verifier.counts[finding.kind] += 1
-                findings.append(finding)
+                findings.append(_refused(verifier, f"cannot read: {e}", str(f)))
+                continue
+            if len(data) > MAX_MESSAGE:
+                detail = f"over the {MAX_MESSAGE} byte cap of any message read from a file"
+                findings.append(_refused(verifier, detail, str(f)))
                 continue
             findings.append(verifier.check(data, source=str(f)))
     return findings
+
+
+def _refused(verifier: Verifier, detail: str, source: str) -> Finding:
+    finding = Finding("malformed", None, None, None, 0, detail, source)
+    verifier.counts[finding.kind] += 1
+    return finding
 
 
 # --- reporting --------------------------------------------------------------------------------
