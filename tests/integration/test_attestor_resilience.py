@@ -28,7 +28,7 @@ from gateway.attestor import registry
 from gateway.attestor.config import loads
 from gateway.attestor.db import Database
 from gateway.attestor.epochs import expected_readings
-from gateway.attestor.service import Worker
+from gateway.attestor.service import StoreAway, Worker
 from gateway.wire import cose, payloads
 from gateway.wire.verify import Finding
 from tests import make_batches as mb
@@ -184,7 +184,7 @@ def test_database_reconnects_after_the_server_dropped_it() -> None:
             w = Worker(_cfg(url, 1, Path("/tmp")), ATTESTOR)
             w.db.close()
             w.db = db
-            w._known.add(DEV.did)
+            w._registered = frozenset({DEV.did})
             message = mb.Chain(ident=DEV).next().message
             assert _terminate(url) == 1
             # A transaction is not retried inside: it fails once (the worker retries the
@@ -307,13 +307,16 @@ def test_reconnect_drops_stale_messages_and_loses_none(
     tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = str(tmp_path / "attestor.db")
+    db = Database(store)
+    registry.register(db, DEV.did, "balcony")  # signed batches of a registered device: the
+    db.close()  # lane whose messages are acked only once stored
     w = Worker(_cfg(store, mosquitto.port, tmp_path), ATTESTOR)
     up = threading.Event()
     stored: Counter[bytes] = Counter()
 
     def handle(topic: str, payload: bytes, now: float | None = None) -> Finding:
         if not up.is_set():
-            raise RuntimeError("not processed: the store is away")
+            raise StoreAway("not processed: the store is away")
         stored[payload] += 1
         return Finding("valid", None, None, None, 0, "", topic)
 
@@ -340,7 +343,7 @@ def test_reconnect_drops_stale_messages_and_loses_none(
     w.client.on_connect = spy_connect
     w.client.on_message = spy_message
     monkeypatch.setattr(w.client, "ack", spy_ack)
-    messages = [b"m%d" % i for i in range(10)]
+    messages = [b.message for b in mb.Chain(ident=DEV).take(10)]
     with running(w):
         with publisher(mosquitto.port) as pub:
             _publish(pub, messages)
@@ -450,7 +453,6 @@ def test_a_store_without_first_sealed_is_upgraded(tmp_path: Path, dialect: str) 
         db = Database(url)
         registry.register(db, DEV.did, "balcony", now=float(mb.SEALED))
         w = Worker(_cfg(url, 1, tmp_path), ATTESTOR)
-        w._known.add(DEV.did)
         for b in mb.Chain(ident=DEV).take(2):
             assert w.handle("t", b.message).kind == "valid"
         w.db.close()
