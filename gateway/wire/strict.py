@@ -75,6 +75,33 @@ def _float_problem(bits: int, ai: int, at: int) -> DecodeError | None:
     return None
 
 
+def _sure_masks(ebits: int, mbits: int, bias: int, narrower_mbits: int) -> list[int]:
+    """Per exponent field value: a mask of mantissa bits of which any one set proves the float
+    in its shortest form (not integral, no narrower form holds it), so most floats are judged
+    with one AND; 0 where the bits prove nothing and `_float_problem` decides."""
+    out = []
+    for e in range(1 << ebits):
+        exp = e - bias
+        if e == (1 << ebits) - 1 or exp >= mbits:
+            out.append(0)  # NaN, infinities, and floats without a fraction bit
+            continue
+        # fraction bits (integral needs them all zero); bits a narrower form lacks
+        frac = mbits if e == 0 or exp < 0 else mbits - exp
+        lost = mbits - narrower_mbits if narrower_mbits else mbits
+        out.append((1 << min(frac, lost)) - 1)
+    return out
+
+
+# a half has no narrower form: any fraction bit settles it; below 1, any nonzero value does
+_SURE = {
+    25: _sure_masks(5, 10, 15, 0),
+    26: _sure_masks(8, 23, 127, 10),
+    27: _sure_masks(11, 52, 1023, 23),
+}
+_SHIFT = {25: 10, 26: 23, 27: 52}
+_EXP = {25: 0x1F, 26: 0xFF, 27: 0x7FF}
+
+
 def scan(
     data: bytes,
     *,
@@ -146,11 +173,13 @@ def _walk(
         else:
             raise DecodeError(f"byte {at}: reserved head {ib:#04x}")
         is_key = is_map and left % 2 == 1
-        if major == 3 or major == 2:
+        if major < 2:
+            pass  # an integer: its head is all of it
+        elif major < 4:
             if arg > end - pos:
                 raise DecodeError(f"byte {at}: declares {arg} bytes, {end - pos} remain")
             pos += arg
-        elif major == 4 or major == 5:
+        elif major < 6:
             n = arg if major == 4 else 2 * arg
             if n > end - pos:  # every item takes a byte at least
                 raise DecodeError(f"byte {at}: declares {n} items, {end - pos} bytes remain")
@@ -171,15 +200,15 @@ def _walk(
             stack.append((left, is_map, k0, k1))
             left, is_map, k0, k1 = 1, False, 0, 0
             continue
-        elif major == 7:
-            if (ai < 24 and arg not in (20, 21, 22)) or ai == 24:
+        elif ai < 25:
+            if ai == 24 or arg not in (20, 21, 22):
                 # false, true and null only: "undefined" and unassigned simple values have no
                 # place in the spec, and cbor2 turns them into objects of its own
                 raise DecodeError(f"byte {at}: simple value {arg} is not allowed")
-            if ai > 24 and deterministic:
-                problem = _float_problem(arg, ai, at)
-                if problem is not None:
-                    raise problem
+        elif deterministic and not arg & _SURE[ai][(arg >> _SHIFT[ai]) & _EXP[ai]]:
+            problem = _float_problem(arg, ai, at)
+            if problem is not None:
+                raise problem
         if is_key and deterministic:
             # Keys whose first bytes differ are ordered by them (most keys are one byte).
             if k1 and (ib < data[k0] or (ib == data[k0] and data[k0:k1] >= data[at:pos])):
