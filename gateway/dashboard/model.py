@@ -2,8 +2,9 @@
 
 Pure and synchronous: `Fleet.handle(topic, payload)` takes one MQTT message, `take_update()`
 hands the server what changed since it last asked, `snapshot()` everything. Nothing here trusts
-a message: JSON from gateways is checked field by field, COSE messages go through the project's
-verifier (`gateway.wire.verify.examine`) and are shown as "unverified" when they fail.
+a message: each is refused unread beyond its topic's byte cap; COSE messages pass the strict
+decoder, then the project's verifier (`gateway.wire.verify.examine`); a gateway is shown only once
+its own key signed a birth or batch; its unsigned JSON is checked field by field (fields.py).
 
 Memory is bounded: at most `max_devices` gateways, `max_series` sparkline series per gateway,
 `points` points per series (one per `window / points` seconds: the newest reading of that
@@ -272,6 +273,20 @@ def open_payload(message: bytes) -> tuple[dict[Any, Any], str]:
     if not isinstance(m, dict):
         return {}, "malformed: the payload is not a map"
     return m, ""
+
+
+def birth_problem(m: Mapping[Any, Any]) -> str:
+    """The spec's field rules for a birth (section 3.2) that the page relies on, checked here
+    whatever the verifier does: a signed birth that breaks them is not shown ('' when none)."""
+    if _text(m.get(2), 1 << 16) is None:
+        return "malformed: birth version is not text"
+    if not isinstance(m.get(3), bytes) or len(m[3]) > 64:
+        return "malformed: birth boot id is not a byte string"
+    if _moment(m.get(4)) is None:
+        return "malformed: birth started is not a time"
+    if _count(m.get(8)) is None:
+        return "malformed: birth next seq is not a count"
+    return ""
 
 
 def _hex(x: Any) -> str | None:
@@ -546,6 +561,8 @@ class Fleet:
             return Verdict(m, v, f"{v.kind}: {v.detail}"[:200])
         if kind != "attestation" and (v.did is None or device_id_of(v.did) != device_id):
             return Verdict(m, v, "signed by another device's key")
+        if kind == "birth":
+            return Verdict(m, v, birth_problem(m))
         return Verdict(m, v, "")
 
     def _on_birth(self, dev: Device, verdict: Verdict, now: float) -> None:

@@ -820,7 +820,7 @@ def test_page_in_headless_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None
             assert re.search(r"signature\s+verified", text)  # the birth's
             detail = artifacts / "dashboard-detail.png"
             browser.save_screenshot(str(detail))
-            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[no-untyped-call]
             assert errors == [], errors
         finally:
             browser.quit()
