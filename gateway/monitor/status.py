@@ -379,6 +379,11 @@ def render(cfg: Settings, spool: dict[str, Any], status: dict[str, Any] | None, 
             f"  latest attestation: score {att['score']:.3f}, chain {att.get('status')}, "
             f"by {att.get('attestor')}"
         )
+    ignored = health.get("ignored_messages") or {}
+    if ignored:
+        # Anyone on the broker can send these: worth a look when they grow, never an error.
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(ignored.items()))
+        out.append(f"  ignored from the broker: {counts}")
     return "\n".join(out) + "\n"
 
 
