@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.attestor import registry, service
+from gateway.attestor import chains, registry, service
 from gateway.attestor.config import loads
 from gateway.attestor.db import Database
 from gateway.attestor.service import Worker
@@ -108,7 +108,7 @@ def test_only_a_store_outage_is_retried(w: Worker, monkeypatch: pytest.MonkeyPat
     def away(*_: Any, **__: Any) -> Any:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(service.chains, "process_batch", away)
+    monkeypatch.setattr(chains, "process_batch", away)
     with pytest.raises(service.StoreAway):
         w.handle(TOPIC, mb.Chain(ident=DEV).next().message)
 

@@ -15,6 +15,7 @@ from gateway.attestor import registry
 from gateway.attestor.config import loads
 from gateway.attestor.service import Worker
 from gateway.wire import cose, merkle, payloads
+from gateway.wire.identity import Identity
 from gateway.wire.score import score
 from tests import make_batches as mb
 
@@ -31,7 +32,7 @@ def _worker(store: str, tmp_path: Path) -> Worker:
     return Worker(cfg, mb.identity(mb.SEED_B))
 
 
-def birth(ident: mb.Identity, *, started: float, interval: float = 60.0) -> bytes:
+def birth(ident: Identity, *, started: float, interval: float = 60.0) -> bytes:
     payload = payloads.encode_birth(
         did=ident.did,
         version="test",
