@@ -159,3 +159,22 @@ _VALUES = st.recursive(
 def test_fuzz_changed_fields_of_a_real_bundle(bundle: bytes, changes: dict[int, Any]) -> None:
     p = {**_payload(bundle), **changes}
     _open(cose.sign1(A, cose.TYP_MODEL, cbor2.dumps(p, canonical=True)))
+
+
+def test_model_sign_names_the_targets_and_the_release(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.wire import identity
+
+    op = identity.generate(tmp_path / "operator.key")
+    out = tmp_path / "bundle.cose"
+    sign = [sys.executable, "-m", "gateway", "model", "sign", str(SHIPPED)]
+    sign += ["--key", str(tmp_path / "operator.key"), "-o", str(out), "--release", "5"]
+    r = subprocess.run([*sign, "--for", DEVICE, "--fleet", "north"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    b = open_bundle(out.read_bytes(), trusted=[op.did])
+    assert (b.targets, b.release) == ((DEVICE, "fleet:north"), 5)
+    out.unlink()
+    r = subprocess.run(sign, capture_output=True, text=True)
+    assert r.returncode == 2 and "--for DEVICE_ID" in r.stderr and not out.exists()
