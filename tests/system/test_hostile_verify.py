@@ -10,6 +10,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -91,11 +92,11 @@ def test_verify_files_under_a_memory_limit(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Mosquitto:
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     m = Mosquitto(tmp_path / "broker")
     m.start()
     try:
-        yield m  # type: ignore[misc]
+        yield m
     finally:
         m.stop()
 
