@@ -13,8 +13,12 @@ Chain decisions the spec leaves open, written down here (and in the project's do
   is its prev, seq+1's prev is its id) and "replay" when one does not. A neighbour not seen yet
   is checked when it arrives, so the accepted batches always form a consistent chain, and
   honest batches delivered in any order are never called forgeries.
-- Birth and attestation messages are signature- and did-checked; they do not touch the chain.
+- Birth and attestation messages are signature- and did-checked and held to every field rule
+  of spec v1.1 (payloads.check_birth, check_attestation); they do not touch the chain.
   Attestors are not devices, so the allow-list does not apply to attestations.
+- Bytes are judged before they are decoded: a message is held to the cap of its kind
+  (`cap_of`), and every payload goes through the strict scan (gateway/wire/strict.py), which
+  also settles the deterministic encoding; nothing a stranger sent is re-encoded.
 - A gap is never more than a gap. When the batch after it carries v1.1 loss receipts (drop
   receipts whose `why` is "<reason> seq <first>[-<last>]") covering missing seqs, the gap's
   detail gives the device's stated reason; such a statement changes no verdict.
