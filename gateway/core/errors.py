@@ -115,7 +115,13 @@ class PathNotFoundError(GatewayError, FileNotFoundError):
 
 class ModelBundleError(GatewayError, ValueError):
     """A bundle was refused; `kind` is one of "bad-signature", "untrusted-signer",
-    "sha-mismatch", "malformed", "name-mismatch"."""
+    "sha-mismatch", "malformed", "name-mismatch", "old-format" (keys 1..7 only: no targets, no
+    release, so it could be replayed anywhere).
+
+    The model store refuses a bundle that opened as "not-for-this-device" (this gateway is not
+    among its targets) or "stale" (its release is not above the highest accepted of its name),
+    and a model the interpreter will not load as "model-refused": those are kinds of its
+    `Outcome` (published on `model/result`), never raised as this error."""
 
     def __init__(self, kind: str, detail: str) -> None:
         self.kind = kind

@@ -27,13 +27,14 @@ def _latest(collector: Collector, suffix: str) -> dict[str, Any] | None:
 def test_state_and_health_are_published_and_carry_the_attestation(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
+    attestor = mb.identity(mb.SEED_B)
     cfg = write_config(tmp_path / "gw", mosquitto.port, interval="0.2 s")
     with cfg.open("a") as f:
         f.write('\n[monitor]\nstate_interval = "1 s"\nhealth_interval = "1 s"\n')
+        f.write(f'attestors = ["{attestor.did}"]\n')
     device = identity.load(tmp_path / "gw" / "device.key")
     collector = Collector(mosquitto.port)
     gw = GatewayProcess(cfg, tmp_path / "gw.log")
-    attestor = mb.identity(mb.SEED_B)
     try:
         gw.start()
         assert collector.wait_for(lambda: _latest(collector, "/health") is not None, 20)
@@ -87,21 +88,25 @@ def test_state_and_health_are_published_and_carry_the_attestation(
     assert retained and all(m.payload for m in retained)
 
 
-def test_an_attestation_about_another_device_or_forged_is_ignored() -> None:
+def test_an_attestation_about_another_device_forged_or_by_an_untrusted_key_is_ignored() -> None:
     from gateway.monitor.report import read_attestation
 
     a, other = mb.identity(mb.SEED_B), mb.identity(mb.SEED_A)
+    trusted = [a.did]
     good = dcbor.dumps({1: a.did, 2: other.did, 3: 0, 4: 1, 5: 1, 6: 1, 7: 0, 8: "ok", 9: 1.0,
                         10: merkle.root([])})  # fmt: skip
     message = cose.sign1(a, cose.TYP_ATTESTATION, good)
-    assert read_attestation(message, other.did) is not None
-    assert read_attestation(message, a.did) is None  # about someone else
+    assert read_attestation(message, other.did, trusted) is not None
+    assert read_attestation(message, a.did, trusted) is None  # about someone else
+    # Valid and about this device, but by a key the owner did not name, or with none named.
+    assert read_attestation(message, other.did, [other.did]) is None
+    assert read_attestation(message, other.did, []) is None
     forged = bytearray(message)
     forged[-1] ^= 1
-    assert read_attestation(bytes(forged), other.did) is None
-    assert read_attestation(b"garbage", other.did) is None
+    assert read_attestation(bytes(forged), other.did, trusted) is None
+    assert read_attestation(b"garbage", other.did, trusted) is None
     batch = mb.Chain(ident=other).next().message  # a batch is not an attestation
-    assert read_attestation(batch, other.did) is None
+    assert read_attestation(batch, other.did, trusted) is None
 
 
 def test_status_shows_sensors_queue_uplink_and_chain(
@@ -176,7 +181,7 @@ def test_an_odd_attestation_never_reaches_health(changes: dict[int, Any]) -> Non
 
     try:
         message = cose.sign1(a, cose.TYP_ATTESTATION, cbor2.dumps(fields))
-        found = read_attestation(message, dev.did)
+        found = read_attestation(message, dev.did, [a.did])
     finally:
         _sys.set_int_max_str_digits(limit)
     assert found is None

@@ -14,14 +14,8 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.core.errors import ConfigError, GatewayError
-from gateway.models.bundle import (
-    Bundle,
-    ModelBundleError,
-    install,
-    make_bundle,
-    open_bundle,
-)
+from gateway.core.errors import ConfigError, GatewayError, ModelBundleError
+from gateway.models.bundle import Bundle, install, make_bundle, open_bundle
 from gateway.modules import tflite
 from gateway.wire import cose, dcbor
 from gateway.wire.identity import Identity
@@ -32,6 +26,8 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = MODELS / "temperature-ae.json"
 A = Identity.from_private_key(Ed25519PrivateKey.generate())  # the trusted operator
 B = Identity.from_private_key(Ed25519PrivateKey.generate())  # someone else
+DEVICE = Identity.from_private_key(Ed25519PrivateKey.generate()).device_id  # the gateway
+FOR: dict[str, Any] = {"targets": [DEVICE], "release": 1}  # whom a bundle is for, and its release
 
 
 def _payload(message: bytes) -> dict[int, Any]:
@@ -71,7 +67,7 @@ def _pair(models_dir: Path) -> tuple[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def bundle() -> bytes:
-    return make_bundle(A, SHIPPED, now=1_700_000_000)
+    return make_bundle(A, SHIPPED, targets=[DEVICE, "fleet:north"], release=7, now=1_700_000_000)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -85,6 +81,7 @@ def test_sign_open_install_then_the_tflite_module_loads_it(bundle: bytes, tmp_pa
     assert b.manifest == shipped_manifest and b.model == shipped_model
     assert b.sha256 == hashlib.sha256(shipped_model).digest()
     assert (b.signed_at, b.mode, b.signer) == (1_700_000_000, "active", A.did)
+    assert (b.targets, b.release) == ((DEVICE, "fleet:north"), 7)
 
     path = install(b, tmp_path)
     assert path == tmp_path / "temperature-ae.json"
@@ -103,15 +100,15 @@ def test_the_payload_is_the_documented_deterministic_map(bundle: bytes) -> None:
     assert s.typ == cose.TYP_MODEL
     assert dcbor.is_deterministic(s.payload)
     p = _payload(bundle)
-    assert sorted(p) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(p) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert p[5] == hashlib.sha256(p[4]).digest()
 
 
 def test_shadow_mode_is_carried(tmp_path: Path) -> None:
-    b = open_bundle(make_bundle(A, SHIPPED, mode="shadow"), trusted=[A.did])
+    b = open_bundle(make_bundle(A, SHIPPED, mode="shadow", **FOR), trusted=[A.did])
     assert b.mode == "shadow"
     with pytest.raises(ModelBundleError):
-        make_bundle(A, SHIPPED, mode="promoted")  # type: ignore[arg-type]
+        make_bundle(A, SHIPPED, mode="promoted", **FOR)  # type: ignore[arg-type]
 
 
 def test_make_bundle_refuses_a_pair_whose_sha256_does_not_match(tmp_path: Path) -> None:
@@ -122,10 +119,10 @@ def test_make_bundle_refuses_a_pair_whose_sha256_does_not_match(tmp_path: Path) 
     data[-1] ^= 1
     model.write_bytes(bytes(data))
     with pytest.raises(ModelBundleError) as info:
-        make_bundle(A, tmp_path / "temperature-ae.json")
+        make_bundle(A, tmp_path / "temperature-ae.json", **FOR)
     assert info.value.kind == "sha-mismatch"
     with pytest.raises(ModelBundleError) as info:
-        make_bundle(A, tmp_path / "missing.json")
+        make_bundle(A, tmp_path / "missing.json", **FOR)
     assert info.value.kind == "malformed"
 
 
@@ -165,7 +162,7 @@ def test_a_tampered_signature_or_payload_is_refused(bundle: bytes) -> None:
 
 
 def test_a_bundle_signed_by_an_untrusted_key_is_refused(bundle: bytes) -> None:
-    err = _refused(make_bundle(B, SHIPPED), "untrusted-signer")
+    err = _refused(make_bundle(B, SHIPPED, **FOR), "untrusted-signer")
     assert B.did in str(err)
     _refused(bundle, "untrusted-signer", trusted=[])
     _refused(bundle, "untrusted-signer", trusted=[B.did])
@@ -217,7 +214,7 @@ def test_malformed_payloads_are_refused(bundle: bytes, changes: dict[str, Any]) 
 
 def test_a_payload_with_extra_keys_or_not_deterministic_is_refused(bundle: bytes) -> None:
     p = _payload(bundle)
-    extra = cose.sign1(A, cose.TYP_MODEL, dcbor.dumps({**p, 8: "x"}))
+    extra = cose.sign1(A, cose.TYP_MODEL, dcbor.dumps({**p, 10: "x"}))
     _refused(extra, "malformed")
     loose = cose.sign1(A, cose.TYP_MODEL, cbor2.dumps(dict(sorted(p.items(), reverse=True))))
     _refused(loose, "malformed")
@@ -239,7 +236,7 @@ def test_a_refused_update_leaves_the_previous_model_working(bundle: bytes, tmp_p
     model[100] ^= 1
     for bad in (
         _resign(bundle, k4=bytes(model)),
-        make_bundle(B, SHIPPED),
+        make_bundle(B, SHIPPED, **FOR),
         bundle[:-1] + bytes([bundle[-1] ^ 1]),
     ):
         with pytest.raises(ModelBundleError):
@@ -302,6 +299,8 @@ def test_install_refuses_a_hand_made_inconsistent_bundle(tmp_path: Path) -> None
         signed_at=0,
         mode="active",
         signer=A.did,
+        targets=(DEVICE,),
+        release=1,
     )
     with pytest.raises(ModelBundleError) as info:
         install(b, tmp_path)
@@ -313,7 +312,7 @@ def test_the_batch_verifier_does_not_take_a_model_bundle(tmp_path: Path) -> None
     from gateway.wire.verify import Verifier
 
     ident = Identity.from_private_key(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
-    message = make_bundle(ident, SHIPPED)
+    message = make_bundle(ident, SHIPPED, **FOR)
     f = Verifier().check(message)
     assert f.kind == "malformed" and "model bundle" in f.detail
 
@@ -339,6 +338,10 @@ def test_model_sign_command_makes_a_bundle_that_opens(tmp_path: Path) -> None:
             "-o",
             str(out),
             "--shadow",
+            "--for",
+            DEVICE,
+            "--release",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -347,3 +350,4 @@ def test_model_sign_command_makes_a_bundle_that_opens(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     b = open_bundle(out.read_bytes(), trusted=[op.did])
     assert (b.name, b.mode, b.signer) == ("temperature-ae", "shadow", op.did)
+    assert (b.targets, b.release) == ((DEVICE,), 2)
