@@ -88,6 +88,30 @@ class Identity:
         return cls(key=key, public_key=pub)
 
 
+def _make_directories(directory: Path) -> None:
+    """Create the missing directories of `directory`, each mode 0700.
+
+    Only the directories made here: one that exists already belongs to its owner (a home
+    directory, /etc) and keeps its mode. The new ones are private from the start, not after a
+    chmod, because `mkdir` gets 0700 (the umask can only narrow it); the chmod then undoes a
+    umask that took the owner's own bits away."""
+    missing: list[Path] = []
+    d = directory
+    while not d.is_dir():
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            # made meanwhile by someone else, or not a directory (then opening the key fails
+            # and says so): not ours to change
+            continue
+        os.chmod(d, 0o700)
+
+
 def generate(path: Path) -> Identity:
     """Create a new key at `path` (PKCS#8 PEM, mode 0600); never overwrites an existing file."""
     key = Ed25519PrivateKey.generate()
@@ -96,7 +120,7 @@ def generate(path: Path) -> Identity:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_directories(path.parent)
     try:
         # O_EXCL: a second keygen must never replace the device's identity.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
