@@ -201,19 +201,19 @@ class Batch:
 @dataclass(frozen=True)
 class Scanned:
     """A payload that passed the strict scan in deterministic mode (spec section 7), decoded:
-    `marks[d]` holds the byte offsets at which the items of nesting depth d start, so parts of
-    the payload (a batch's records) are sliced out, never read or encoded again."""
+    `marks[d]` holds the (start, end) offsets of the arrays and maps of nesting depth d, so
+    parts of the payload (a batch's records) are sliced out, never read or encoded again."""
 
     payload: bytes
     value: Any
-    marks: list[list[int]]
+    marks: list[list[tuple[int, int]]]
 
 
 def scan_payload(payload: bytes) -> Scanned:
     """The payload decoded once its bytes passed every rule of spec section 7 (no tags,
     definite lengths, shortest forms, sorted unique keys, no NaN); PayloadError otherwise,
     with the kind a verifier reports ("malformed", "non-deterministic", "nan")."""
-    marks: list[list[int]] = [[], [], []]
+    marks: list[list[tuple[int, int]]] = [[], [], []]
     try:
         value = strict.loads(payload, deterministic=True, marks=marks)
     except strict.DecodeError as e:
@@ -271,16 +271,15 @@ def _checked(sc: Scanned, m: dict[Any, Any]) -> Batch:
 
 def _record_slices(sc: Scanned, m: dict[Any, Any]) -> list[bytes]:
     """Each record's bytes exactly as transported (its Merkle leaf), cut out of the payload at
-    the offsets the scan marked: the map's keys and values are the depth-1 items, in key order
-    (the scan checked the order), the records the depth-2 items inside the value of key 5."""
-    payload, top, inner = sc.payload, sc.marks[1], sc.marks[2]
-    i = 2 * list(m).index(5) + 1
-    start = top[i]
-    stop = top[i + 1] if i + 1 < len(top) else len(payload)
-    lo, hi = bisect.bisect_right(inner, start), bisect.bisect_left(inner, stop)
-    starts = inner[lo:hi]
-    ends = [*starts[1:], stop] if starts else []
-    return [payload[a:b] for a, b in zip(starts, ends, strict=True)]
+    the offsets the scan marked. Keys 1-4 hold no array or map (checked), so the records are
+    the first array at depth 1, and the records themselves (maps, checked) are the depth-2
+    containers inside it."""
+    payload = sc.payload
+    r0, r1 = sc.marks[1][0]
+    inner = sc.marks[2]
+    lo = bisect.bisect_right(inner, (r0, r1))
+    hi = bisect.bisect_left(inner, (r1, 0))
+    return [payload[a:b] for a, b in inner[lo:hi]]
 
 
 def _batch_map(m: Any) -> dict[Any, Any]:

@@ -85,6 +85,9 @@ def _sure_masks(ebits: int, mbits: int, bias: int, narrower_mbits: int) -> list[
         if e == (1 << ebits) - 1 or exp >= mbits:
             out.append(0)  # NaN, infinities, and floats without a fraction bit
             continue
+        if not narrower_mbits and e and exp < 0:
+            out.append((1 << (1 + ebits + mbits)) - 1)  # a half below 1: never an integer
+            continue
         # fraction bits (integral needs them all zero); bits a narrower form lacks
         frac = mbits if e == 0 or exp < 0 else mbits - exp
         lost = mbits - narrower_mbits if narrower_mbits else mbits
@@ -108,15 +111,15 @@ def scan(
     tags: frozenset[int] = _NO_TAGS,
     max_depth: int = MAX_DEPTH,
     deterministic: bool = False,
-    marks: list[list[int]] | None = None,
+    marks: list[list[tuple[int, int]]] | None = None,
 ) -> None:
     """Raise DecodeError unless `data` is exactly one well-formed, definite-length CBOR item
     within the bounds, whose only tags are in `tags` (and, with `deterministic`, encoded as
     spec section 7 says). Builds nothing.
 
-    `marks`, when given, receives the byte offset at which each item of nesting depth d starts
-    in marks[d], for d < len(marks) (the item itself is depth 0): a caller can slice the parts
-    of the item out of `data` without reading them again."""
+    `marks`, when given, receives the (start, end) byte offsets of each array, map or tag of
+    nesting depth d in marks[d], for d < len(marks) (the item itself is depth 0), in order: a
+    caller can slice the parts of the item out of `data` without reading them again."""
     end = len(data)
     if end > MAX_ITEMS:  # an item takes a byte at least: only longer data can hold more
         raise DecodeError(f"byte {MAX_ITEMS}: more than {MAX_ITEMS} bytes, so maybe items")
@@ -134,25 +137,25 @@ def _walk(
     tags: frozenset[int],
     max_depth: int,
     deterministic: bool,
-    marks: list[list[int]],
+    marks: list[list[tuple[int, int]]],
 ) -> int:
     """The scan itself; returns the offset after the item. The open level's state lives in
     locals (the hot loop reads no stack): `left` items to read, whether it is a map, and the
     bytes of its last key; outer levels wait on `stack`."""
-    stack: list[tuple[int, bool, int, int]] = []
+    stack: list[tuple[int, bool, int, int, int]] = []
     n_marks = len(marks)
-    left, is_map, k0, k1 = 1, False, 0, 0
+    left, is_map, k0, k1, c0 = 1, False, 0, 0, 0  # c0: where the open container starts
     pos = 0
     while True:
         if left == 0:
             if not stack:
                 return pos
-            left, is_map, k0, k1 = stack.pop()
+            if len(stack) <= n_marks:
+                marks[len(stack) - 1].append((c0, pos))
+            left, is_map, k0, k1, c0 = stack.pop()
             continue
         left -= 1
         at = pos
-        if n_marks and len(stack) < n_marks:
-            marks[len(stack)].append(at)
         ib = data[pos]
         pos += 1
         major, ai = ib >> 5, ib & 0x1F
@@ -187,8 +190,8 @@ def _walk(
                 raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
             if is_key:
                 raise DecodeError(f"byte {at}: a map key must not be an array or a map")
-            stack.append((left, is_map, k0, k1))
-            left, is_map, k0, k1 = n, major == 5, 0, 0
+            stack.append((left, is_map, k0, k1, c0))
+            left, is_map, k0, k1, c0 = n, major == 5, 0, 0, at
             continue
         elif major == 6:
             if arg not in tags:
@@ -197,8 +200,8 @@ def _walk(
                 raise DecodeError(f"byte {at}: a map key must not be tagged")
             if len(stack) >= max_depth:
                 raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
-            stack.append((left, is_map, k0, k1))
-            left, is_map, k0, k1 = 1, False, 0, 0
+            stack.append((left, is_map, k0, k1, c0))
+            left, is_map, k0, k1, c0 = 1, False, 0, 0, at
             continue
         elif ai < 25:
             if ai == 24 or arg not in (20, 21, 22):
@@ -227,7 +230,7 @@ def loads(
     tags: frozenset[int] = _NO_TAGS,
     max_depth: int = MAX_DEPTH,
     deterministic: bool = False,
-    marks: list[list[int]] | None = None,
+    marks: list[list[tuple[int, int]]] | None = None,
 ) -> Any:
     """`data` as Python objects, once `scan` passed it; DecodeError otherwise. Never raises
     anything else on any input."""

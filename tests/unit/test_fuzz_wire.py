@@ -71,7 +71,7 @@ def test_strict_loads_raises_only_decode_error(data: bytes) -> None:
     except strict.DecodeError as e:
         assert "byte" in str(e) or "not decodable" in str(e)
     try:
-        strict.loads(data, deterministic=True, marks=[[], []])
+        strict.loads(data, deterministic=True, marks=[[], [], []])
     except strict.DecodeError as e:
         assert e.kind in ("malformed", "non-deterministic", "nan")
 

@@ -83,13 +83,13 @@ def test_honest_messages_pass() -> None:
     strict.scan(att, deterministic=True)
 
 
-def test_marks_give_the_offsets_of_each_depth() -> None:
-    data = dcbor.dumps([1, [2, "ab"], {"k": b"x"}])
-    marks: list[list[int]] = [[], [], []]
+def test_marks_give_the_containers_of_each_depth() -> None:
+    data = dcbor.dumps([1, [2, "ab"], {"k": [b"x"]}])
+    marks: list[list[tuple[int, int]]] = [[], [], []]
     strict.scan(data, marks=marks)
-    assert marks[0] == [0]
-    assert [data[i] for i in marks[1]] == [0x01, 0x82, 0xA1]
-    assert [data[i] for i in marks[2]] == [0x02, 0x62, 0x61, 0x41]
+    assert marks[0] == [(0, len(data))]
+    assert [data[a:b] for a, b in marks[1]] == [dcbor.dumps([2, "ab"]), dcbor.dumps({"k": [b"x"]})]
+    assert [data[a:b] for a, b in marks[2]] == [dcbor.dumps([b"x"])]
 
 
 @pytest.mark.parametrize(
