@@ -131,6 +131,12 @@ def scan(
         raise DecodeError(f"byte {pos}: {end - pos} bytes after the item")
 
 
+# argument bytes after a head of additional information 24-27, and the least argument that
+# needs them (a smaller one has a shorter head)
+_SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
+_SHORTEST = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
+
+
 def _walk(
     data: bytes,
     end: int,
@@ -162,11 +168,11 @@ def _walk(
         if ai < 24:
             arg = ai
         elif ai < 28:
-            size = 1 << (ai - 24)
+            size = _SIZE[ai]
             if pos + size > end:
                 raise DecodeError(f"byte {at}: the head ends early")
             arg = int.from_bytes(data[pos : pos + size], "big")
-            if deterministic and major != 7 and arg < (24 if size == 1 else 1 << (4 * size)):
+            if deterministic and arg < _SHORTEST[ai] and major != 7:
                 raise DecodeError(f"byte {at}: the head is not in its shortest form", _NONDET)
             pos += size
         elif ai == 31:
@@ -175,7 +181,7 @@ def _walk(
             raise DecodeError(f"byte {at}: indefinite length (spec section 7)", kind)
         else:
             raise DecodeError(f"byte {at}: reserved head {ib:#04x}")
-        is_key = is_map and left % 2 == 1
+        is_key = is_map and left & 1
         if major < 2:
             pass  # an integer: its head is all of it
         elif major < 4:
