@@ -18,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli.verify_live import verify_live
-from gateway.core.errors import ConfigError, UplinkError
+from gateway.core.errors import ConfigError, PathNotFoundError, UplinkError
 from gateway.wire import cose, dcbor, merkle, payloads
 from gateway.wire.identity import Identity
 from gateway.wire.verify import (
     MAX_MESSAGE,
     Finding,
-    PathNotFoundError,
     Verifier,
     exit_code,
     first_tag,
