@@ -90,6 +90,7 @@ class Worker:
         # changed in place) by the worker's thread, from the store, at start and every tick.
         self._registered: frozenset[str] = registry.registered_dids(self.db)
         self._last_tick = 0.0
+        self._junk = False
         self._quiet = Quiet(QUIET)
         self.client = _Client(
             CallbackAPIVersion.VERSION2,
@@ -213,10 +214,15 @@ class Worker:
             return True
         return False
 
-    def handle(self, topic: str, payload: bytes, now: float | None = None) -> Finding:
+    def handle(
+        self, topic: str, payload: bytes, now: float | None = None, *, junk: bool = False
+    ) -> Finding:
         """One message, whatever it holds: its finding. Raises StoreAway only, when the store
         is away (the caller tries again); anything else raised while the message is judged or
-        stored is about the message: a "malformed" finding, counted once, never retried."""
+        stored is about the message: a "malformed" finding, counted once, never retried.
+        `junk`: from the junk lane, whose findings against nobody are counted at the next tick
+        (one transaction for all, not one each)."""
+        self._junk = junk
         try:
             finding = self._judge(topic, payload, now)
         except Exception as e:
@@ -281,6 +287,10 @@ class Worker:
         # a message whose signature failed proves nothing about the device it names.
         proven = f.batch_id is not None and f.kind != "unknown-device"
         did = f.did if f.did and proven and self.registered(f.did) else ""
+        if not did and self._junk:
+            with self._refused_lock:
+                self.refused[f.kind] += 1
+            return
         with self.db.transaction() as tx:
             chains.count(tx, did, f.kind)
 
@@ -356,7 +366,7 @@ class Worker:
             if not item.acked and self._stale(item.connection):
                 return  # delivered again on the current connection; not stored twice for it
             try:
-                self.handle(item.topic, item.payload)
+                self.handle(item.topic, item.payload, junk=item.acked)
                 break
             except StoreAway:  # logged: no ack, the broker keeps it
                 if stop.wait(next(delays)):
