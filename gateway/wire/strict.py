@@ -4,8 +4,9 @@ cbor2 builds what the bytes describe: value-sharing tags (28/29) give a graph th
 exponentially when walked or re-encoded, other tags give sets, decimals, dates or errors, and a
 declared length is believed until the bytes run out. So every untrusted CBOR item is first
 scanned here, in one pass over its bytes with no recursion: well-formed, definite lengths only,
-each declared length within what remains, nesting and item count bounded, and no tag but the
-ones the caller allows. Only an item that passes is handed to cbor2.
+each declared length within what remains, nesting and the numbers of items and of arrays and
+maps bounded (so the objects it becomes are too), and no tag but the ones the caller allows.
+Only an item that passes is handed to cbor2.
 
 With `deterministic=True` the same pass also checks spec section 7 on the bytes themselves, so
 nothing untrusted is ever re-encoded to compare: shortest heads, map keys sorted bytewise and
@@ -22,9 +23,14 @@ import cbor2
 
 #: Deeper than any message of the spec (a birth: map, sensors, sensor, quantities = 4).
 MAX_DEPTH = 16
-#: Items (each head counts once). An item takes a byte at least, so the bound is kept by
-#: refusing longer data: 16 MiB, the largest message any reader takes (gateway/wire/limits.py).
-MAX_ITEMS = 1 << 24
+#: Items (each head counts once), and arrays plus maps, in one item: what bounds the Python
+#: objects a message may become whatever its size (a map of one pair costs about 400 bytes, a
+#: short text or a float about 60: some 35 MB at most). Counted as each container declares them,
+#: so the loop over items pays nothing for it. The most an honest batch holds (10,000 records,
+#: the largest batch_max_readings, with three flags on each) is 160,000 items and 20,000 arrays
+#: and maps: less than half of each bound.
+MAX_ITEMS = 5 << 16  # 327,680
+MAX_CONTAINERS = 1 << 16
 _NO_TAGS: frozenset[int] = frozenset()
 _TWO64 = 2.0**64
 _HALF, _SINGLE = struct.Struct(">e"), struct.Struct(">f")
@@ -121,8 +127,6 @@ def scan(
     nesting depth d in marks[d], for d < len(marks) (the item itself is depth 0), in order: a
     caller can slice the parts of the item out of `data` without reading them again."""
     end = len(data)
-    if end > MAX_ITEMS:  # an item takes a byte at least: only longer data can hold more
-        raise DecodeError(f"byte {MAX_ITEMS}: more than {MAX_ITEMS} bytes, so maybe items")
     try:
         pos = _walk(data, end, tags, max_depth, deterministic, marks or [])
     except IndexError:
@@ -150,6 +154,7 @@ def _walk(
     bytes of its last key; outer levels wait on `stack`."""
     stack: list[tuple[int, bool, int, int, int]] = []
     n_marks = len(marks)
+    items, containers = 1, 0  # counted as each container declares them
     left, is_map, k0, k1, c0 = 1, False, 0, 0, 0  # c0: where the open container starts
     pos = 0
     while True:
@@ -196,6 +201,10 @@ def _walk(
                 raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
             if is_key:
                 raise DecodeError(f"byte {at}: a map key must not be an array or a map")
+            items += n
+            containers += 1
+            if items > MAX_ITEMS or containers > MAX_CONTAINERS:
+                raise DecodeError(_too_many(at, items, containers))
             stack.append((left, is_map, k0, k1, c0))
             left, is_map, k0, k1, c0 = n, major == 5, 0, 0, at
             continue
@@ -204,6 +213,9 @@ def _walk(
                 raise DecodeError(f"byte {at}: CBOR tag {arg} is not allowed here")
             if is_key:
                 raise DecodeError(f"byte {at}: a map key must not be tagged")
+            items += 1
+            if items > MAX_ITEMS:
+                raise DecodeError(_too_many(at, items, containers))
             if len(stack) >= max_depth:
                 raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
             stack.append((left, is_map, k0, k1, c0))
@@ -228,6 +240,12 @@ def _walk(
 
 
 _NONDET = "non-deterministic"
+
+
+def _too_many(at: int, items: int, containers: int) -> str:
+    if containers > MAX_CONTAINERS:
+        return f"byte {at}: more than {MAX_CONTAINERS} arrays and maps"
+    return f"byte {at}: declares {items} items so far, more than {MAX_ITEMS}"
 
 
 def loads(

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cbor2
 import pytest
 
-from gateway.wire import cose, dcbor, payloads, strict
-from gateway.wire.verify import Finding, Verifier, examine
+from gateway.wire import cose, dcbor, limits, payloads, strict
+from gateway.wire.verify import Examined, Finding, Verifier, examine
 from tests import hostile as h
 from tests import make_batches as mb
 from tests.vectors import make_hostile_vectors as hv
@@ -174,3 +176,124 @@ def test_over_cap_is_refused_from_the_length_alone() -> None:
         f = Verifier().check(message)
         assert f.kind == "malformed" and f"over the {DOC['caps']['birth']} byte cap" in f.detail
     assert cose.typ_of(broken) == cose.TYP_BIRTH
+
+
+# --- what a message may become: items and arrays-plus-maps bounded ----------------------------
+
+
+def _flood(unit: bytes, n: int) -> bytes:
+    """An array of `n` copies of one item."""
+    return h.head(4, n) + unit * n
+
+
+def _counts(value: object) -> tuple[int, int]:
+    """Items and arrays-plus-maps of a decoded value (trusted: built here)."""
+    items, containers, todo = 0, 0, [value]
+    while todo:
+        v = todo.pop()
+        items += 1
+        if isinstance(v, list):
+            containers += 1
+            todo.extend(v)
+        elif isinstance(v, dict):
+            containers += 1
+            for k, x in v.items():
+                todo += (k, x)
+    return items, containers
+
+
+def test_the_largest_honest_batch_with_flags_and_receipts_decodes_with_room_to_spare() -> None:
+    """10,000 records (the largest batch_max_readings), three flags on every one, and dropped
+    receipts: it verifies, and holds half the item and container bounds or less."""
+    ident = mb.identity(mb.SEED_A)
+    flags = ["spike", "stuck", "module-error"]
+    recs = [
+        payloads.encode_record(
+            "climate/temperature", "Cel", 20 + i * 0.001, mb.SEALED + i * 0.731, 0.75, flags
+        )
+        for i in range(10_000)
+    ]
+    drops = [payloads.DropReceipt(5, mb.SEALED - 60, mb.SEALED - 30, "spool-full")] * 8
+    payload = mb.batch_payload(ident, 0, payloads.ZERO_PREV, recs, dropped=drops)
+    items, containers = _counts(cbor2.loads(payload))
+    assert 2 * items <= strict.MAX_ITEMS and 2 * containers <= strict.MAX_CONTAINERS
+    assert isinstance(examine(mb.sign(ident, payload)), Examined)
+
+
+def test_items_past_the_bound_are_refused_where_they_are_declared() -> None:
+    n = strict.MAX_ITEMS
+    strict.scan(_flood(b"\x00", n - 1))  # the array and its items: exactly the bound
+    with pytest.raises(strict.DecodeError, match=rf"^byte 0: declares {n + 1} items"):
+        strict.scan(_flood(b"\x00", n))
+    first = _flood(b"\x00", n - 3)  # with the outer array and the second one: one over
+    with pytest.raises(strict.DecodeError) as e:
+        strict.scan(h.array(first, b"\x81\x00"))
+    assert str(e.value).startswith(f"byte {1 + len(first)}: declares {n + 1} items")
+    assert e.value.kind == "malformed"
+
+
+def test_arrays_and_maps_past_the_bound_are_refused_at_the_first_one_over() -> None:
+    n = strict.MAX_CONTAINERS
+    strict.scan(h.head(4, n - 1) + b"\x80" * (n - 1))
+    data = h.head(4, n) + b"\xa0" * n
+    with pytest.raises(strict.DecodeError) as e:
+        strict.scan(data)
+    assert str(e.value) == f"byte {len(data) - 1}: more than {n} arrays and maps"
+    assert e.value.kind == "malformed"
+
+
+# What a process holds after examining one signed message of the batch cap (4 MiB) or less:
+# its own peak (VmHWM, which starts afresh at exec; ru_maxrss would carry pytest's over).
+_CHILD = """
+import json, os, sys
+from gateway.wire import verify
+from tests.hostile import peak_rss
+message = open(sys.argv[1], "rb").read()
+before = peak_rss(os.getpid())
+finding = verify.examine(message)
+after = peak_rss(os.getpid())
+print(json.dumps({"before": before, "after": after, "kind": getattr(finding, "kind", "")}))
+"""
+MIB = 1 << 20
+
+
+def _at_the_bounds() -> bytes:
+    """As many one-pair maps as the container bound lets through, then two-byte texts up to
+    the item bound: the most objects for the fewest bytes the scan passes (about 400 bytes a
+    map, 60 a text)."""
+    m = strict.MAX_CONTAINERS - 3  # the batch map, the records, the array of texts
+    rest = strict.MAX_ITEMS - (9 + (m + 1) + 3 * m + 1)
+    return h.head(4, m + 1) + b"\xa1\x00\x62ab" * m + _flood(b"\x62ab", rest)
+
+
+_BIG = limits.CAPS["batch"] - 400
+SHAPES = {
+    "4M-empty-arrays": lambda: _flood(b"\x80", _BIG),
+    "4M-empty-maps": lambda: _flood(b"\xa0", _BIG),
+    "1.4M-half-floats": lambda: _flood(b"\xf9\x3c\x01", _BIG // 3),
+    "1.4M-two-byte-texts": lambda: _flood(b"\x62ab", _BIG // 3),
+    "maps-and-texts-at-the-bounds": _at_the_bounds,
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_signed_batch_becomes_a_few_tens_of_mb_at_most(shape: str, tmp_path: Path) -> None:
+    """Before the bounds, 4 MiB of empty arrays became 768 MB of Python objects in `examine`;
+    now the worst a batch can do is about 30 MB (and the peak stays under 60 MB)."""
+    ident = h.throwaway()
+    message = h.signed(h.batch_map(ident, SHAPES[shape]()), ident=ident)
+    assert limits.too_big("depin/v1/x/batch", len(message)) is None
+    path = tmp_path / "message.cbor"
+    path.write_bytes(message)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path)],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=h.memory_limit(2048 * MIB),
+    )
+    got = json.loads(out.stdout)
+    assert got["kind"] == "malformed", got
+    assert got["after"] - got["before"] < 40 * MIB, got
+    assert got["after"] < 60 * MIB, got

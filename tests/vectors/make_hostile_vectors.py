@@ -3,10 +3,11 @@
 What anyone with publish rights on the broker can send, each message signed so that a verifier
 gets past the signature (device A where the payload claims to be A's, identity C of
 tests/make_batches.py, registered nowhere, for the rest): CBOR that cbor2 would turn into
-graphs, cycles or objects, nesting and declared lengths a decoder must not believe, messages
-over their kind's byte cap, births and attestations whose fields break sections 5 and 6, and
-one valid attestation revision (key 11). Deterministic (fixed seeds, Ed25519); every finding is
-the one `depin-gateway verify` gives. tests/unit/test_strict_cbor.py checks every byte.
+graphs, cycles or objects, nesting, declared lengths and numbers of arrays a decoder must not
+believe, messages over their kind's byte cap, births and attestations whose fields break
+sections 5 and 6, and one valid attestation revision (key 11). Deterministic (fixed seeds,
+Ed25519); every finding is the one `depin-gateway verify` gives.
+tests/unit/test_strict_cbor.py checks every byte.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def build() -> dict[str, tuple[bytes, str, str, str]]:
         "batch",
         "malformed",
         "records: arrays nested 10,000 deep",
+    )
+    n = strict.MAX_CONTAINERS
+    out["many-containers"] = (
+        batch(h.head(4, n) + b"\x80" * n),
+        "batch",
+        "malformed",
+        f"records: {n} empty arrays, one more array than a message may hold (each costs a"
+        " decoder about 200 bytes: 4 MiB of them, 800 MB)",
     )
     for name, item in h.huge_lengths().items():
         out[f"huge-{name}"] = (
@@ -169,6 +178,8 @@ def document(files: dict[str, tuple[bytes, str, str, str]]) -> dict[str, Any]:
         "caps": dict(limits.CAPS),
         "default_cap": limits.DEFAULT_CAP,
         "max_depth": strict.MAX_DEPTH,
+        "max_items": strict.MAX_ITEMS,
+        "max_containers": strict.MAX_CONTAINERS,
         "vectors": [
             {
                 "file": f"hostile/{name}.cbor",
