@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = 1000
 #: honest verification may cost this much more than the baseline's
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.15
 
 
 def messages(n: int, records: int) -> list[bytes]:

@@ -32,7 +32,6 @@ MAX_DEPTH = 16
 MAX_ITEMS = 5 << 16  # 327,680
 MAX_CONTAINERS = 1 << 16
 _NO_TAGS: frozenset[int] = frozenset()
-_TWO64 = 2.0**64
 _HALF, _SINGLE = struct.Struct(">e"), struct.Struct(">f")
 _DOUBLE = struct.Struct(">d")
 
@@ -107,8 +106,6 @@ _SURE = {
     26: _sure_masks(8, 23, 127, 10),
     27: _sure_masks(11, 52, 1023, 23),
 }
-_SHIFT = {25: 10, 26: 23, 27: 52}
-_EXP = {25: 0x1F, 26: 0xFF, 27: 0x7FF}
 
 
 def scan(
@@ -131,6 +128,8 @@ def scan(
         pos = _walk(data, end, tags, max_depth, deterministic, marks or [])
     except IndexError:
         raise DecodeError(f"byte {end}: the item ends early") from None
+    if pos > end:  # a short string's bytes are counted, not looked for: see _PLAIN
+        raise DecodeError(f"byte {end}: the item ends early")
     if pos != end:
         raise DecodeError(f"byte {pos}: {end - pos} bytes after the item")
 
@@ -139,6 +138,24 @@ def scan(
 # needs them (a smaller one has a shorter head)
 _SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
 _SHORTEST = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
+_NONDET = "non-deterministic"
+
+#: Per initial byte, the whole length of an item that is settled by that byte alone: integers
+#: below 24, byte and text strings shorter than 24 (head and content), false, true and null;
+#: 0 for every other byte. Most items of a payload are these, and the loop only steps over
+#: them. A string that runs past the end is caught after: the next read fails, or the scan
+#: ends beyond the data.
+_PLAIN = tuple(
+    1 if ib < 0x18 or 0x20 <= ib < 0x38 or 0xF4 <= ib <= 0xF6
+    else (1 + (ib & 0x1F) if 0x40 <= ib < 0x58 or 0x60 <= ib < 0x78 else 0)
+    for ib in range(256)
+)  # fmt: skip
+#: Per float head (0xf9, 0xfa, 0xfb): its argument bytes, its mantissa bits, and the table of
+#: masks by sign-and-exponent that proves the float shortest with one AND (`_sure_masks`).
+_FLOATS = tuple(
+    (size, mbits, _SURE[ai] * 2)  # the sign bit leaves the exponent's mask unchanged
+    for ai, size, mbits in ((25, 2, 10), (26, 4, 23), (27, 8, 52))
+)
 
 
 def _walk(
@@ -146,100 +163,171 @@ def _walk(
     end: int,
     tags: frozenset[int],
     max_depth: int,
-    deterministic: bool,
+    det: bool,
     marks: list[list[tuple[int, int]]],
 ) -> int:
     """The scan itself; returns the offset after the item. The open level's state lives in
-    locals (the hot loop reads no stack): `left` items to read, whether it is a map, and the
-    bytes of its last key; outer levels wait on `stack`."""
-    stack: list[tuple[int, bool, int, int, int]] = []
+    locals (the hot loop reads no stack): `left` items to read (pairs, in a map), whether it is
+    a map, and the first byte and the bytes of its last key; outer levels wait on `stack`. A
+    map's key and its value are read in one turn of the loop."""
+    plain, floats, from_bytes = _PLAIN, _FLOATS, int.from_bytes
+    stack: list[tuple[int, bool, int, int, int, int]] = []
+    push, pop = stack.append, stack.pop
     n_marks = len(marks)
     items, containers = 1, 0  # counted as each container declares them
-    left, is_map, k0, k1, c0 = 1, False, 0, 0, 0  # c0: where the open container starts
+    # kb: the first byte of the map's last key (-1 before its first); c0: where the open
+    # container starts
+    left, is_map, kb, k0, k1, c0 = 1, False, -1, 0, 0, 0
     pos = 0
     while True:
-        if left == 0:
+        if not left:
             if not stack:
                 return pos
             if len(stack) <= n_marks:
                 marks[len(stack) - 1].append((c0, pos))
-            left, is_map, k0, k1, c0 = stack.pop()
+            left, is_map, kb, k0, k1, c0 = pop()
             continue
         left -= 1
-        at = pos
+        if is_map:
+            at = pos
+            ib = data[pos]
+            n = plain[ib]
+            pos = pos + n if n else _key(data, pos, end, det, tags, len(stack), max_depth)
+            if det:
+                # Keys whose first bytes differ are ordered by them (most keys are one byte).
+                if ib <= kb and (ib < kb or data[k0:k1] >= data[at:pos]):
+                    if pos > end:
+                        raise IndexError  # the key ran past the end: not a question of order
+                    raise DecodeError(
+                        f"byte {at}: map keys not in ascending bytewise order (or repeated)",
+                        _NONDET,
+                    )
+                kb, k0, k1 = ib, at, pos
+        # the item, or the value of the key just read
         ib = data[pos]
-        pos += 1
-        major, ai = ib >> 5, ib & 0x1F
+        n = plain[ib]
+        if n:
+            pos += n
+            continue
+        at = pos
+        if 0xF9 <= ib <= 0xFB:
+            size, mbits, sure = floats[ib - 0xF9]
+            pos += 1 + size
+            if pos > end:
+                raise IndexError
+            if det:
+                arg = from_bytes(data[at + 1 : pos], "big")
+                if not arg & sure[arg >> mbits]:
+                    problem = _float_problem(arg, ib & 0x1F, at)
+                    if problem is not None:
+                        raise problem
+            continue
+        major = ib >> 5
+        if major != 4 and major != 5 and major != 6:
+            pos = _leaf(data, pos, end, det)
+            continue
+        ai = ib & 0x1F
         if ai < 24:
             arg = ai
-        elif ai < 28:
-            size = _SIZE[ai]
-            if pos + size > end:
-                raise DecodeError(f"byte {at}: the head ends early")
-            arg = int.from_bytes(data[pos : pos + size], "big")
-            if deterministic and arg < _SHORTEST[ai] and major != 7:
-                raise DecodeError(f"byte {at}: the head is not in its shortest form", _NONDET)
-            pos += size
-        elif ai == 31:
-            # not well-formed for this reader; in a payload, not the deterministic encoding
-            kind = _NONDET if deterministic else "malformed"
-            raise DecodeError(f"byte {at}: indefinite length (spec section 7)", kind)
+            pos += 1
         else:
-            raise DecodeError(f"byte {at}: reserved head {ib:#04x}")
-        is_key = is_map and left & 1
-        if major < 2:
-            pass  # an integer: its head is all of it
-        elif major < 4:
-            if arg > end - pos:
-                raise DecodeError(f"byte {at}: declares {arg} bytes, {end - pos} remain")
-            pos += arg
-        elif major < 6:
-            n = arg if major == 4 else 2 * arg
-            if n > end - pos:  # every item takes a byte at least
-                raise DecodeError(f"byte {at}: declares {n} items, {end - pos} bytes remain")
-            if len(stack) >= max_depth:
-                raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
-            if is_key:
-                raise DecodeError(f"byte {at}: a map key must not be an array or a map")
-            items += n
-            containers += 1
-            if items > MAX_ITEMS or containers > MAX_CONTAINERS:
-                raise DecodeError(_too_many(at, items, containers))
-            stack.append((left, is_map, k0, k1, c0))
-            left, is_map, k0, k1, c0 = n, major == 5, 0, 0, at
-            continue
-        elif major == 6:
+            arg, pos = _argument(data, pos, end, det)
+        if major == 6:
             if arg not in tags:
                 raise DecodeError(f"byte {at}: CBOR tag {arg} is not allowed here")
-            if is_key:
-                raise DecodeError(f"byte {at}: a map key must not be tagged")
-            items += 1
-            if items > MAX_ITEMS:
-                raise DecodeError(_too_many(at, items, containers))
-            if len(stack) >= max_depth:
-                raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
-            stack.append((left, is_map, k0, k1, c0))
-            left, is_map, k0, k1, c0 = 1, False, 0, 0, at
-            continue
-        elif ai < 25:
-            if ai == 24 or arg not in (20, 21, 22):
-                # false, true and null only: "undefined" and unassigned simple values have no
-                # place in the spec, and cbor2 turns them into objects of its own
-                raise DecodeError(f"byte {at}: simple value {arg} is not allowed")
-        elif deterministic and not arg & _SURE[ai][(arg >> _SHIFT[ai]) & _EXP[ai]]:
-            problem = _float_problem(arg, ai, at)
-            if problem is not None:
-                raise problem
-        if is_key and deterministic:
-            # Keys whose first bytes differ are ordered by them (most keys are one byte).
-            if k1 and (ib < data[k0] or (ib == data[k0] and data[k0:k1] >= data[at:pos])):
-                raise DecodeError(
-                    f"byte {at}: map keys not in ascending bytewise order (or repeated)", _NONDET
-                )
-            k0, k1 = at, pos
+            n = 1
+        else:
+            n = arg if major == 4 else 2 * arg
+            if n > end - pos:  # every item takes a byte at least
+                if pos > end:
+                    raise IndexError
+                raise DecodeError(f"byte {at}: declares {n} items, {end - pos} bytes remain")
+            containers += 1
+        items += n
+        if items > MAX_ITEMS or containers > MAX_CONTAINERS:
+            raise DecodeError(_too_many(at, items, containers))
+        if len(stack) >= max_depth:
+            raise DecodeError(f"byte {at}: nested deeper than {max_depth}")
+        push((left, is_map, kb, k0, k1, c0))
+        left, is_map, kb, c0 = arg if major != 6 else 1, major == 5, -1, at
 
 
-_NONDET = "non-deterministic"
+def _argument(data: bytes, pos: int, end: int, det: bool) -> tuple[int, int]:
+    """The argument of the head at `pos` whose additional information is 24 or more, and the
+    offset after the head; DecodeError for a reserved or indefinite one, or (with `det`) one
+    longer than its argument needs."""
+    ib = data[pos]
+    ai = ib & 0x1F
+    if ai < 28:
+        size = _SIZE[ai]
+        if pos + 1 + size > end:
+            raise DecodeError(f"byte {pos}: the head ends early")
+        arg = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+        if det and arg < _SHORTEST[ai] and ib < 0xE0:
+            raise DecodeError(f"byte {pos}: the head is not in its shortest form", _NONDET)
+        return arg, pos + 1 + size
+    if ai == 31:
+        # not well-formed for this reader; in a payload, not the deterministic encoding
+        kind = _NONDET if det else "malformed"
+        raise DecodeError(f"byte {pos}: indefinite length (spec section 7)", kind)
+    raise DecodeError(f"byte {pos}: reserved head {ib:#04x}")
+
+
+def _leaf(data: bytes, pos: int, end: int, det: bool) -> int:
+    """Past the item at `pos` that is neither an array, a map nor a tag, and not settled by its
+    first byte (`_PLAIN`): a long string, a large integer, a float or a simple value. Returns
+    the offset after it; DecodeError when it breaks a rule."""
+    at = pos
+    ib = data[pos]
+    if 0xF9 <= ib <= 0xFB:
+        size, mbits, sure = _FLOATS[ib - 0xF9]
+        pos += 1 + size
+        if pos > end:
+            raise IndexError
+        if det:
+            arg = int.from_bytes(data[at + 1 : pos], "big")
+            if not arg & sure[arg >> mbits]:
+                problem = _float_problem(arg, ib & 0x1F, at)
+                if problem is not None:
+                    raise problem
+        return pos
+    if 0xE0 <= ib <= 0xF8:
+        # false, true and null only (they are _PLAIN): "undefined" and unassigned simple
+        # values have no place in the spec, and cbor2 turns them into objects of its own
+        arg = ib & 0x1F if ib < 0xF8 else data[pos + 1]
+        raise DecodeError(f"byte {at}: simple value {arg} is not allowed")
+    arg, pos = _argument(data, pos, end, det)
+    if ib >= 0x40:  # a byte or text string (0xfc-0xff are refused by _argument)
+        if arg > end - pos:
+            raise DecodeError(f"byte {at}: declares {arg} bytes, {end - pos} remain")
+        pos += arg
+    return pos
+
+
+def _key(
+    data: bytes, pos: int, end: int, det: bool, tags: frozenset[int], depth: int, max_depth: int
+) -> int:
+    """Past the map key at `pos` that `_PLAIN` does not settle. An array, a map or a tag is
+    refused, after the checks of its head that any item gets (so the finding is the same
+    whatever the item's place)."""
+    ib = data[pos]
+    major = ib >> 5
+    if major < 4 or major == 7:
+        return _leaf(data, pos, end, det)
+    ai = ib & 0x1F
+    arg, after = (ai, pos + 1) if ai < 24 else _argument(data, pos, end, det)
+    if major == 6:
+        if arg not in tags:
+            raise DecodeError(f"byte {pos}: CBOR tag {arg} is not allowed here")
+        raise DecodeError(f"byte {pos}: a map key must not be tagged")
+    n = arg if major == 4 else 2 * arg
+    if n > end - after:
+        if after > end:
+            raise IndexError
+        raise DecodeError(f"byte {pos}: declares {n} items, {end - after} bytes remain")
+    if depth >= max_depth:
+        raise DecodeError(f"byte {pos}: nested deeper than {max_depth}")
+    raise DecodeError(f"byte {pos}: a map key must not be an array or a map")
 
 
 def _too_many(at: int, items: int, containers: int) -> str:
