@@ -297,3 +297,20 @@ def test_a_signed_batch_becomes_a_few_tens_of_mb_at_most(shape: str, tmp_path: P
     assert got["kind"] == "malformed", got
     assert got["after"] - got["before"] < 40 * MIB, got
     assert got["after"] < 60 * MIB, got
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes.fromhex("816361"),  # ["a..."]: a text of 3 bytes with 1
+        bytes.fromhex("a262616200626163"),  # {"ab": 0, "ac": ...}: the value missing
+        bytes.fromhex("a26261620061"),  # {"ab": 0, "a...": a key out of order, cut short
+        bytes.fromhex("82f93c"),  # a half float cut short
+    ],
+)
+def test_a_short_item_at_the_end_is_malformed_not_out_of_order(data: bytes) -> None:
+    for det in (False, True):
+        with pytest.raises(strict.DecodeError) as e:
+            strict.scan(data, deterministic=det)
+        assert str(e.value) == f"byte {len(data)}: the item ends early"
+        assert e.value.kind == "malformed"
