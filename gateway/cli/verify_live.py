@@ -19,6 +19,11 @@ from gateway.wire import limits
 from gateway.wire.identity import device_id_of
 from gateway.wire.verify import Finding, Verifier
 
+#: The most device chains a live verifier keeps when it was given no bound: anyone with publish
+#: rights can show it a new throwaway device per message. The least recently touched chain is
+#: forgotten first; a device that comes back starts a new chain (docs/verification.md).
+LIVE_MAX_CHAINS = 10_000
+
 
 def with_topic_note(f: Finding, topic: str, prefix: str) -> Finding:
     """A message on another device's topic keeps its verdict (the signature names the signer)
@@ -46,7 +51,10 @@ async def verify_live(
     takes it (gateway/mqtt/url.py; a bare host:port means mqtt://); `tls` or a `ca_file`
     without mqtts:// still use TLS. A broker that cannot be reached, or is lost before the
     time is up, raises UplinkError: a verdict on part of the time would look like a whole one.
+    A `verifier` without a chain bound gets LIVE_MAX_CHAINS.
     """
+    if verifier.max_chains is None:
+        verifier.max_chains = LIVE_MAX_CHAINS
     where = broker_url.parse(url, where="--broker", bare=True)
     settings = ClientSettings(
         host=where.host,

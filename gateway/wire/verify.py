@@ -19,6 +19,12 @@ Chain decisions the spec leaves open, written down here (and in the project's do
 - Bytes are judged before they are decoded: a message is held to the cap of its kind
   (`cap_of`), and every payload goes through the strict scan (gateway/wire/strict.py), which
   also settles the deterministic encoding; nothing a stranger sent is re-encoded.
+- Memory does not grow with what strangers send, only with what a chain needs: a link keeps the
+  batch id, prev, record count and clock flag, never the message. An equivocation keeps the
+  later message (the first-seen batch is named by its id: it was a finding already) for the
+  first EVIDENCE_PER_DEVICE per device and EVIDENCE_BYTES in all; beyond that it is counted.
+  A verifier may be given `max_chains`: live, a broker can show it any number of throwaway
+  devices, so the chain touched least recently is forgotten to make room for a new one.
 - A gap is never more than a gap. When the batch after it carries v1.1 loss receipts (drop
   receipts whose `why` is "<reason> seq <first>[-<last>]") covering missing seqs, the gap's
   detail gives the device's stated reason; such a statement changes no verdict.
@@ -42,6 +48,10 @@ from gateway.wire.identity import device_id_of, did_of, public_key_of_did
 #: The most read of a message whose kind is not known yet (a file, `prove`'s input): the cap of
 #: gateway/wire/limits.py; a message's own kind may hold it to less (`cap_of`).
 MAX_MESSAGE = limits.DEFAULT_CAP
+#: Equivocations kept whole per device, and the bytes of kept messages in all; later ones are
+#: still reported, and counted in `Verifier.evidence_dropped`.
+EVIDENCE_PER_DEVICE = 4
+EVIDENCE_BYTES = 16 * 1024 * 1024
 _CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable
 # Kinds that leave the message acceptable; every other kind makes it invalid ("forged").
 ACCEPTED = frozenset({"valid", "duplicate", "gap", "reordered", "birth", "attestation"})
@@ -76,11 +86,22 @@ class Finding:
         return device_id_of(self.did) if self.did else None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Equivocation:
+    """A device signed two batches for one seq: the first seen stays in the chain (`kept_id`);
+    `message` is the later one, whole, as it arrived."""
+
+    did: str
+    seq: int
+    kept_id: bytes
+    message: bytes
+
+
+@dataclass(slots=True)
 class _Link:
+    # Not the message: a chain of 4 MiB batches from throwaway keys would hold every one.
     batch_id: bytes
     prev: bytes
-    message: bytes  # kept as evidence should the device equivocate on this seq
     records: int
     synced: bool
 
@@ -90,6 +111,7 @@ class _Chain:
     links: dict[int, _Link]
     last: int
     problems: Counter[str] = field(default_factory=Counter)
+    evidence: int = 0  # equivocations kept whole
 
 
 def normalise_did(entry: str) -> str:
@@ -106,7 +128,9 @@ def _short(b: bytes) -> str:
 class Verifier:
     """Checks messages in arrival order and keeps each device's chain in memory."""
 
-    def __init__(self, *, allowed_dids: Collection[str] | None = None) -> None:
+    def __init__(
+        self, *, allowed_dids: Collection[str] | None = None, max_chains: int | None = None
+    ) -> None:
         self.allowed: frozenset[str] | None = None
         if allowed_dids is not None:
             good: set[str] = set()
@@ -120,7 +144,12 @@ class Verifier:
                 raise ConfigError(bad, source="allow-list")
             self.allowed = frozenset(good)
         self.counts: Counter[str] = Counter()
-        self.evidence: list[tuple[str, int, bytes, bytes]] = []
+        #: The most chains kept (None: all); the one touched least recently goes first.
+        self.max_chains = max_chains
+        self.chains_forgotten = 0
+        self.evidence: list[Equivocation] = []
+        self.evidence_dropped = 0  # equivocations reported but not kept (the bounds above)
+        self._evidence_bytes = 0
         self.gaps: list[tuple[str, int, int]] = []  # (did, first missing seq, last missing seq)
         # Missing seqs the device itself stated lost: (did, first seq, last seq, reason).
         self.stated_losses: list[tuple[str, int, int, str]] = []
@@ -189,12 +218,19 @@ class Verifier:
             return out
         if kind == "equivocation":
             assert chain is not None
-            self.evidence.append((did, b.seq, chain.links[b.seq].message, x.message))
+            self._keep_evidence(
+                chain, Equivocation(did, b.seq, chain.links[b.seq].batch_id, x.message)
+            )
             return out
-        link = _Link(bid, b.prev, x.message, len(b.records), b.clock["synced"] is True)
+        link = _Link(bid, b.prev, len(b.records), b.clock["synced"] is True)
         if chain is None:
+            if self.max_chains is not None:
+                while self._chains and len(self._chains) >= self.max_chains:
+                    del self._chains[next(iter(self._chains))]
+                    self.chains_forgotten += 1
             self._chains[did] = _Chain(links={b.seq: link}, last=b.seq)
             return out
+        self._chains[did] = self._chains.pop(did)  # most recently touched last
         if kind == "gap":
             self.gaps.append((did, chain.last + 1, b.seq - 1))
             for first, last, reason in stated_losses(b.dropped, chain.last + 1, b.seq - 1):
@@ -202,6 +238,17 @@ class Verifier:
         chain.links[b.seq] = link
         chain.last = max(chain.last, b.seq)
         return out
+
+    def _keep_evidence(self, chain: _Chain, e: Equivocation) -> None:
+        if (
+            chain.evidence >= EVIDENCE_PER_DEVICE
+            or self._evidence_bytes + len(e.message) > EVIDENCE_BYTES
+        ):
+            self.evidence_dropped += 1
+            return
+        chain.evidence += 1
+        self._evidence_bytes += len(e.message)
+        self.evidence.append(e)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from gateway.core.errors import ConfigError, PathNotFoundError, UplinkError
 from gateway.wire import cose, dcbor, merkle, payloads
 from gateway.wire.identity import Identity
 from gateway.wire.verify import (
+    EVIDENCE_PER_DEVICE,
     MAX_MESSAGE,
+    Equivocation,
     Finding,
     Verifier,
     exit_code,
@@ -471,7 +473,7 @@ def test_replay_from_an_older_chain() -> None:
     assert v.check(old[2].message).kind == "replay"
 
 
-def test_equivocation_keeps_both_messages() -> None:
+def test_equivocation_keeps_the_later_message_and_names_the_first() -> None:
     c = mb.Chain(A)
     chain = c.take(3)
     other = c.alternative(1)
@@ -479,11 +481,51 @@ def test_equivocation_keeps_both_messages() -> None:
     found = [v.check(m) for m in (chain[0].message, chain[1].message, other.message)]
     assert [f.kind for f in found] == ["valid", "valid", "equivocation"]
     assert found[2].forged and found[2].batch_id == other.id
-    assert v.evidence == [(A.did, 1, chain[1].message, other.message)]
+    assert v.evidence == [Equivocation(A.did, 1, chain[1].id, other.message)]
+    assert chain[1].id.hex()[:16] in found[2].detail
     assert v.status(A.did) == "equivocation"
     assert v.check(chain[2].message).kind == "valid"  # the first-seen batch 1 stays in the chain
     assert v.check(other.message).kind == "equivocation"
     assert len(v.evidence) == 2
+
+
+def test_equivocation_evidence_is_bounded_per_device_and_in_bytes() -> None:
+    c = mb.Chain(A)
+    first = c.take(1)[0]
+    v = Verifier()
+    v.check(first.message)
+    others = [
+        mb.sign(A, mb.batch_payload(A, 0, payloads.ZERO_PREV, mb.records(k)))
+        for k in (1, 2, 4, 5, 6, 7)
+    ]
+    assert [v.check(m).kind for m in others] == ["equivocation"] * 6
+    assert [e.message for e in v.evidence] == others[:EVIDENCE_PER_DEVICE]
+    assert v.evidence_dropped == 6 - EVIDENCE_PER_DEVICE
+    assert v.status(A.did) == "equivocation"
+
+
+def test_equivocation_evidence_stops_at_its_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.wire.verify.EVIDENCE_BYTES", 1)
+    c = mb.Chain(A)
+    chain = c.take(2)
+    v = Verifier()
+    assert kinds(v, [chain[0].message, chain[1].message, c.alternative(1).message]) == [
+        "valid",
+        "valid",
+        "equivocation",
+    ]
+    assert v.evidence == [] and v.evidence_dropped == 1
+
+
+def test_a_bounded_verifier_forgets_the_chain_touched_least_recently() -> None:
+    c_ident = mb.identity(mb.SEED_C)
+    ca, cb, cc = mb.Chain(A).take(3), mb.Chain(B).take(2), mb.Chain(c_ident).take(1)
+    v = Verifier(max_chains=2)
+    assert kinds(v, [ca[0].message, cb[0].message, ca[1].message, cc[0].message]) == ["valid"] * 4
+    assert v.chains_forgotten == 1 and set(v.verified_records()) == {A.did, c_ident.did}
+    # B comes back: a new chain from what it sends now; A, touched before C, makes room.
+    assert v.check(cb[1].message).detail == "starts the chain at seq 1"
+    assert set(v.verified_records()) == {B.did, c_ident.did}
 
 
 def test_devices_have_separate_chains() -> None:
