@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+from typing import Any
 
 from gateway import __version__
 from gateway.config.settings import Config
@@ -19,7 +20,7 @@ from gateway.device.judge import Judge
 from gateway.device.service import Broker, Plain
 from gateway.device.spool_service import SpoolService
 from gateway.monitor import status
-from gateway.monitor.report import HealthReport, StateMirror, read_attestation
+from gateway.monitor.report import HealthReport, StateMirror, read_attestation, supersedes
 from gateway.wire.identity import Identity
 
 log = logging.getLogger("gateway")
@@ -58,6 +59,8 @@ class StatePublisher(Plain):
         )[1:-1]
         self._status_ok: bool | None = None  # None: the directory is not prepared yet
         self._no_attestors_said = False
+        #: the latest attestation taken from each attestor, by (epoch start, revision)
+        self._attested: dict[str, dict[str, Any]] = {}
 
     async def __aexit__(self, *exc_info: object) -> None:
         """A stopped gateway has no status (systemd removes its runtime directory too; a
@@ -73,7 +76,9 @@ class StatePublisher(Plain):
 
     async def attestation(self, topic: str, payload: bytes) -> None:
         """A message on the attestation topic: the score of a valid one, signed by one of
-        `[monitor] attestors`, shows in health; anything else is counted and left aside."""
+        `[monitor] attestors`, shows in health when it is that attestor's latest (a later epoch,
+        or a higher revision of the same one) and no older than the one shown; anything else,
+        a superseded one replayed too, is counted and left aside."""
         if not payload:  # an empty retained message clears the topic; it is not a message
             return
         found = read_attestation(payload, self.did, self.monitor.attestors)
@@ -86,7 +91,15 @@ class StatePublisher(Plain):
                     "configured (health's attestation stays empty)"
                 )
             return
-        self.health.attestation = found
+        held = self._attested.get(found["attestor"])
+        if not supersedes(found, held):
+            # A superseded one replayed (an older epoch, a lower revision, the same again).
+            self.health.ignored_messages["attestation"] += 1
+            return
+        self._attested[found["attestor"]] = found
+        shown = self.health.attestation
+        if not shown or shown.get("attestor") == found["attestor"] or supersedes(found, shown):
+            self.health.attestation = found
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

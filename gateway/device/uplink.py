@@ -9,7 +9,9 @@
 - Reconnects with capped, jittered exponential backoff; after a reconnect the outbox is rebuilt
   from the spool, so what the broker never acknowledged is sent again byte for byte.
 - Subscribes to what the daemon asks for (model updates, its attestation, Home Assistant's
-  status) and hands each message to the daemon; `publish` sends the daemon's own messages
+  status) and hands each message to the daemon, one at a time per topic kind: while one is
+  handled, only the newest message of each topic waits (at most one cap's worth of bytes per
+  kind), and the ones it replaced count as ignored; `publish` sends the daemon's own messages
   (state, health, discovery) while connected.
 - Anyone on the broker may publish on those topics, retained too: every message is judged by its
   size before anything reads it (`gateway.wire.limits`), and one over its topic's cap, or one its
@@ -136,6 +138,9 @@ class Uplink:
         self._sync = b"sync " + (chain_head.boot.hex().encode() if chain_head else b"")
         self._head_sent = -1  # on this connection
         self._ignored_logged: dict[str, float] = {}  # topic kind -> when last logged
+        # topic kind -> the messages waiting for its handler, newest per topic, oldest first
+        self._waiting: dict[str, dict[str, bytes]] = {}
+        self._handling: set[str] = set()  # topic kinds whose handler runs
 
     # --- called by the daemon -----------------------------------------------------------------
 
@@ -357,14 +362,42 @@ class Uplink:
                 if found is not None:
                     self._head_in(found, chain_head)
             elif self._inbox is not None:
-                self._spawn(self._deliver(self._inbox, topic, bytes(payload)), "message")
+                self._queue(self._inbox, topic, bytes(payload))
         raise aiomqtt.MqttError("connection closed")
 
-    async def _deliver(self, inbox: Inbox, topic: str, payload: bytes) -> None:
+    def _queue(self, inbox: Inbox, topic: str, payload: bytes) -> None:
+        """One handler runs per topic kind; what comes meanwhile waits, the newest message of
+        each topic only, and no more bytes of a kind than one message of its cap. A flood of
+        large messages (16 MiB bundles every few milliseconds) then holds two of them at most,
+        not one per message; the ones replaced are counted as ignored."""
+        kind = limits.kind_of(topic)
+        waiting = self._waiting.setdefault(kind, {})
+        old = waiting.pop(topic, None)
+        if old is not None:
+            self._ignored(topic, "replaced by a newer message before it was handled")
+        budget = limits.cap(topic) - len(payload)
+        while waiting and sum(map(len, waiting.values())) > budget:
+            dropped = next(iter(waiting))  # the oldest waiting
+            del waiting[dropped]
+            self._ignored(dropped, "dropped unhandled: newer messages of its kind came")
+        waiting[topic] = payload
+        if kind not in self._handling:
+            self._handling.add(kind)
+            self._spawn(self._handle(inbox, kind), f"message-{kind}")
+
+    async def _handle(self, inbox: Inbox, kind: str) -> None:
+        waiting = self._waiting[kind]
         try:
-            await inbox.deliver(topic, payload)
-        except Exception as e:  # a handler's surprise on anyone's message: counted, not fatal
-            self._ignored(topic, f"its handler failed: {e!r}")
+            while waiting:
+                topic = next(iter(waiting))
+                payload = waiting.pop(topic)
+                try:
+                    await inbox.deliver(topic, payload)
+                except Exception as e:  # a handler's surprise on anyone's message: counted
+                    self._ignored(topic, f"its handler failed: {e!r}")
+                del payload
+        finally:
+            self._handling.discard(kind)
 
     def _ignored(self, topic: str, why: str) -> None:
         kind = limits.kind_of(topic)

@@ -53,7 +53,7 @@ from typing import Any, Literal
 from gateway.core.errors import ConfigError, ModelBundleError, ModelError, VerifyError
 from gateway.modules.tflite import read_manifest
 from gateway.wire import cose, dcbor, strict
-from gateway.wire.identity import Identity, did_of, public_key_of_did
+from gateway.wire.identity import MULTICODEC_ED25519, Identity, did_of, public_key_of_did
 
 Mode = Literal["active", "shadow"]
 MODES: tuple[Mode, ...] = ("active", "shadow")
@@ -239,11 +239,13 @@ def _payload(data: bytes) -> dict[int, Any]:
     return obj
 
 
-def _check_shape(message: bytes) -> None:
-    """The first bytes of a COSE_Sign1 with the empty unprotected header the spec requires:
-    then nothing in a bundle but byte strings is left to decode. A bundle may be megabytes,
-    and a few megabytes of small CBOR items (in an unprotected header, say) are hundreds of
-    megabytes of Python objects once decoded, before any check could refuse them."""
+def _check_shape(message: bytes) -> bytes:
+    """The first bytes of a COSE_Sign1 with the empty unprotected header the spec requires and a
+    byte string in the payload slot; returns the protected header's bytes. Only the heads are
+    read here: what follows the payload's head (its bytes, then the signature) is left to the
+    strict decoder, which bounds items and containers. A bundle may be megabytes, and a few
+    megabytes of small CBOR items (in an unprotected header, or where the payload belongs) are
+    hundreds of megabytes of Python objects once decoded, before any check could refuse them."""
     if message[:2] != b"\xd2\x84":
         raise ModelBundleError("malformed", "not a COSE_Sign1 (tag 18 around an array of 4)")
     ib = message[2] if len(message) > 2 else 0
@@ -255,8 +257,32 @@ def _check_shape(message: bytes) -> None:
         n, pos = int.from_bytes(message[3 : 3 + size], "big"), 3 + size
     else:
         n = ai
+    protected = message[pos : pos + n]
     if message[pos + n : pos + n + 1] != b"\xa0":
         raise ModelBundleError("malformed", "the unprotected header must be the empty map")
+    payload_head = message[pos + n + 1 : pos + n + 2]
+    if not payload_head or payload_head[0] >> 5 != 2:
+        raise ModelBundleError("malformed", "the payload must be a byte string")
+    return protected
+
+
+def _signer_key(protected: bytes, keys: frozenset[bytes]) -> bytes:
+    """The public key in the protected header's kid, when it is a trusted signer's. The header
+    is a few dozen bytes: a stranger's bundle is refused before its megabytes are hashed or its
+    signature checked. The signature check that follows still judges the header as a whole."""
+    try:
+        hdr = strict.loads(protected)
+    except strict.DecodeError as e:
+        raise ModelBundleError(
+            "malformed", f"the protected header is not strict CBOR: {e}"
+        ) from None
+    kid = hdr.get(4) if isinstance(hdr, dict) else None
+    if not isinstance(kid, bytes) or len(kid) != 34 or kid[:2] != MULTICODEC_ED25519:
+        raise ModelBundleError("malformed", "kid must be 0xED01 followed by a 32-byte Ed25519 key")
+    key = kid[2:]
+    if key not in keys:
+        raise ModelBundleError("untrusted-signer", f"{did_of(key)} is not in trusted_model_signers")
+    return key
 
 
 def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
@@ -273,7 +299,7 @@ def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
     message = bytes(message)
     if len(message) > MAX_BUNDLE_BYTES:
         raise ModelBundleError("malformed", f"over the {MAX_BUNDLE_BYTES} byte limit")
-    _check_shape(message)
+    key = _signer_key(_check_shape(message), keys)
     try:
         s = cose.verify1(message)
     except VerifyError as e:
@@ -282,7 +308,7 @@ def open_bundle(message: bytes, *, trusted: Collection[str]) -> Bundle:
     if s.typ != cose.TYP_MODEL:
         raise ModelBundleError("malformed", f"typ is {s.typ!r}, not {cose.TYP_MODEL!r}")
     signer = did_of(s.public_key)
-    if s.public_key not in keys:
+    if s.public_key != key:  # the header verified is the one read above: cannot differ
         raise ModelBundleError("untrusted-signer", f"{signer} is not in trusted_model_signers")
     # Only a trusted signer's payload is parsed any further.
     p = _payload(s.payload)

@@ -108,7 +108,8 @@ class HealthReport:
 
 
 def read_attestation(message: bytes, did: str, attestors: Collection[str]) -> dict[str, Any] | None:
-    """The score of an attestation about this device (spec section 6), or None when the message
+    """The score of an attestation about this device (spec section 6), with the epoch start and
+    revision that order it (`supersedes`), or None when the message
     is not a valid attestation about it signed by one of `attestors` (did:key strings: the
     owner's `[monitor] attestors`; none, none is taken). Judged from its size first, and its
     payload is decoded strictly, only once the signer is known to be one of them."""
@@ -134,24 +135,38 @@ def read_attestation(message: bytes, did: str, attestors: Collection[str]) -> di
     # nothing odd (NaN, huge integers, maps) reaches the health message.
     score: Any = m.get(9)
     status = m.get(8)
-    ints = [m.get(k) for k in (3, 4, 5, 6, 7)]
+    # Revision (key 11, spec v1.1): an attestor's later word on the same epoch; absent, 0.
+    ints = [m.get(k) for k in (3, 4, 5, 6, 7)] + [m.get(11, 0)]
     if not is_finite_number(score) or not 0 <= score <= 1:
         return None
     if status not in ("ok", "gap", "equivocation", "replay"):
         return None
     if not all(type(v) is int and 0 <= v < 2**63 for v in ints):
         return None
-    start, end, expected, verified, flagged = ints
+    start, end, expected, verified, flagged, revision = ints
     return {
         "score": float(score),
         "status": status,
         "epoch_start": start,
+        "revision": revision,
         "epoch_end": end,
         "expected": expected,
         "verified": verified,
         "flagged": flagged,
         "attestor": m[1],
     }
+
+
+def supersedes(new: Mapping[str, Any], held: Mapping[str, Any] | None) -> bool:
+    """Whether attestation `new` (as `read_attestation` returns it) is later than `held`, the
+    one shown: a later epoch, or a higher revision of the same epoch. Anyone may republish an
+    attestor's older attestations; an older or equal one changes nothing."""
+    if held is None:
+        return True
+    return (new["epoch_start"], new["revision"]) > (
+        held.get("epoch_start", -1),
+        held.get("revision", 0),
+    )
 
 
 def _did_of(key: bytes) -> str:

@@ -190,3 +190,60 @@ def test_an_odd_attestation_never_reaches_health(changes: dict[int, Any]) -> Non
     HealthReport.to_json(
         HealthReport(device_id="d", name="n", version="v").build(health, modules=[])
     )
+
+
+def _attested(signer: Any, about: str, start: int, score: float, revision: int | None) -> bytes:
+    fields: dict[int, Any] = {1: signer.did, 2: about, 3: start, 4: start + 3600, 5: 1, 6: 1,
+                              7: 0, 8: "ok", 9: score, 10: merkle.root([])}  # fmt: skip
+    if revision is not None:
+        fields[11] = revision
+    return cose.sign1(signer, cose.TYP_ATTESTATION, dcbor.dumps(fields))
+
+
+def test_a_superseded_attestation_replayed_does_not_change_what_health_shows(
+    tmp_path: Path,
+) -> None:
+    """Anyone can republish what an attestor once published: health keeps the attestor's latest
+    word, by epoch start and then revision (key 11, absent: 0)."""
+    import asyncio
+    from typing import cast
+
+    from gateway.config.settings import load
+    from gateway.core.health import Health
+    from gateway.device.publisher import StatePublisher
+    from gateway.monitor.report import HealthReport, StateMirror, read_attestation
+
+    a = mb.identity(mb.SEED_B)
+    cfg_path = write_config(tmp_path / "gw", 1883)
+    with cfg_path.open("a") as f:
+        f.write(f'\n[monitor]\nattestors = ["{a.did}"]\n')
+    cfg = load(cfg_path)
+    device = identity.load(tmp_path / "gw" / "device.key")
+    health = Health()
+    publisher = StatePublisher(
+        cfg,
+        mirror=StateMirror(device.device_id, "n"),
+        identity=device,
+        broker=cast(Any, None),  # the attestation topic's handler publishes nothing
+        health=health,
+        spool=cast(Any, None),
+        judge=cast(Any, None),
+    )
+    topic = f"depin/v1/{device.device_id}/attestation"
+
+    def receive(message: bytes) -> float | None:
+        asyncio.run(publisher.attestation(topic, message))
+        shown = health.attestation
+        HealthReport.to_json({"attestation": shown})
+        return None if shown is None else float(shown["score"])
+
+    first = _attested(a, device.did, 3600, 0.5, None)
+    found = read_attestation(first, device.did, [a.did])
+    assert found is not None and (found["epoch_start"], found["revision"]) == (3600, 0)
+    assert receive(first) == 0.5
+    assert receive(_attested(a, device.did, 3600, 1.0, 1)) == 1.0  # a revision of that epoch
+    assert receive(first) == 1.0  # revision 0 (no key 11) replayed
+    assert receive(_attested(a, device.did, 3600, 0.25, 1)) == 1.0  # the same revision again
+    assert receive(_attested(a, device.did, 7200, 0.75, None)) == 0.75  # the next epoch
+    assert receive(_attested(a, device.did, 3600, 0.0, 5)) == 0.75  # an older epoch's, replayed
+    assert health.ignored_messages["attestation"] == 3
