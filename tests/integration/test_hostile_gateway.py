@@ -1,9 +1,10 @@
-"""A gateway that anyone on the broker can publish to: retained junk on its own topics, CBOR
-bombs signed by throwaway keys, model bundles for another device, downgrades, a shadow bundle
-replayed after its promotion, attestations by a key nobody configured. The real gateway process
-over a real mosquitto; for each, it stays up, keeps publishing honest batches that verify, counts
-what it refused in health's `ignored_messages`, takes nothing untrusted into its health or its
-installed models, and stays under the memory its systemd unit gives it (MemoryMax=256M).
+"""A gateway that anyone on the broker can publish to: retained junk on its own topics, CBOR bombs
+signed by throwaway keys, a flood of 16 MiB bundles by a stranger, model bundles for another
+device, downgrades, a shadow bundle replayed after its promotion, attestations by a key nobody
+configured. The real gateway process over a real mosquitto; for each, it stays up, keeps
+publishing honest batches that verify, counts what it refused in health's `ignored_messages`,
+takes nothing untrusted into its health or its installed models, and stays under the memory its
+systemd unit gives it (MemoryMax=256M).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ ATTESTOR = Identity.from_private_key(Ed25519PrivateKey.generate())
 #: the unit's MemoryMax (packaging/systemd): the kernel kills the gateway above it
 MEMORY_MAX = 256 * 1024 * 1024
 JUNK = 2 * 1024 * 1024
+#: 16 MiB bundles in a row: one held per message would be 480 MiB
+FLOOD = 30
 
 
 def _write_config(workdir: Path, port: int) -> Path:
@@ -94,6 +97,22 @@ def _junk_sign1(n: int = JUNK) -> bytes:
     empty, signature = hostile.head(2, 0), hostile.head(2, 64) + bytes(64)
     junk = _junk(n - 20)
     return b"\xd2" + hostile.head(4, 4) + empty + b"\xa1\x01" + junk + empty + signature
+
+
+def _arrays_sign1(n: int = limits.CAPS["model"]) -> bytes:
+    """A COSE_Sign1 under a trusted signer's kid whose payload slot holds about n bytes of empty
+    arrays instead of a byte string: millions of Python lists, were it decoded."""
+    protected = cose.protected_header(OPERATOR.kid, cose.TYP_MODEL)
+    start = b"\xd2\x84" + hostile.head(2, len(protected)) + protected + b"\xa0"
+    end = hostile.head(2, 64) + bytes(64)
+    count = n - len(start) - len(end) - 9
+    return start + hostile.head(4, count) + b"\x80" * count + end
+
+
+def _large_stranger_bundle() -> bytes:
+    """Well formed up to its size cap (16 MiB), signed by a throwaway key."""
+    n = limits.CAPS["model"] - 512
+    return hostile.signed(hostile.head(2, n) + bytes(n), cose.TYP_MODEL)
 
 
 def _attestation(signer: Identity, device_did: str, score: float) -> bytes:
@@ -169,7 +188,7 @@ def test_a_gateway_under_attack_from_the_broker_stays_up_honest_and_small(
         # Retained junk on its own topics before it starts: it reads all of it at every start.
         for kind in ("attestation", "head"):
             pub(f"{base}/{kind}", _junk(), qos=1, retain=True).wait_for_publish(10)
-        pub(f"{base}/model", _junk_sign1(), qos=1, retain=True).wait_for_publish(10)
+        pub(f"{base}/model", _arrays_sign1(), qos=1, retain=True).wait_for_publish(30)
         pub("homeassistant/status", _junk(), qos=1, retain=True).wait_for_publish(10)
         gw.start()
         assert gw.wait_log("connected to", 20), gw.log.read_text()[-3000:]
@@ -190,7 +209,7 @@ def test_a_gateway_under_attack_from_the_broker_stays_up_honest_and_small(
         bombs = [*_hostile_signed(cose.TYP_ATTESTATION), b"\xff" * 100]
         for message in bombs:
             pub(f"{base}/attestation", message, qos=1)
-        models = [_junk_sign1(), _junk(), *_hostile_signed(cose.TYP_MODEL)]
+        models = [_arrays_sign1(), _junk_sign1(), _junk(), *_hostile_signed(cose.TYP_MODEL)]
         for message in models[1:]:  # (the first: the retained one, already refused)
             pub(f"{base}/model", message, qos=1)
         assert collector.wait_for(lambda: n_results(len(models)), 20), gw.log.read_text()[-3000:]
@@ -228,6 +247,19 @@ def test_a_gateway_under_attack_from_the_broker_stays_up_honest_and_small(
             ),
             15,
         ), _health(collector)
+
+        # A flood of stranger's bundles as large as the topic allows: each is either refused by
+        # its kid or replaced, unhandled, by the next; never one held per message.
+        flood = _large_stranger_bundle()
+        for _ in range(FLOOD):
+            pub(f"{base}/model", flood, qos=1).wait_for_publish(30)
+        del flood
+        assert collector.wait_for(
+            lambda: health_shows(
+                lambda h: h["ignored_messages"].get("model", 0) >= ignored_models + FLOOD
+            ),
+            60,
+        ), _health(collector)
         peak = hostile.peak_rss(gw.proc.pid) if gw.proc else 0
         assert gw.running()
         assert gw.terminate() == 0
@@ -239,8 +271,9 @@ def test_a_gateway_under_attack_from_the_broker_stays_up_honest_and_small(
 
     results = _results(collector)
     assert all(r["result"] == "rejected" for r in results[: len(models)]), results
+    assert all(r.get("kind") == "untrusted-signer" for r in results[total:]), results[total:]
     assert [r["result"] for r in results[len(models) : len(models) + 2]] == ["shadow", "applied"]
-    assert [(r["result"], r.get("kind")) for r in results[len(models) + 2 :]] == [
+    assert [(r["result"], r.get("kind")) for r in results[len(models) + 2 : total]] == [
         ("rejected", kind) for _, kind in refused
     ]
     health = _health(collector)

@@ -178,3 +178,30 @@ def test_model_sign_names_the_targets_and_the_release(tmp_path: Path) -> None:
     out.unlink()
     r = subprocess.run(sign, capture_output=True, text=True)
     assert r.returncode == 2 and "--for DEVICE_ID" in r.stderr and not out.exists()
+
+
+def test_a_strangers_bundle_is_refused_by_its_kid_before_its_signature_is_checked(
+    bundle: bytes,
+) -> None:
+    """The kid in the protected header (a few dozen bytes) names the signer: a stranger's bundle
+    of megabytes is refused without hashing it or checking its signature, so a broken signature
+    on it is reported as the stranger's, and a trusted signer's broken one still as broken."""
+    stranger = make_bundle(hostile.throwaway(), SHIPPED, targets=[DEVICE], release=3)
+    broken = bytearray(stranger)
+    broken[-1] ^= 1
+    assert "is not in trusted_model_signers" in _refused(bytes(broken), "untrusted-signer").detail
+    tampered = bytearray(bundle)
+    tampered[-1] ^= 1
+    _refused(bytes(tampered), "bad-signature")
+
+
+def test_a_payload_slot_that_is_not_a_byte_string_is_refused_unread() -> None:
+    """Megabytes of empty arrays where the payload belongs, under a trusted kid: refused from
+    the head of the payload slot."""
+    protected = cose.protected_header(A.kid, cose.TYP_MODEL)
+    arrays = hostile.head(4, 100_000) + b"\x80" * 100_000
+    message = (
+        b"\xd2\x84" + hostile.head(2, len(protected)) + protected + b"\xa0" + arrays
+        + hostile.head(2, 64) + bytes(64)
+    )  # fmt: skip
+    assert "byte string" in _refused(message, "malformed").detail
