@@ -22,12 +22,13 @@ online by its status but quiet for several health intervals as silent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,15 @@ _TEXT = fields.TEXT
 PENDING_DEVICES = 256
 PENDING_BYTES = 4 * 1024 * 1024
 UNSIGNED = ("status", "state", "health", "attestation")
+# Signed kinds: verifying one costs time in the event loop (a 4 MiB batch, half a second), so a
+# message whose bytes were taken lately is not verified again, whoever replays it and on
+# whichever topic (the same bytes are good on one device's topic only).
+SIGNED = ("birth", "batch", "attestation")
+RECENT_MESSAGES = 4096  # sha256 digests remembered: 32 bytes each
+RECENT_BATCHES = 1024  # batch ids remembered per device, so a batch counts once
+# Readings of one quantity taken from one batch into the sparklines, the newest: a sparkline
+# has one point per bucket, and a batch of 20,000 readings would cost 20,000 merges.
+BATCH_READINGS = 360
 _ENVELOPE_TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
 
@@ -183,7 +193,11 @@ class Device:
         self.health_t: float | None = None
         self.birth: dict[str, Any] | None = None
         self.attestation: dict[str, Any] | None = None
-        self.batches = 0  # verified batches seen on the wire
+        # signer did -> the (epoch start, revision) of its newest attestation taken: an older
+        # one republished (a superseded revision, a past epoch) must not replace it
+        self.attested: dict[str, tuple[float, int]] = {}
+        self.batches = 0  # verified batches seen on the wire, each batch id once
+        self.batch_ids: OrderedDict[bytes, None] = OrderedDict()  # the newest RECENT_BATCHES
         self.batch_seq: int | None = None  # the highest verified batch seq seen
         self.batch_t: float | None = None
         self.rejected = 0
@@ -320,6 +334,30 @@ def _sensors(x: Any) -> list[dict[str, Any]]:
     return out
 
 
+def newest(records: list[dict[Any, Any]], per_quantity: int) -> list[dict[Any, Any]]:
+    """A batch's records, at most the `per_quantity` newest of each quantity, in batch order."""
+    times: dict[Any, list[float]] = {}
+    for rec in records:
+        times.setdefault(rec.get(payloads.N), []).append(_moment(rec.get(payloads.T)) or 0.0)
+    floor: dict[Any, float] = {}
+    for key, ts in times.items():
+        if len(ts) > per_quantity:
+            floor[key] = sorted(ts)[-per_quantity]
+    if not floor:
+        return records
+    out: list[dict[Any, Any]] = []
+    room = {key: per_quantity for key in floor}
+    for rec in reversed(records):  # the newest are most often last: ties go to them
+        key = rec.get(payloads.N)
+        if key in floor:
+            if room[key] == 0 or (_moment(rec.get(payloads.T)) or 0.0) < floor[key]:
+                continue
+            room[key] -= 1
+        out.append(rec)
+    out.reverse()
+    return out
+
+
 class Fleet:
     """All gateways under one topic prefix.
 
@@ -355,6 +393,7 @@ class Fleet:
         # device id -> kind -> (payload, arrival, retained), oldest device first
         self.pending: dict[str, dict[str, tuple[bytes, float, bool]]] = {}
         self.pending_bytes = 0
+        self.recent: OrderedDict[bytes, None] = OrderedDict()  # digests of signed messages
         self.broker: dict[str, Any] = {"connected": False, "error": None, "since": None}
         self._broker_dirty = True
 
@@ -390,6 +429,9 @@ class Fleet:
             self.ignored += 1
             return None
         device_id, kind = parts
+        if kind in SIGNED and payload and self._repeated(payload):
+            self.refused[f"{kind}: repeated"] += 1
+            return None
         dev = self.devices.get(device_id)
         verdict = None
         if dev is None:
@@ -410,6 +452,36 @@ class Fleet:
                 self._take(dev, k, p, t, r, None)
         self._take(dev, kind, payload, now, retained, verdict)
         return device_id
+
+    def _repeated(self, payload: bytes) -> bool:
+        """Whether these bytes came lately; remembers them (the newest RECENT_MESSAGES)."""
+        digest = hashlib.sha256(payload).digest()
+        if digest in self.recent:
+            self.recent.move_to_end(digest)
+            return True
+        self.recent[digest] = None
+        if len(self.recent) > RECENT_MESSAGES:
+            self.recent.popitem(last=False)
+        return False
+
+    def _stranger(self, dev: Device, kind: str, verdict: Verdict) -> bool:
+        """Whether a message on the device's topic that does not count was not signed by the
+        device's own key: then it is a stranger's (anyone can publish), counted in the intake
+        and kept off the device's card."""
+        v = verdict.found
+        own = (
+            (
+                isinstance(v, Examined)
+                or (isinstance(v, Finding) and v.batch_id is not None)  # the signature held
+            )
+            and v is not None
+            and v.did is not None
+            and device_id_of(v.did) == dev.id
+        )
+        if own:
+            return False
+        self.refused[f"{kind}: not signed by its device"] += 1
+        return True
 
     def _take(
         self,
@@ -567,6 +639,8 @@ class Fleet:
 
     def _on_birth(self, dev: Device, verdict: Verdict, now: float) -> None:
         if verdict.problem:  # what is shown stays what was signed
+            if self._stranger(dev, "birth", verdict):
+                return
             dev.rejected += 1
             dev.last_problem = f"birth: {verdict.problem}"
             return
@@ -587,15 +661,23 @@ class Fleet:
     def _on_batch(self, dev: Device, verdict: Verdict, now: float) -> float | None:
         v = verdict.found
         if verdict.problem or not isinstance(v, Examined):
+            if self._stranger(dev, "batch", verdict):
+                return None
             dev.rejected += 1
             dev.last_problem = verdict.problem or "not a batch"
             return None
         b = v.batch
+        if v.batch_id in dev.batch_ids:  # the same batch again (in another envelope)
+            self.refused["batch: repeated"] += 1
+            return _moment(b.sealed)
+        dev.batch_ids[v.batch_id] = None
+        if len(dev.batch_ids) > RECENT_BATCHES:
+            dev.batch_ids.popitem(last=False)
         dev.batches += 1
         if dev.batch_seq is None or b.seq > dev.batch_seq:
             dev.batch_seq = b.seq
             dev.batch_t = _moment(b.sealed)
-        for rec in b.records:
+        for rec in newest(b.records, BATCH_READINGS):
             self._reading(
                 dev, str(rec[payloads.N]), rec.get(payloads.V), rec[payloads.U],
                 rec[payloads.T], rec.get(payloads.SCORE), rec.get(payloads.FLAGS), "batch", now,
@@ -620,6 +702,17 @@ class Fleet:
                 if not self.attestors
                 else "attestor not trusted"
             )
+        held = dev.attestation
+        if problem and held is not None and held["verified"]:
+            # an outsider's (or an untrusted attestor's) word does not hide a verified one
+            self.refused[f"attestation: {problem}"[:80]] += 1
+            return
+        if signed and signer is not None:
+            order = (_moment(m.get(3)) or 0.0, _count(m.get(11)) or 0)
+            if signer in dev.attested and order <= dev.attested[signer]:
+                self.refused["attestation: superseded"] += 1
+                return
+            dev.attested[signer] = order
         attestor = _text(m.get(1), 128)
         score = _num(m.get(9), 0.0, 1.0)
         status = _text(m.get(8))

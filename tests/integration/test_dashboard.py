@@ -189,19 +189,21 @@ def test_model_marks_what_does_not_verify() -> None:
         assert att["verified"] is False and att["signed"] is True
         assert att["problem"].startswith("attestor not trusted")
 
-    # a birth signed by another device's key on this device's topic: counted, never shown
+    # a birth signed by another device's key on this device's topic: anyone can publish it,
+    # so it is counted in the intake, never shown nor held against the device
     fleet.handle(f"{P}/{d}/birth", mb.sign(other, mb.birth_payload(other), cose.TYP_BIRTH), NOW)
     s = fleet.detail(d)
     assert s is not None and s["birth"]["verified"] and s["birth"]["version"] == "0.1.0"
-    assert s["chain"]["problem"] == "birth: signed by another device's key"
+    assert s["chain"]["rejected"] == 0 and s["chain"]["problem"] is None
+    assert fleet.intake()["refused"]["birth: not signed by its device"] == 1
 
-    # a tampered batch is counted, not plotted
+    # a tampered batch is counted in the intake, not plotted
     b = mb.Chain(DEV).next()
     fleet.handle(f"{P}/{d}/batch", mb.tampered_unsigned(b), NOW)
     s = fleet.detail(d)
     assert s is not None
-    assert s["chain"]["rejected"] == 2 and s["chain"]["seen"] is None
-    assert s["chain"]["problem"].startswith("bad-signature")
+    assert s["chain"]["rejected"] == 0 and s["chain"]["seen"] is None
+    assert fleet.intake()["refused"]["batch: not signed by its device"] == 1
     assert s["series"] == {} and s["latest"] == {}
 
     # clearing a retained attestation removes it
@@ -357,7 +359,9 @@ def test_an_attestation_says_why_its_score_is_low() -> None:
     fleet.handle(f"{P}/{d}/health", _health(attestation=copy), NOW)
     assert fleet.detail(d)["health"]["attestation"]["why"] == att["why"]  # type: ignore[index]
     fleet.handle(
-        f"{P}/{d}/attestation", _attestation(d, 1.0, expected=120, verified=120, flagged=0), NOW
+        f"{P}/{d}/attestation",
+        _attestation(d, 1.0, expected=120, verified=120, flagged=0, revision=1),
+        NOW,
     )
     assert fleet.detail(d)["attestation"]["why"] == []  # type: ignore[index]
 
@@ -590,11 +594,14 @@ def _attestation(
     verified: int = 7100,
     flagged: int = 12,
     status: str = "ok",
+    revision: int = 0,
 ) -> bytes:
     """A signed attestation (spec section 6) about a device, for the hour now."""
     start = int(time.time()) // 3600 * 3600
+    revised = {11: revision} if revision else {}
     payload = dcbor.dumps(
         {
+            **revised,
             1: ATTESTOR.did,
             2: f"did:key:{device_id}",
             3: start - 3600,
