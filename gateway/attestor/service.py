@@ -31,7 +31,7 @@ from gateway.mqtt import tls
 from gateway.mqtt.backoff import Backoff
 from gateway.wire import identity, limits
 from gateway.wire.identity import Identity, device_id_of
-from gateway.wire.verify import Examined, Finding, examine
+from gateway.wire.verify import LINKED, Examined, Finding, examine
 
 log = logging.getLogger("gateway.attestor")
 #: seqs at or above this cannot be stored (a signed 64-bit column; seq + 1 is looked up too)
@@ -79,6 +79,10 @@ class Worker:
         # the store at the next tick under did "" (nobody's): never a store call in that thread.
         self.refused: Counter[str] = Counter()
         self._refused_lock = threading.Lock()
+        # Messages this worker stored, and the copies of them it was sent again since, by did:
+        # counted here (under the same lock as `refused`), written at the next tick.
+        self.recent = gate.Recent()
+        self.duplicates: Counter[str] = Counter()
         self.connected = threading.Event()
         self._stopping = threading.Event()
         # Bumped at every connect and disconnect (paho's thread); under the lock with an ack,
@@ -172,24 +176,47 @@ class Worker:
         self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        """The cheap checks, in the order of their cost: the size for the topic, then the
-        signature and whether its signer is registered. Only what passes both waits for the
-        store before its ack; everything else is acked at once, so junk never holds the
-        broker's in-flight window (100 messages) that honest batches need."""
+        """The cheap checks, in the order of their cost: the size for the topic, whether this
+        worker stored the very same bytes already, then the signature, whether its signer is
+        registered and whether the topic is the signer's own. Only what passes all of them
+        waits for the store before its ack; everything else is acked at once, so junk never
+        holds the broker's in-flight window (100 messages) that honest batches need."""
         topic, payload = msg.topic, bytes(msg.payload)
         why = limits.too_big(topic, len(payload))
         if why is not None:
             self._ack_now(msg)
             self._refuse("oversized", f"{topic}: {why}")
             return
+        key = gate.key_of(payload)
+        device = gate.topic_device(topic)
+        if self._seen_again(key, device):
+            self._ack_now(msg)
+            return
         connection = self._connection
-        if gate.signer(payload) in self._registered:
-            item = Item(topic, payload, msg.mid, msg.qos, connection, acked=False)
+        signer = gate.signer(payload)
+        if signer in self._registered and device == device_id_of(signer or ""):
+            item = Item(topic, payload, msg.mid, msg.qos, connection, False, device, key)
             self.lanes.put_priority(item, self._stopping)
             return
         self._ack_now(msg)
-        if not self.lanes.put_junk(Item(topic, payload, msg.mid, msg.qos, connection, True)):
+        item = Item(topic, payload, msg.mid, msg.qos, connection, True, device, key)
+        if not self.lanes.put_junk(item):
             self._refuse("dropped", "junk lane full")
+
+    def _seen_again(self, key: bytes, device: str) -> bool:
+        """Whether a message is a copy of one this worker stored: counted, never judged again.
+        A batch on its device's own topic is that device's duplicate (what the store would have
+        said, without the transaction); a copy on any other topic is nobody's (anyone can
+        publish one there). A copy of a birth on its own topic is not counted, as the first."""
+        seen = self.recent.get(key) if key else None
+        if seen is None or seen.did not in self._registered:
+            return False
+        with self._refused_lock:
+            if device != seen.device:
+                self.refused["duplicate"] += 1
+            elif seen.batch:
+                self.duplicates[seen.did] += 1
+        return True
 
     def _ack_now(self, msg: mqtt.MQTTMessage) -> None:
         if msg.qos > 0:
@@ -362,21 +389,34 @@ class Worker:
         nothing arrives. Only an outage is retried: a message that cannot be judged is a
         finding like any other."""
         delays = Backoff(RETRY_MAX, base=RETRY_MIN)
+        if item.acked and self._seen_again(item.key, item.device):
+            return  # stored since it was queued (it came from the junk lane: acked already)
         while True:
             if not item.acked and self._stale(item.connection):
                 return  # delivered again on the current connection; not stored twice for it
             try:
-                self.handle(item.topic, item.payload, junk=item.acked)
+                finding = self.handle(item.topic, item.payload, junk=item.acked)
                 break
             except StoreAway:  # logged: no ack, the broker keeps it
                 if stop.wait(next(delays)):
                     return  # stopping: unacked, the broker delivers it again
+        self._remember(item, finding)
         if item.qos > 0 and not item.acked:
             with self._conn_lock:
                 # A message of an earlier connection the broker forgot (no session) is stored
                 # but not acked: its mid means nothing on this connection.
                 if item.connection == self._connection:
                     self.client.ack(item.mid, item.qos)
+
+    def _remember(self, item: Item, finding: Finding) -> None:
+        """Note a message the store now holds (its transaction committed), so a copy of it is
+        counted without being judged again."""
+        stored = finding.kind in LINKED or finding.kind in ("duplicate", "birth")
+        if not (stored and item.key and finding.did):
+            return
+        did = sys.intern(finding.did)
+        seen = gate.Seen(did, sys.intern(device_id_of(did)), finding.kind != "birth")
+        self.recent.add(item.key, seen)
 
     def _periodic(self) -> None:
         """Closed epochs, revisions and unpublished attestations, the registered dids and the
@@ -392,13 +432,19 @@ class Worker:
     def _flush_refused(self) -> None:
         with self._refused_lock:
             refused, self.refused = self.refused, Counter()
+            duplicates, self.duplicates = self.duplicates, Counter()
+        self.counts["duplicate"] += duplicates.total()
         try:
             with self.db.transaction() as tx:
                 for kind, n in refused.items():
                     chains.count(tx, "", kind, n)
+                for did, n in duplicates.items():
+                    chains.count(tx, did, "duplicate", n)
         except Exception:
             with self._refused_lock:
                 self.refused.update(refused)
+                self.duplicates.update(duplicates)
+            self.counts["duplicate"] -= duplicates.total()
             raise
 
     def publish_pending(self) -> None:
