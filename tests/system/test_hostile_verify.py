@@ -17,7 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.wire import cose, limits
+from gateway.wire import cose, limits, payloads
+from gateway.wire.identity import Identity
 from tests import hostile
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
@@ -127,4 +128,39 @@ def test_verify_live_under_a_memory_limit(broker: Mosquitto) -> None:
         assert ": malformed " in line, line
     (valid,) = [x for x in lines if x.startswith(f"{P}/{dev}/batch: ")]
     assert ": valid " in valid
+    assert peak < RESIDENT, f"peak RSS {peak >> 20} MiB"
+
+
+def _large_valid_batch(ident: Identity) -> bytes:
+    """A valid first batch of just under the batch cap: a thousand records of 4 kB names."""
+    recs = [
+        payloads.encode_record("x" * 4100, "Cel", 21.5, mb.SEALED - 60, 0.0, [])
+        for _ in range(1000)
+    ]
+    message = mb.sign(ident, mb.batch_payload(ident, 0, payloads.ZERO_PREV, recs))
+    assert limits.CAPS["batch"] - 128 * 1024 < len(message) <= limits.CAPS["batch"]
+    return message
+
+
+def test_verify_live_holds_no_accepted_message(broker: Mosquitto) -> None:
+    """Valid batches of nearly 4 MiB, each from a new throwaway key: each starts a chain and is
+    accepted, and none is kept. Holding them took a verifier past its limit after 64."""
+    n = 90
+    p = _verify("--broker", broker.url, "--seconds", "30")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="outsider")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        time.sleep(3)  # the verifier subscribes within its first seconds
+        for i in range(n):
+            ident = hostile.throwaway()
+            message = _large_valid_batch(ident)
+            client.publish(f"{P}/{ident.device_id}/batch", message, qos=1).wait_for_publish(30)
+            assert p.poll() is None, f"verify ended after {i} batches"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    code, out, err, peak = _finish(p, 90)
+    assert code == 0, out + err
+    assert f"{n} messages: {n} valid; 0 invalid" in out, out[-2000:] + err
     assert peak < RESIDENT, f"peak RSS {peak >> 20} MiB"
