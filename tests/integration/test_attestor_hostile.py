@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.attestor import chains, registry, service
 from gateway.attestor.config import loads
 from gateway.attestor.db import Database
+from gateway.attestor.lanes import Item, Lanes
 from gateway.attestor.service import Worker
 from gateway.wire import cose, identity
 from tests import hostile
@@ -209,6 +210,90 @@ def test_oversized_and_junk_are_acked_and_counted_and_honest_batches_pass(
         t.join(20)
         w.db.close()
     assert not t.is_alive()
+
+
+def _batches(db: Database, did: str) -> int:
+    return int(db.execute("SELECT count(*) FROM batches WHERE did = ?", (did,)).fetchone()[0])
+
+
+def test_replays_of_a_device_batch_are_counted_not_judged_and_another_device_passes(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """An outsider copies device A's stored batch and publishes it again and again, on A's topic
+    and on B's. The copies on A's topic are A's duplicates (counted, nothing stored); those on
+    B's topic are nobody's, never in B's counts; every batch B sends meanwhile is stored. A
+    restarted worker (nothing remembered) still judges a copy a duplicate, from the store."""
+    store = str(tmp_path / "a.db")
+    dev_b = mb.identity(mb.SEED_C)
+    topic_b = f"{PREFIX}/{dev_b.device_id}/batch"
+    db = Database(store)
+    registry.register(db, DEV.did, "balcony")
+    registry.register(db, dev_b.did, "garden")
+    db.close()
+    copies = 300
+    honest = mb.Chain(ident=DEV).next().message
+    chain_b = mb.Chain(ident=dev_b)
+    pub = _publisher(mosquitto.port)
+    w = Worker(_cfg(store, tmp_path, mosquitto.port), ATTESTOR)
+    t, stop = _run(w)
+    try:
+        pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
+        _wait(lambda: len(w.recent) == 1, 10, "A's batch stored")
+        for i in range(copies):
+            pub.publish(TOPIC, honest, qos=1)
+            pub.publish(topic_b, honest, qos=1)
+            if i % 15 == 0:
+                pub.publish(topic_b, chain_b.next().message, qos=1)
+        pub.publish(topic_b, chain_b.next().message, qos=1).wait_for_publish(10)
+        sent_b = len(chain_b.built)
+
+        def settled() -> bool:
+            c = registry.counts(w.db)
+            return (
+                _batches(w.db, dev_b.did) == sent_b
+                and c.get(DEV.did, {}).get("duplicate") == copies
+                and c.get("", {}).get("duplicate") == copies
+            )
+
+        _wait(settled, 15, "B's batches and the copies counted")
+        counts = registry.counts(w.db)
+        assert counts[DEV.did] == {"valid": 1, "duplicate": copies}
+        assert counts[dev_b.did] == {"valid": sent_b}
+        assert _batches(w.db, DEV.did) == 1
+    finally:
+        stop.set()
+        t.join(20)
+        w.db.close()
+    assert not t.is_alive()
+    w = Worker(_cfg(store, tmp_path, mosquitto.port), ATTESTOR)
+    t, stop = _run(w)
+    try:
+        pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
+        _wait(
+            lambda: registry.counts(w.db)[DEV.did]["duplicate"] == copies + 1,
+            10,
+            "the copy judged from the store",
+        )
+        assert _batches(w.db, DEV.did) == 1
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        stop.set()
+        t.join(20)
+        w.db.close()
+
+
+def test_the_priority_lane_serves_devices_in_turn() -> None:
+    """A device with a long backlog delays another device's message by one turn, not by the
+    backlog; each device's own messages keep their order."""
+    lanes = Lanes(1 << 20)
+    stop = threading.Event()
+    for i in range(5):
+        lanes.put_priority(Item("p/a/batch", bytes([i]), i, 1, 0, False, "a"), stop)
+    lanes.put_priority(Item("p/b/batch", b"b", 9, 1, 0, False, "b"), stop)
+    order = [item.device + str(item.mid) for item in iter(lambda: lanes.get(0), None)]
+    assert order == ["a0", "b9", "a1", "a2", "a3", "a4"]
+    assert lanes.held == 0
 
 
 # --- late batches: a new revision ---------------------------------------------------------------
