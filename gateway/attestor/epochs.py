@@ -122,6 +122,21 @@ def _segments(births: list[tuple[float, float, str]], start: int, end: int) -> i
     return max(0, total)
 
 
+_EFFECTIVE = "CASE WHEN started < received THEN started ELSE received END"
+#: The births `expected_readings` needs for an epoch, not every birth of the device (a device
+#: rebooting without end has thousands): those starting inside the epoch, and the last to start
+#: by its beginning, of all births and of those received before its end (`_segments` gives a
+#: birth the time until the next one starts, so any earlier birth adds nothing). Ties included.
+_BIRTHS = (
+    f"SELECT started, received, sensors FROM births WHERE did = ? AND {_EFFECTIVE} < ? AND ("
+    f"{_EFFECTIVE} > ? "
+    f"OR {_EFFECTIVE} >= (SELECT max({_EFFECTIVE}) FROM births WHERE did = ? AND received < ? "
+    f"AND {_EFFECTIVE} <= ?) "
+    f"OR {_EFFECTIVE} >= (SELECT max({_EFFECTIVE}) FROM births WHERE did = ? "
+    f"AND {_EFFECTIVE} <= ?))"
+)
+
+
 def compute(tx: Tx, did: str, start: int, end: int) -> EpochScore:
     rows = tx.all(
         "SELECT seq, batch_id, readings, synced, flagged FROM batches "
@@ -146,10 +161,8 @@ def compute(tx: Tx, did: str, start: int, end: int) -> EpochScore:
         status = "gap"
     else:
         status = "ok"
-    births = [
-        (float(s), float(r), str(j))
-        for s, r, j in tx.all("SELECT started, received, sensors FROM births WHERE did = ?", (did,))
-    ]
+    found = tx.all(_BIRTHS, (did, end, start, did, end, start, did, start))
+    births = [(float(s), float(r), str(j)) for s, r, j in found]
     expected = expected_readings(births, start, end)
     return EpochScore(
         did=did,

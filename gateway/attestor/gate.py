@@ -88,7 +88,7 @@ def key_of(message: bytes) -> bytes:
     return hashlib.sha256(message).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Seen:
     """A message stored before: its signer and whether it was a batch (else a birth)."""
 
