@@ -314,7 +314,9 @@ def test_reconnect_drops_stale_messages_and_loses_none(
     up = threading.Event()
     stored: Counter[bytes] = Counter()
 
-    def handle(topic: str, payload: bytes, now: float | None = None) -> Finding:
+    def handle(
+        topic: str, payload: bytes, now: float | None = None, *, junk: bool = False
+    ) -> Finding:
         if not up.is_set():
             raise StoreAway("not processed: the store is away")
         stored[payload] += 1
