@@ -10,6 +10,7 @@ import logging
 
 from gateway import __version__
 from gateway.config.settings import Config
+from gateway.core.health import Health
 from gateway.device.inbox import Inbox
 from gateway.device.sampler import Sampler
 from gateway.device.service import Broker, Plain
@@ -21,8 +22,17 @@ log = logging.getLogger("gateway")
 class Announce(Plain):
     """Tells Home Assistant which entities the sensors on the reading's way produce."""
 
-    def __init__(self, cfg: Config, *, device_id: str, broker: Broker, sampler: Sampler) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        device_id: str,
+        broker: Broker,
+        sampler: Sampler,
+        health: Health | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.health = health
         self.device_id = device_id
         self.broker = broker
         self.sampler = sampler
@@ -44,8 +54,13 @@ class Announce(Plain):
             self._wake.set()
 
     async def _ha_status(self, topic: str, payload: bytes) -> None:
-        if payload.strip() == b"online":  # Home Assistant (re)started: announce again
+        said = payload.strip()
+        if said == b"online":  # Home Assistant (re)started: announce again
             self.request()
+        elif said != b"offline" and self.health is not None:
+            # Anyone may publish on Home Assistant's status topic: what is neither of its two
+            # words is counted with the other refused messages, and changes nothing.
+            self.health.ignored_messages["status"] += 1
 
     async def _retained(self, topic: str, payload: bytes) -> None:
         if payload:

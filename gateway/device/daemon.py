@@ -142,7 +142,11 @@ class Gateway:
         self.announce: Announce | None = None
         if cfg.monitor.homeassistant:
             self.announce = Announce(
-                cfg, device_id=self.identity.device_id, broker=uplink, sampler=self.sampler
+                cfg,
+                device_id=self.identity.device_id,
+                broker=uplink,
+                sampler=self.sampler,
+                health=health,
             )
             self.announce.listen(self.inbox)
             self.services.append(self.announce)
