@@ -144,6 +144,54 @@ class ProofResult:
     proof: dict[str, Any] = field(default_factory=dict)  # the proof as given (when a map)
 
 
+#: A proof is one object holding `reading` (an object holding `flags`) and `path`: four
+#: containers, three deep. Values (every element and member, counted by their separators) are
+#: its 12 fields, 6 in `reading`, at most 64 in `path` and the record's flags; 4096 leaves
+#: thousands for flags and still keeps what json builds to a few hundred KiB, where 8 MiB of
+#: `{},` or `1.5,` would build hundreds of MiB of Python objects.
+MAX_CONTAINERS = 4
+MAX_DEPTH = 3
+MAX_VALUES = 4096
+# A JSON string (skipped whole, so brackets and commas inside text do not count), or one of
+# the characters that open a container or separate values. Unrolled: linear even unterminated.
+_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{,\]}]')
+
+
+def shape_refusal(text: str) -> str | None:
+    """Why `text` cannot be a proof from its structure alone (too many objects or arrays, too
+    deep, too many values), naming the offset where the bound was passed; None when it may be.
+    Judged on the raw text before json builds anything: its cost is the text, not the objects
+    it describes."""
+    containers = depth = values = 0
+    for m in _STRUCTURE.finditer(text):
+        c = m.group()
+        if c in "[{":
+            containers += 1
+            depth += 1
+            if containers > MAX_CONTAINERS:
+                return (
+                    f"more than {MAX_CONTAINERS} objects and arrays (a proof has {MAX_CONTAINERS}: "
+                    f"itself, reading, reading.flags, path); the next opens at character "
+                    f"{m.start()}"
+                )
+            if depth > MAX_DEPTH:
+                return (
+                    f"objects or arrays nested more than {MAX_DEPTH} deep (a proof's deepest is "
+                    f"reading.flags) at character {m.start()}"
+                )
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        elif c == ",":
+            values += 1
+            if values >= MAX_VALUES:
+                return (
+                    f"more than {MAX_VALUES} values (a proof has its fields, a reading, at most "
+                    f"{_MAX_PATH} path hashes and the record's flags); the next at character "
+                    f"{m.start()}"
+                )
+    return None
+
+
 class _Failed(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -153,11 +201,15 @@ class _Failed(Exception):
 
 def parse_proof(data: bytes | str) -> Any:
     """The JSON document of a proof; ValueError (with JSON's line and column) when the text is
-    not JSON. Whether the document is a proof at all is check_proof's question."""
+    not JSON, or holds more objects, arrays or values than any proof (`shape_refusal`).
+    Whether the document is a proof at all is check_proof's question."""
     if len(data) > MAX_PROOF:
         raise ValueError(f"{len(data)} bytes, over the {MAX_PROOF} byte cap of a proof")
     if isinstance(data, bytes):
         data = data.decode("utf-8")
+    refused = shape_refusal(data)
+    if refused is not None:
+        raise ValueError(refused)
 
     def no_constants(name: str) -> Any:  # JSON has no NaN or Infinity; Python accepts them
         raise ValueError(f"{name} is not JSON")

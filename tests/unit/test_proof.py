@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.wire import payloads, proof
+from gateway.core.errors import ProofError
+from gateway.wire import limits, payloads, proof
 from tests import make_batches as mb
 
 A, B = mb.identity(mb.SEED_A), mb.identity(mb.SEED_B)
@@ -186,7 +187,7 @@ def test_a_signed_message_that_is_not_a_batch_is_rejected() -> None:
     birth = mb.sign(A, mb.birth_payload(A), "application/vnd.depin.birth+cbor")
     r = rejected({**full_proof(), "batch": base64.b64encode(birth).decode()})
     assert r.failure == "malformed" and "a signed birth message, not a batch" in r.reason
-    with pytest.raises(proof.ProofError, match="a signed birth message, not a batch"):
+    with pytest.raises(ProofError, match="a signed birth message, not a batch"):
         proof.make_proof(birth, 0)
 
 
@@ -266,9 +267,9 @@ def test_check_proof_never_raises(junk: Any) -> None:
 
 def test_no_proof_of_a_forged_batch() -> None:
     forged = mb.weak_key_forgery()
-    with pytest.raises(proof.ProofError, match="not a valid signed batch: bad-signature"):
+    with pytest.raises(ProofError, match="not a valid signed batch: bad-signature"):
         proof.make_proof(forged, 0)
-    with pytest.raises(proof.ProofError, match="no record 3: the batch has 3") as e:
+    with pytest.raises(ProofError, match="no record 3: the batch has 3") as e:
         proof.make_proof(batch(3), 3)
     assert e.value.exit_code == 2
 
@@ -277,14 +278,14 @@ def test_find_record_by_name_and_time() -> None:
     message = batch(6)
     assert proof.find_record(message, "climate/humidity", mb.SEALED - 57) == 3
     with pytest.raises(
-        proof.ProofError, match=r"nearest: index 1 at \d+, index 3 at \d+, index 5 at"
+        ProofError, match=r"nearest: index 1 at \d+, index 3 at \d+, index 5 at"
     ) as e:
         proof.find_record(message, "climate/humidity", mb.SEALED - 56.5)
     assert "batch seq 0" in str(e.value)
-    with pytest.raises(proof.ProofError, match=r"no reading pm/pm10 .* it has climate/humidity"):
+    with pytest.raises(ProofError, match=r"no reading pm/pm10 .* it has climate/humidity"):
         proof.find_record(message, "pm/pm10", mb.SEALED)
     twice = batch(2, extra=[mb.record(1)])
-    with pytest.raises(proof.ProofError, match=r"2 records .* indexes \[1, 2\]; choose with"):
+    with pytest.raises(ProofError, match=r"2 records .* indexes \[1, 2\]; choose with"):
         proof.find_record(twice, "climate/humidity", mb.SEALED - 59)
 
 
@@ -372,3 +373,73 @@ def test_cli_prove_refusals(tmp_path: Path) -> None:
     assert r.returncode == 1 and f"{forged}: not a valid signed batch: bad-signature" in r.stderr
     r = cli("prove", str(tmp_path / "nope.cose"), "--index", "0")
     assert r.returncode == 2 and "nope.cose: cannot read a signed batch" in r.stderr
+
+
+# --- hostile proof files ----------------------------------------------------------------------
+
+
+def _verify_proof_peak(path: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`verify-proof` run on `path` alone: its result and its peak resident set in bytes."""
+    script = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-m', 'gateway', 'verify-proof', sys.argv[1]],"
+        " capture_output=True, text=True)\n"
+        "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+        "sys.exit(r.returncode)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+    )
+    err, _, peak = r.stderr.rstrip("\n").rpartition("\n")
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout, err), int(peak)
+
+
+_NEAR_CAP = proof.MAX_PROOF - 16
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("objects", "[" + "{}," * (_NEAR_CAP // 3) + "{}]", "more than 4 objects and arrays"),
+        ("arrays", "[" + "[]," * (_NEAR_CAP // 3) + "[]]", "more than 4 objects and arrays"),
+        ("nesting", "[" * 4 + "]" * 4, "objects or arrays nested more than 3 deep"),
+        ("numbers", '{"path": [' + "1.5," * (_NEAR_CAP // 4) + "1]}", "more than 4096 values"),
+        ("strings", '{"path": [' + '"a",' * (_NEAR_CAP // 4) + '"a"]}', "more than 4096 values"),
+    ],
+)
+def test_a_file_of_nothing_but_structure_is_refused_before_json_builds_it(
+    tmp_path: Path, name: str, text: str, reason: str
+) -> None:
+    """8 MiB of `{},` took verify-proof to 243 MB resident when json.loads built it whole; the
+    structure is counted on the text instead, so the file costs about its own size."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(text)
+    r, peak = _verify_proof_peak(path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{path}: not a JSON proof: {reason}" in r.stderr
+    # An honest verify-proof of a small file peaks near 45 MiB; the file itself is 8 MiB.
+    assert peak < 45 * 1024 * 1024 + 4 * len(text), f"peak RSS {peak >> 20} MiB"
+
+
+def test_text_in_a_proof_is_not_structure() -> None:
+    """Brackets and commas inside strings (a reading's name, the note) are not counted."""
+    doc = json.loads(json.dumps(full_proof()))
+    doc["note"] = "{[," * 10_000 + '\\"'
+    assert proof.shape_refusal(json.dumps(doc)) is None
+    assert proof.parse_proof(json.dumps(doc))["note"] == doc["note"]
+    unterminated = '{"note": "' + "{}" * 100
+    with pytest.raises(ValueError, match="more than 4 objects"):
+        proof.parse_proof(unterminated)  # not JSON either way; refused on its shape first
+
+
+def test_the_largest_full_proof_is_within_the_bounds() -> None:
+    """A full proof of a batch at the 4 MiB cap (the base64 batch is one string) with a path of
+    64 hashes and a reading with flags passes the shape check and the size cap."""
+    doc = json.loads(json.dumps(full_proof()))
+    doc["batch"] = base64.b64encode(b"\0" * limits.DEFAULT_CAP).decode("ascii")
+    doc["path"] = ["00" * 32] * 64
+    doc["reading"]["flags"] = ["f"] * 1000
+    text = json.dumps(doc, indent=2)
+    assert len(text) <= proof.MAX_PROOF
+    assert proof.shape_refusal(text) is None
