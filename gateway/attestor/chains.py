@@ -17,6 +17,7 @@ import math
 import operator
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.attestor.db import Database, Tx
 from gateway.wire import cose, payloads, strict
@@ -150,9 +151,21 @@ def _revise(tx: Tx, did: str, sealed: float) -> None:
     )
 
 
-def process_birth(db: Database, message: bytes, *, now: float | None = None) -> bool:
+#: Births kept whole (the signed message) per device and epoch of arrival: a device boots a few
+#: times a day. Beyond, up to BIRTHS_KEPT, a birth keeps only what its expectation needs (boot
+#: id, started, received and the sensor summary); beyond that it is counted, not kept, and
+#: plays no part in the expectation. So a device sending births without end makes the store
+#: keep at most BIRTHS_WHOLE messages and BIRTHS_KEPT rows per epoch.
+BIRTHS_WHOLE = 4
+BIRTHS_KEPT = 64
+
+
+def process_birth(
+    db: Database, message: bytes, *, now: float | None = None, epoch: int = 3600
+) -> bool:
     """Keep a registered device's birth: its sensors and intervals set the readings expected.
-    False when its sensor list is not what spec section 5 says (nothing is kept)."""
+    False when its sensor list is not what spec section 5 says (nothing is kept). `epoch`: the
+    scoring epoch's length, the period BIRTHS_WHOLE and BIRTHS_KEPT apply to."""
     now = time.time() if now is None else now
     m = strict.loads(cose.verify1(message).payload)  # `examine` checked it; this unpacks it
     if not isinstance(m, dict):
@@ -164,12 +177,44 @@ def process_birth(db: Database, message: bytes, *, now: float | None = None) -> 
         or not _sensors_ok(sensors)
     ):
         return False
-    db.execute(
-        "INSERT INTO births(did, boot, started, sensors, received, message) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (did, boot) DO NOTHING",
-        (m[1], m[3], float(m[4]), json.dumps(sensors, sort_keys=True), now, message),
-    )
+    did, boot = m[1], m[3]
+    since = math.floor(now / epoch) * epoch
+    with db.transaction() as tx:
+        # The device row lock orders this with the device's other births on other workers.
+        if tx.one("SELECT 1 FROM devices WHERE did = ? FOR UPDATE", (did,)) is None:
+            return True  # registered when examined, removed since: nothing to keep
+        if tx.one("SELECT 1 FROM births WHERE did = ? AND boot = ?", (did, boot)):
+            return True  # the same boot again (a retained birth): kept already
+        (n,) = tx.one(
+            "SELECT count(*) FROM births WHERE did = ? AND received >= ? AND received < ?",
+            (did, since, since + epoch),
+        )
+        if int(n) >= BIRTHS_KEPT:
+            count(tx, did, "birth-excess")
+            return True
+        whole = int(n) < BIRTHS_WHOLE
+        tx.execute(
+            "INSERT INTO births(did, boot, started, sensors, received, message, summary) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did, boot) DO NOTHING",
+            (did, boot, float(m[4]), json.dumps(sensors, sort_keys=True) if whole else "",
+             now, message if whole else b"", sensor_summary(sensors)),
+        )  # fmt: skip
+        if not whole:
+            count(tx, did, "birth-summarised")
     return True
+
+
+def sensor_summary(sensors: Any) -> str:
+    """What a sensor list makes a device expected to deliver, as JSON: [[interval, quantities
+    read at that interval], ...] by interval. The expectation of a segment is the same from
+    either (each sensor's readings over a segment depend on its interval alone), and the
+    summary holds one pair per distinct interval, not every sensor's ids and names."""
+    per: dict[float, int] = {}
+    for s in sensors:
+        if s["quantities"]:
+            interval = float(s["interval"])
+            per[interval] = per.get(interval, 0) + len(s["quantities"])
+    return json.dumps(sorted(per.items()))
 
 
 #: the shortest sensor interval a birth may announce; anything below is not a sensor but an

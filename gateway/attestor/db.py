@@ -83,8 +83,10 @@ CREATE TABLE IF NOT EXISTS births (
     sensors TEXT NOT NULL,
     received DOUBLE PRECISION NOT NULL,
     message BYTEA NOT NULL,
+    summary TEXT,
     PRIMARY KEY (did, boot)
 );
+CREATE INDEX IF NOT EXISTS births_received ON births (did, received);
 CREATE TABLE IF NOT EXISTS attestations (
     did TEXT NOT NULL,
     epoch_start BIGINT NOT NULL,
@@ -115,6 +117,7 @@ ADDED = (
     ("devices", "first_sealed", "DOUBLE PRECISION"),
     ("attestations", "revision", "BIGINT NOT NULL DEFAULT 0"),
     ("attestations", "stale", "INTEGER NOT NULL DEFAULT 0"),
+    ("births", "summary", "TEXT"),
 )
 
 
@@ -239,7 +242,9 @@ class Database:
         """Columns added after the first release (ADDED), added to a store made before them:
         `devices.first_sealed`, the sealed time of the device's first accepted batch;
         `attestations.revision` and `stale`, an epoch's attestation signed again for batches
-        that arrived after it (0 and not stale: what every attestation of an older store is)."""
+        that arrived after it (0 and not stale: what every attestation of an older store is);
+        `births.summary`, what a birth's sensor list makes expected (NULL in an older store,
+        whose births all hold their sensor list, which scoring reads in its place)."""
         for table, column, kind in ADDED:
             if column in self._columns(table):
                 continue

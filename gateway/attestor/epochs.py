@@ -34,6 +34,7 @@ number from the same store.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def attested_synced(
 
 
 def expected_readings(births: list[tuple[float, float, str]], start: int, end: int) -> int:
-    """`births`: (started, received, sensors JSON) of the device, any order.
+    """`births`: (started, received, sensors) of the device, any order; sensors is the JSON of
+    the birth's sensor list or of its summary (`chains.sensor_summary`), alike in effect.
 
     Rebooting (a new birth) does not restart the count: a device publishing a fresh birth near
     the end of every epoch is still expected to have measured all along, by its earlier birth.
@@ -117,9 +119,22 @@ def _segments(births: list[tuple[float, float, str]], start: int, end: int) -> i
         since, until = max(since, float(start)), min(until, float(end))
         if until <= since:
             continue
-        for s in json.loads(sensors):
-            total += len(s["quantities"]) * int((until - since) // float(s["interval"]))
+        for interval, quantities in _rates(sensors):
+            total += quantities * int((until - since) // interval)
     return max(0, total)
+
+
+@functools.lru_cache(maxsize=256)
+def _rates(sensors: str) -> tuple[tuple[float, int], ...]:
+    """(interval, quantities) from a sensor list's JSON or its summary's; cached, as a
+    device's births mostly repeat one list."""
+    out: list[tuple[float, int]] = []
+    for s in json.loads(sensors):
+        if isinstance(s, dict):
+            out.append((float(s["interval"]), len(s["quantities"])))
+        else:
+            out.append((float(s[0]), int(s[1])))
+    return tuple(out)
 
 
 _EFFECTIVE = "CASE WHEN started < received THEN started ELSE received END"
@@ -128,7 +143,8 @@ _EFFECTIVE = "CASE WHEN started < received THEN started ELSE received END"
 #: by its beginning, of all births and of those received before its end (`_segments` gives a
 #: birth the time until the next one starts, so any earlier birth adds nothing). Ties included.
 _BIRTHS = (
-    f"SELECT started, received, sensors FROM births WHERE did = ? AND {_EFFECTIVE} < ? AND ("
+    "SELECT started, received, COALESCE(summary, sensors) "
+    f"FROM births WHERE did = ? AND {_EFFECTIVE} < ? AND ("
     f"{_EFFECTIVE} > ? "
     f"OR {_EFFECTIVE} >= (SELECT max({_EFFECTIVE}) FROM births WHERE did = ? AND received < ? "
     f"AND {_EFFECTIVE} <= ?) "

@@ -301,7 +301,10 @@ class Worker:
             finding = chains.process_batch(self.db, found, now=now, epoch=self.cfg.epoch_seconds)
         else:
             finding = found
-            if finding.kind == "birth" and not chains.process_birth(self.db, payload, now=now):
+            kept = finding.kind != "birth" or chains.process_birth(
+                self.db, payload, now=now, epoch=self.cfg.epoch_seconds
+            )
+            if not kept:
                 finding = Finding(
                     "malformed", found.did, None, found.batch_id, 0, "bad sensor list", topic
                 )
