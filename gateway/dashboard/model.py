@@ -63,15 +63,18 @@ _TEXT = fields.TEXT
 PENDING_DEVICES = 256
 PENDING_BYTES = 4 * 1024 * 1024
 UNSIGNED = ("status", "state", "health", "attestation")
-# Signed kinds: verifying one costs time in the event loop (a 4 MiB batch, half a second), so a
-# message whose bytes were taken lately is not verified again, whoever replays it and on
-# whichever topic (the same bytes are good on one device's topic only).
+# Signed kinds: verifying one costs time (a 4 MiB batch, half a second, on the intake's worker
+# thread), so a message whose bytes were taken lately is not verified again, whoever replays it
+# and on whichever topic (the same bytes are good on one device's topic only).
 SIGNED = ("birth", "batch", "attestation")
 RECENT_MESSAGES = 4096  # sha256 digests remembered: 32 bytes each
 RECENT_BATCHES = 1024  # batch ids remembered per device, so a batch counts once
 # Readings of one quantity taken from one batch into the sparklines, the newest: a sparkline
 # has one point per bucket, and a batch of 20,000 readings would cost 20,000 merges.
 BATCH_READINGS = 360
+# ...and of all quantities together, so the model's share of a batch (in the event loop) stays
+# the same however many records and quantities it holds: the rest is chosen off the loop.
+BATCH_TOTAL = 2048
 _ENVELOPE_TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
 
@@ -262,6 +265,30 @@ class Verdict:
     payload: dict[Any, Any]
     found: Finding | Examined | None
     problem: str
+    #: a batch's records to plot (`plotted`), chosen with the verdict, off the event loop
+    records: tuple[dict[Any, Any], ...] = ()
+
+
+def judge(prefix: str, device_id: str, kind: str, payload: bytes) -> Verdict:
+    """The verifier's verdict on a COSE message on `kind`'s topic of `device_id`, after the
+    bytes passed the strict decoder. Pure and thread-safe: the costly part of a signed message
+    (it scales with the message), done by the intake's worker thread."""
+    m, problem = open_payload(payload)
+    if problem:
+        return Verdict({}, None, problem)
+    try:
+        v = examine(payload, source=f"{prefix}/{device_id}/{kind}")
+    except Exception as e:  # a verifier that raises has still not verified it
+        return Verdict(m, None, f"malformed: {type(e).__name__}")
+    if isinstance(v, Finding) and v.kind != kind:
+        return Verdict(m, v, f"{v.kind}: {v.detail}"[:200])
+    if kind != "attestation" and (v.did is None or device_id_of(v.did) != device_id):
+        return Verdict(m, v, "signed by another device's key")
+    if kind == "birth":
+        return Verdict(m, v, birth_problem(m))
+    if isinstance(v, Examined):
+        return Verdict(m, v, "", tuple(plotted(v.batch.records)))
+    return Verdict(m, v, "")
 
 
 def open_payload(message: bytes) -> tuple[dict[Any, Any], str]:
@@ -358,6 +385,21 @@ def newest(records: list[dict[Any, Any]], per_quantity: int) -> list[dict[Any, A
     return out
 
 
+def plotted(records: list[dict[Any, Any]]) -> list[dict[Any, Any]]:
+    """What of a batch's records the sparklines take: the quantities first named in it, at most
+    as many as a gateway may show (2 * MAX_SERIES), each its newest readings, at most
+    BATCH_READINGS of one and BATCH_TOTAL of all, in batch order."""
+    keys: dict[Any, None] = {}
+    for rec in records:
+        key = rec.get(payloads.N)
+        if key not in keys:
+            if len(keys) >= 2 * MAX_SERIES:
+                continue
+            keys[key] = None
+    share = max(1, min(BATCH_READINGS, BATCH_TOTAL // max(1, len(keys))))
+    return newest([r for r in records if r.get(payloads.N) in keys], share)
+
+
 class Fleet:
     """All gateways under one topic prefix.
 
@@ -420,6 +462,14 @@ class Fleet:
         """Take one message; the id of the device it changed, or None when ignored. `retained`:
         the broker kept it and sent it because the dashboard subscribed (it may be old)."""
         now = time.time() if now is None else now
+        placed = self.place(topic, payload)
+        if placed is None:
+            return None
+        return self.apply(*placed, payload, now, retained=retained)
+
+    def place(self, topic: str, payload: bytes) -> tuple[str, str] | None:
+        """The cheap checks, in this order: the (device id, kind) of a message to take, or None
+        when it is refused (too big, repeated) or not about a device, counted."""
         if limits.too_big(topic, len(payload)):  # judged by its length, before anything else
             self.refused[f"{limits.kind_of(topic)[:16]}: too big"] += 1
             return None
@@ -432,8 +482,21 @@ class Fleet:
         if kind in SIGNED and payload and self._repeated(payload):
             self.refused[f"{kind}: repeated"] += 1
             return None
+        return device_id, kind
+
+    def apply(
+        self,
+        device_id: str,
+        kind: str,
+        payload: bytes,
+        now: float,
+        *,
+        retained: bool = False,
+        verdict: Verdict | None = None,
+    ) -> str | None:
+        """Take a message `place` let through; `verdict`: `judge`'s on a birth or batch, when
+        it was judged elsewhere (the intake's worker thread)."""
         dev = self.devices.get(device_id)
-        verdict = None
         if dev is None:
             if not payload:
                 self.ignored += 1  # an empty payload clears a retained topic: nothing to add
@@ -442,7 +505,8 @@ class Fleet:
             if kind in UNSIGNED:
                 self._hold(device_id, kind, payload, now, retained)
                 return None
-            verdict = self._verdict(device_id, payload, kind)
+            if verdict is None:
+                verdict = self._verdict(device_id, payload, kind)
             if verdict.problem:
                 self.refused[f"{kind}: not signed by its device"] += 1
                 return None
@@ -620,22 +684,7 @@ class Fleet:
         return stamp
 
     def _verdict(self, device_id: str, payload: bytes, kind: str) -> Verdict:
-        """The verifier's verdict on a COSE message on `kind`'s topic of `device_id`, after the
-        bytes passed the strict decoder."""
-        m, problem = open_payload(payload)
-        if problem:
-            return Verdict({}, None, problem)
-        try:
-            v = examine(payload, source=f"{self.prefix}/{device_id}/{kind}")
-        except Exception as e:  # a verifier that raises has still not verified it
-            return Verdict(m, None, f"malformed: {type(e).__name__}")
-        if isinstance(v, Finding) and v.kind != kind:
-            return Verdict(m, v, f"{v.kind}: {v.detail}"[:200])
-        if kind != "attestation" and (v.did is None or device_id_of(v.did) != device_id):
-            return Verdict(m, v, "signed by another device's key")
-        if kind == "birth":
-            return Verdict(m, v, birth_problem(m))
-        return Verdict(m, v, "")
+        return judge(self.prefix, device_id, kind, payload)
 
     def _on_birth(self, dev: Device, verdict: Verdict, now: float) -> None:
         if verdict.problem:  # what is shown stays what was signed
@@ -677,7 +726,7 @@ class Fleet:
         if dev.batch_seq is None or b.seq > dev.batch_seq:
             dev.batch_seq = b.seq
             dev.batch_t = _moment(b.sealed)
-        for rec in newest(b.records, BATCH_READINGS):
+        for rec in verdict.records:
             self._reading(
                 dev, str(rec[payloads.N]), rec.get(payloads.V), rec[payloads.U],
                 rec[payloads.T], rec.get(payloads.SCORE), rec.get(payloads.FLAGS), "batch", now,

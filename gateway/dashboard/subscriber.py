@@ -3,16 +3,19 @@
 aiomqtt, in the server's event loop, MQTT 3.1.1 (every broker speaks it, the demo's embedded one
 only that). Retained messages (status, state, health, birth, attestation) fill the model as soon
 as the subscription is made; batches follow live. A lost connection is retried with backoff for
-as long as the dashboard runs, and the page shows the broker as disconnected meanwhile.
+as long as the dashboard runs, and the page shows the broker as disconnected meanwhile. Births
+and batches are verified off the event loop (intake.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.dashboard.intake import Intake
 from gateway.dashboard.model import Fleet
 from gateway.mqtt import url as broker_url
 from gateway.mqtt.backoff import Backoff
@@ -78,11 +81,13 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
         fleet.set_broker(True)
         log.info("subscribed to %s/+/… at %s", fleet.prefix, broker.label)
 
+    intake = Intake(fleet, asyncio.get_running_loop())
+
     def handle(msg: Message) -> None:
         try:
             # MQTT 3.1.1: the broker sets retain only on what it sends because of the
             # subscription (stored, perhaps long ago), never on live messages.
-            fleet.handle(msg.topic, msg.payload, retained=msg.retained)
+            intake.submit(msg.topic, msg.payload, retained=msg.retained)
         except Exception:  # a bug on one message must not stop the dashboard
             log.exception("cannot take the message on %s", msg.topic)
 
@@ -90,12 +95,16 @@ async def follow(fleet: Fleet, broker: Broker, *, backoff_max: float = BACKOFF_M
         fleet.set_broker(False, str(e.error) or type(e.error).__name__)
         log.warning("broker %s: %s; again in %.0f s", broker.label, e.error, e.retry_in)
 
-    await subscribe_forever(
-        settings,
-        fleet.topics(),
-        handle,
-        backoff=Backoff(backoff_max, base=1.0),
-        protocol="3.1.1",
-        on_subscribed=subscribed,
-        on_lost=lost,
-    )
+    intake.start()
+    try:
+        await subscribe_forever(
+            settings,
+            fleet.topics(),
+            handle,
+            backoff=Backoff(backoff_max, base=1.0),
+            protocol="3.1.1",
+            on_subscribed=subscribed,
+            on_lost=lost,
+        )
+    finally:
+        intake.close()
