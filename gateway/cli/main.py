@@ -134,21 +134,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.wire import verify
 
     verifier = verify.Verifier(allowed_dids=args.allow or None)
-    findings: list[verify.Finding] = []
+    findings = verify.Tally()
     if args.paths:
         for f in verify.verify_paths([Path(p) for p in args.paths], verifier):
-            findings.append(f)
+            findings.add(f)
             print(verify.format_finding(f))
     if args.broker:
         from gateway.cli.verify_live import verify_live
 
-        findings += asyncio.run(
-            verify_live(
-                args.broker,
-                seconds=args.seconds,
-                prefix=args.prefix,
-                verifier=verifier,
-                on_finding=lambda f: print(verify.format_finding(f), flush=True),
+        findings.update(
+            asyncio.run(
+                verify_live(
+                    args.broker,
+                    seconds=args.seconds,
+                    prefix=args.prefix,
+                    verifier=verifier,
+                    on_finding=lambda f: print(verify.format_finding(f), flush=True),
+                )
             )
         )
     if not args.paths and not args.broker:

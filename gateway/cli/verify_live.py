@@ -17,12 +17,15 @@ from gateway.mqtt.connect import ClientSettings
 from gateway.mqtt.subscribe import Lost, Message, subscribe_forever
 from gateway.wire import limits
 from gateway.wire.identity import device_id_of
-from gateway.wire.verify import Finding, Verifier
+from gateway.wire.verify import Finding, Tally, Verifier
 
 #: The most device chains a live verifier keeps when it was given no bound: anyone with publish
 #: rights can show it a new throwaway device per message. The least recently touched chain is
 #: forgotten first; a device that comes back starts a new chain (docs/verification.md).
 LIVE_MAX_CHAINS = 10_000
+#: The seqs of each chain a live verifier keeps links of when it was given no window: a chain
+#: that runs for months would otherwise hold every link (docs/verification.md).
+LIVE_WINDOW = 100_000
 
 
 def with_topic_note(f: Finding, topic: str, prefix: str) -> Finding:
@@ -45,16 +48,20 @@ async def verify_live(
     username: str | None = None,
     password: str | None = None,
     on_finding: Callable[[Finding], None] | None = None,
-) -> list[Finding]:
+) -> Tally:
     """Subscribe to every device's batch and birth topics for `seconds` and check each message.
     Speaks MQTT 5 and falls back to 3.1.1 when the broker refuses it. `url` as `--broker`
     takes it (gateway/mqtt/url.py; a bare host:port means mqtt://); `tls` or a `ca_file`
     without mqtts:// still use TLS. A broker that cannot be reached, or is lost before the
     time is up, raises UplinkError: a verdict on part of the time would look like a whole one.
-    A `verifier` without a chain bound gets LIVE_MAX_CHAINS.
+    A `verifier` without a chain bound gets LIVE_MAX_CHAINS, one without a window LIVE_WINDOW.
+    Returns the count of each kind (each finding goes to `on_finding` and is not kept), so
+    memory does not grow with the messages seen.
     """
     if verifier.max_chains is None:
         verifier.max_chains = LIVE_MAX_CHAINS
+    if verifier.window is None:
+        verifier.window = LIVE_WINDOW
     where = broker_url.parse(url, where="--broker", bare=True)
     settings = ClientSettings(
         host=where.host,
@@ -67,7 +74,7 @@ async def verify_live(
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    findings: list[Finding] = []
+    tally = Tally()
     subscribed = asyncio.Event()
 
     def handle(msg: Message) -> None:
@@ -78,7 +85,7 @@ async def verify_live(
             verifier.counts[f.kind] += 1
         else:
             f = with_topic_note(verifier.check(msg.payload, source=msg.topic), msg.topic, prefix)
-        findings.append(f)
+        tally.add(f)
         if on_finding is not None:
             on_finding(f)
 
@@ -109,4 +116,4 @@ async def verify_live(
         waiting.cancel()
         follow.cancel()
         await asyncio.gather(follow, waiting, return_exceptions=True)
-    return findings
+    return tally

@@ -25,6 +25,11 @@ Chain decisions the spec leaves open, written down here (and in the project's do
   first EVIDENCE_PER_DEVICE per device and EVIDENCE_BYTES in all; beyond that it is counted.
   A verifier may be given `max_chains`: live, a broker can show it any number of throwaway
   devices, so the chain touched least recently is forgotten to make room for a new one.
+  It may also be given a `window`: live, a chain keeps only the links of its last `window`
+  seqs (older ones are forgotten, their records counted). A batch of a forgotten seq cannot be
+  told apart from a duplicate, an equivocation or a replay; it is called "replay" (a signed
+  batch far out of place), with a detail saying it was too old to judge. With a window, gaps
+  and stated losses keep the newest GAPS_KEPT of each, and count the rest.
 - A gap is never more than a gap. When the batch after it carries v1.1 loss receipts (drop
   receipts whose `why` is "<reason> seq <first>[-<last>]") covering missing seqs, the gap's
   detail gives the device's stated reason; such a statement changes no verdict.
@@ -52,6 +57,8 @@ MAX_MESSAGE = limits.DEFAULT_CAP
 #: still reported, and counted in `Verifier.evidence_dropped`.
 EVIDENCE_PER_DEVICE = 4
 EVIDENCE_BYTES = 16 * 1024 * 1024
+#: With a window, the newest gaps and stated losses kept (the rest are counted).
+GAPS_KEPT = 1000
 _CHAIN_PROBLEMS = frozenset({"equivocation", "replay", "prev-mismatch"})  # signed, so attributable
 # Kinds that leave the message acceptable; every other kind makes it invalid ("forged").
 ACCEPTED = frozenset({"valid", "duplicate", "gap", "reordered", "birth", "attestation"})
@@ -112,6 +119,27 @@ class _Chain:
     last: int
     problems: Counter[str] = field(default_factory=Counter)
     evidence: int = 0  # equivocations kept whole
+    forgotten: int = 0  # links dropped below the window
+    forgotten_records: int = 0  # and their records, still counted as verified
+
+    def forget_below(self, floor: int, window: int) -> None:
+        """Drop the links of seqs below `floor`. Links are mostly added in seq order, so the
+        oldest are first; one added late (reordered) may sit behind a newer one, and is
+        dropped when the dict is rebuilt, which happens at most once per `window` links."""
+        links = self.links
+        while links:
+            s = next(iter(links))
+            if s >= floor:
+                break
+            self._drop(s)
+        if len(links) > 2 * window:
+            for s in [s for s in links if s < floor]:
+                self._drop(s)
+            self.links = dict(links)  # a dict does not shrink by deletion
+
+    def _drop(self, seq: int) -> None:
+        self.forgotten_records += self.links.pop(seq).records
+        self.forgotten += 1
 
 
 def normalise_did(entry: str) -> str:
@@ -129,7 +157,11 @@ class Verifier:
     """Checks messages in arrival order and keeps each device's chain in memory."""
 
     def __init__(
-        self, *, allowed_dids: Collection[str] | None = None, max_chains: int | None = None
+        self,
+        *,
+        allowed_dids: Collection[str] | None = None,
+        max_chains: int | None = None,
+        window: int | None = None,
     ) -> None:
         self.allowed: frozenset[str] | None = None
         if allowed_dids is not None:
@@ -147,22 +179,29 @@ class Verifier:
         #: The most chains kept (None: all); the one touched least recently goes first.
         self.max_chains = max_chains
         self.chains_forgotten = 0
+        #: The most recent seqs whose links a chain keeps (None: all); see the module doc.
+        self.window = window
         self.evidence: list[Equivocation] = []
         self.evidence_dropped = 0  # equivocations reported but not kept (the bounds above)
         self._evidence_bytes = 0
         self.gaps: list[tuple[str, int, int]] = []  # (did, first missing seq, last missing seq)
         # Missing seqs the device itself stated lost: (did, first seq, last seq, reason).
         self.stated_losses: list[tuple[str, int, int, str]] = []
+        self.gaps_dropped = 0  # gaps and stated losses beyond GAPS_KEPT (only with a window)
         self._chains: dict[str, _Chain] = {}
 
     # --- queries -----------------------------------------------------------------------------
 
     def verified_records(self) -> dict[str, int]:
         """Records per did in the batches accepted so far (each batch counted once)."""
-        return {did: sum(x.records for x in c.links.values()) for did, c in self._chains.items()}
+        return {
+            did: c.forgotten_records + sum(x.records for x in c.links.values())
+            for did, c in self._chains.items()
+        }
 
     def missing(self, did: str) -> list[int]:
-        """Seqs not seen between the lowest and highest accepted seq of `did`."""
+        """Seqs not seen between the lowest and highest accepted seq of `did` (with a window:
+        the lowest still kept)."""
         c = self._chains.get(did)
         if c is None:
             return []
@@ -205,6 +244,13 @@ class Verifier:
     def _chain(self, x: Examined) -> Finding:
         b, bid, did = x.batch, x.batch_id, x.did
         chain = self._chains.get(did)
+        window = self.window
+        if chain is not None and window is not None and b.seq <= chain.last - window:
+            return x.finding(
+                "replay",
+                f"too old to judge: seq {b.seq} is before the last {window} seqs kept of the "
+                f"chain (up to {chain.last})",
+            )
         kind, detail = decide(
             b.seq,
             b.prev,
@@ -232,12 +278,20 @@ class Verifier:
             return out
         self._chains[did] = self._chains.pop(did)  # most recently touched last
         if kind == "gap":
-            self.gaps.append((did, chain.last + 1, b.seq - 1))
+            self._note(self.gaps, (did, chain.last + 1, b.seq - 1))
             for first, last, reason in stated_losses(b.dropped, chain.last + 1, b.seq - 1):
-                self.stated_losses.append((did, first, last, reason))
+                self._note(self.stated_losses, (did, first, last, reason))
         chain.links[b.seq] = link
         chain.last = max(chain.last, b.seq)
+        if window is not None:
+            chain.forget_below(chain.last - window + 1, window)
         return out
+
+    def _note(self, kept: list[Any], item: Any) -> None:
+        kept.append(item)
+        if self.window is not None and len(kept) > 2 * GAPS_KEPT:
+            self.gaps_dropped += len(kept) - GAPS_KEPT
+            del kept[:-GAPS_KEPT]
 
     def _keep_evidence(self, chain: _Chain, e: Equivocation) -> None:
         if (
@@ -634,9 +688,27 @@ def format_finding(f: Finding) -> str:
     return f"{f.source or '-'}: {f.kind} device={device} seq={seq} records={f.records} {f.detail}"
 
 
-def summary(findings: Iterable[Finding]) -> str:
+class Tally:
+    """What the summary and the exit code need of many findings - the count of each kind -
+    without the findings: a live verifier sees messages for as long as it runs."""
+
+    def __init__(self, findings: Iterable[Finding] = ()) -> None:
+        self.counts: Counter[str] = Counter(f.kind for f in findings)
+
+    def add(self, finding: Finding) -> None:
+        self.counts[finding.kind] += 1
+
+    def update(self, other: Tally) -> None:
+        self.counts.update(other.counts)
+
+
+def _counts(findings: Iterable[Finding] | Tally) -> Counter[str]:
+    return findings.counts if isinstance(findings, Tally) else Tally(findings).counts
+
+
+def summary(findings: Iterable[Finding] | Tally) -> str:
     """Counts per kind on one line, accepted kinds first."""
-    counts = Counter(f.kind for f in findings)
+    counts = _counts(findings)
     total = sum(counts.values())
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     kinds = sorted(counts, key=lambda k: (order.get(k, len(order)), k))
@@ -645,6 +717,6 @@ def summary(findings: Iterable[Finding]) -> str:
     return f"{total} messages: {parts}; {invalid} invalid"
 
 
-def exit_code(findings: Iterable[Finding]) -> int:
+def exit_code(findings: Iterable[Finding] | Tally) -> int:
     """1 when any message is invalid, else 0."""
-    return 1 if any(f.forged for f in findings) else 0
+    return 1 if any(n and k not in ACCEPTED for k, n in _counts(findings).items()) else 0

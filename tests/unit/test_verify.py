@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import itertools
 import time
+import tracemalloc
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from gateway.wire import cose, dcbor, merkle, payloads
 from gateway.wire.identity import Identity
 from gateway.wire.verify import (
     EVIDENCE_PER_DEVICE,
+    GAPS_KEPT,
     MAX_MESSAGE,
     Equivocation,
     Finding,
+    Tally,
     Verifier,
     exit_code,
     first_tag,
@@ -528,6 +531,91 @@ def test_a_bounded_verifier_forgets_the_chain_touched_least_recently() -> None:
     assert set(v.verified_records()) == {B.did, c_ident.did}
 
 
+WINDOWED = mb.Chain(A)
+WINDOWED_CHAIN = WINDOWED.take(14)
+
+
+def test_a_windowed_verifier_keeps_the_last_seqs_of_a_chain() -> None:
+    """Live, a chain keeps the links of its last `window` seqs: within them every verdict is as
+    before; a batch of an older seq cannot be judged against links it no longer has, and is
+    called a replay, saying so. The records of forgotten links are still counted."""
+    chain = WINDOWED_CHAIN
+    v = Verifier(window=4)
+    assert kinds(v, [b.message for b in chain[:12]]) == ["valid"] * 12
+    assert len(v._chains[A.did].links) == 4  # seqs 8-11
+    assert v.verified_records() == {A.did: 36} and v.missing(A.did) == []
+    assert v.check(chain[11].message).kind == "duplicate"
+    assert v.check(WINDOWED.alternative(9).message).kind == "equivocation"
+    old = v.check(chain[3].message)
+    assert old.kind == "replay" and old.forged
+    assert (
+        old.detail
+        == "too old to judge: seq 3 is before the last 4 seqs kept of the chain (up to 11)"
+    )
+    assert v.check(WINDOWED.alternative(2).message).detail.startswith("too old to judge: seq 2 ")
+    # A batch that arrives late but inside the window is still reordered, not too old.
+    assert kinds(v, [chain[13].message, chain[12].message]) == ["gap", "reordered"]
+    assert v.verified_records() == {A.did: 42} and len(v._chains[A.did].links) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(range(14)))
+def test_a_windowed_chain_stays_bounded_in_any_order(order: list[int]) -> None:
+    """Honest batches in any order: each is accepted or too old to judge, never anything else,
+    and the links kept never pass twice the window (late ones are dropped in a rebuild)."""
+    v = Verifier(window=3)
+    accepted = set()
+    for i in order:
+        f = v.check(WINDOWED_CHAIN[i].message)
+        if f.kind == "replay":
+            assert f.detail.startswith("too old to judge"), f.detail
+        else:
+            assert not f.forged, format_finding(f)
+            accepted.add(i)
+        assert len(v._chains[A.did].links) <= 6
+    assert v.verified_records() == {A.did: 3 * len(accepted)}
+
+
+def test_a_windowed_verifier_keeps_the_newest_gaps() -> None:
+    """A signer can make a gap with every batch (seq 0, 2, 4...): a windowed verifier keeps the
+    newest GAPS_KEPT and counts the others."""
+    v = Verifier(window=4)
+    for seq in range(0, 2 * (2 * GAPS_KEPT + 2), 2):
+        prev = ZERO if seq == 0 else bytes([seq % 251 + 1]) * 32
+        assert v.check(mb.sign(A, mb.batch_payload(A, seq, prev))).kind in ("valid", "gap")
+    assert len(v.gaps) <= 2 * GAPS_KEPT and v.gaps[-1][1:] == (4 * GAPS_KEPT + 1,) * 2
+    assert len(v.gaps) + v.gaps_dropped == 2 * GAPS_KEPT + 1
+
+
+def test_the_live_tally_does_not_grow_with_the_messages() -> None:
+    """What live verify keeps for its summary is the count of each kind: 200,000 findings,
+    each with its own source and detail, cost what 1,000 do."""
+
+    def finding(i: int) -> Finding:
+        kind = ("valid", "duplicate", "malformed", "bad-signature")[i % 4]
+        return Finding(kind, A.did, i, bytes(32), 3, f"detail {i}", f"depin/v1/x{i}/batch")
+
+    tally = Tally()
+    tracemalloc.start()
+    try:
+        for i in range(1000):
+            tally.add(finding(i))
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000, 200_000):
+            tally.add(finding(i))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, f"{grown} bytes for 199,000 more findings"
+    assert tally.counts == {"valid": 50_000, "duplicate": 50_000, "malformed": 50_000,
+                            "bad-signature": 50_000}  # fmt: skip
+    assert summary(tally) == (
+        "200000 messages: 50000 valid, 50000 duplicate, 50000 bad-signature, 50000 malformed; "
+        "100000 invalid"
+    )
+    assert exit_code(tally) == 1 and exit_code(Tally([finding(0), finding(1)])) == 0
+
+
 def test_devices_have_separate_chains() -> None:
     ca, cb = mb.Chain(A).take(2), mb.Chain(B).take(2)
     v = Verifier()
@@ -736,7 +824,7 @@ def test_verify_live(mosquitto: Mosquitto) -> None:
     a, b = f"{prefix}/{A.device_id}", f"{prefix}/{B.device_id}"
     seen: list[Finding] = []
 
-    async def run() -> list[Finding]:
+    async def run() -> Tally:
         await _publish(mosquitto, [(f"{a}/birth", birth, True)])  # retained: arrives on subscribe
         task = asyncio.create_task(
             verify_live(mosquitto.url, seconds=2, prefix=prefix, verifier=Verifier(),
@@ -752,13 +840,13 @@ def test_verify_live(mosquitto: Mosquitto) -> None:
         await _publish(mosquitto, items)
         return await task
 
-    found = asyncio.run(run())
+    tally, found = asyncio.run(run()), seen
     assert [f.kind for f in found] == ["birth", "valid", "valid", "valid", "bad-signature",
                                        "duplicate"]  # fmt: skip
-    assert seen == found
+    assert tally.counts == Tally(found).counts
     assert found[1].source == f"{a}/batch"
     assert f"published under device {B.device_id}" in found[-1].detail
-    assert exit_code(found) == 1
+    assert exit_code(tally) == 1
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -766,7 +854,7 @@ def test_verify_live_falls_back_to_mqtt_311() -> None:
     """amqtt's broker speaks only MQTT 3.1.1 and refuses a v5 CONNECT."""
     chain = honest(2)
 
-    async def run() -> list[Finding]:
+    async def run() -> Tally:
         async with amqtt_broker() as port:
             task = asyncio.create_task(
                 verify_live(
@@ -780,7 +868,7 @@ def test_verify_live_falls_back_to_mqtt_311() -> None:
                     await client.publish(f"p/{A.device_id}/batch", b.message, qos=1)
             return await task
 
-    assert [f.kind for f in asyncio.run(run())] == ["valid", "valid"]
+    assert asyncio.run(run()).counts == {"valid": 2}
 
 
 def test_verify_live_without_a_broker() -> None:
