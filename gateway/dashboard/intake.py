@@ -142,7 +142,7 @@ class Intake:
     ) -> None:
         self.fleet = fleet
         self.loop = loop
-        self.inbox = inbox or Inbox()
+        self.inbox = inbox if inbox is not None else Inbox()
         self._stop = threading.Event()
         # One verdict handed to the loop at a time: a decoded batch is several times its bytes.
         self._handed = threading.Semaphore(1)
