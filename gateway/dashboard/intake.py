@@ -10,9 +10,10 @@ verdict back to the event loop, which takes it into the model (`Fleet.apply`). T
 only ever touched in the event loop, so the HTTP handlers never see it half changed.
 
 The inbox has two lanes, each bounded in bytes and in messages. Messages on the topics of a
-gateway already shown go into the priority lane, which the worker always empties first, the
+gateway already shown and signed by its own key (`own_key`: the envelope's signature, checked
+here, not the payload) go into the priority lane, which the worker always empties first, the
 gateways taking turns there (one message of each per round, at most `PER_DEVICE` of one waiting);
-everything else (gateways not shown yet, whoever signed them) goes into the stranger lane. A
+everything else (gateways not shown yet, other keys) goes into the stranger lane. A
 lane that is full drops the message that arrives (the newest), counted in the page's intake as
 "<kind>: dropped, dashboard busy"; an empty lane always takes one message, however large. The
 worker judges one message at a time and waits for the event loop to take its verdict before the
@@ -29,6 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.dashboard.model import Fleet, Verdict, judge
+from gateway.wire import cose
+from gateway.wire.identity import device_id_of, did_of
 
 log = logging.getLogger("gateway.dashboard")
 
@@ -133,6 +136,16 @@ class Inbox:
             return job
 
 
+def own_key(device_id: str, message: bytes) -> bool:
+    """Whether `message` is a COSE_Sign1 whose signature by `device_id`'s key verifies: the
+    envelope alone (its payload stays bytes) and one signature, about a millisecond a
+    megabyte, so a stranger cannot take a shown gateway's places in the priority lane."""
+    try:
+        return device_id_of(did_of(cose.verify1(message).public_key)) == device_id
+    except Exception:  # anything not provably the device's is a stranger's
+        return False
+
+
 class Intake:
     """Feeds the fleet model from the event loop, births and batches judged by one worker
     thread. `submit` is called in the loop `loop`; start() before, close() after."""
@@ -168,7 +181,8 @@ class Intake:
             self.fleet.apply(device_id, kind, payload, now, retained=retained)
             return
         job = Job(device_id, kind, payload, now, retained)
-        if not self.inbox.put(job, priority=device_id in self.fleet.devices):
+        shown = device_id in self.fleet.devices and own_key(device_id, payload)
+        if not self.inbox.put(job, priority=shown):
             self.fleet.refused[f"{kind}: dropped, dashboard busy"] += 1
 
     def _run(self) -> None:

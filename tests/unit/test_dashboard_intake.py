@@ -118,3 +118,22 @@ def test_a_batch_plots_a_bounded_number_of_readings() -> None:
     assert {p[1] for s in detail["series"].values() for p in s["points"]} == {
         float(i) for i in range(per - share, per)
     }
+
+
+def test_a_stranger_cannot_take_a_shown_gateways_places() -> None:
+    fleet = Fleet(P)
+    birth = mb.sign(DEV, mb.birth_payload(DEV), cose.TYP_BIRTH)
+    assert fleet.handle(f"{P}/{DEV.device_id}/birth", birth, NOW)
+    honest = mb.Chain(DEV).next().message
+    inbox = Inbox(per_device=2)
+
+    async def run() -> None:
+        intake = Intake(fleet, asyncio.get_running_loop(), inbox)  # no worker: all wait
+        for _ in range(5):  # valid batches, but by other keys, on the shown gateway's topic
+            intake.submit(f"{P}/{DEV.device_id}/batch", _stranger_batch()[1])
+        intake.submit(f"{P}/{DEV.device_id}/batch", honest)
+
+    asyncio.run(run())
+    first = inbox.get(0)
+    assert first is not None and first.payload == honest
+    assert len(inbox) == 5 and "batch: dropped, dashboard busy" not in fleet.refused
