@@ -36,9 +36,10 @@ from gateway.wire.identity import device_id_of, did_of
 log = logging.getLogger("gateway.dashboard")
 
 MIB = 1024 * 1024
-#: bytes and messages the stranger lane may hold (gateways not shown yet)
+#: bytes and messages the stranger lane may hold (gateways not shown yet): the retained births
+#: of a whole fleet (MAX_DEVICES) arrive at once when the dashboard subscribes
 STRANGER_BYTES = 32 * MIB
-STRANGER_MESSAGES = 256
+STRANGER_MESSAGES = 4096
 #: bytes and messages the priority lane may hold (gateways shown), and messages of one gateway
 PRIORITY_BYTES = 16 * MIB
 PRIORITY_MESSAGES = 1024
