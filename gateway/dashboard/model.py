@@ -1,7 +1,9 @@
 """What the dashboard knows about each gateway, built from the messages of spec section 8.
 
-Pure and synchronous: `Fleet.handle(topic, payload)` takes one MQTT message, `take_update()`
-hands the server what changed since it last asked, `snapshot()` everything. Nothing here trusts
+Pure and synchronous: `Fleet.handle(topic, payload)` takes one MQTT message (`place`, the
+cheap checks, then `apply`; the intake runs `judge`, the costly part of a birth or batch, on
+its worker thread in between), `take_update()` hands the server what changed since it last
+asked, `snapshot()` everything. Nothing here trusts
 a message: each is refused unread beyond its topic's byte cap; COSE messages pass the strict
 decoder, then the project's verifier (`gateway.wire.verify.examine`); a gateway is shown only once
 its own key signed a birth or batch; its unsigned JSON is checked field by field (fields.py).
