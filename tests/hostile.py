@@ -7,7 +7,11 @@ Every builder returns bytes; none of them decodes what it builds.
 
 from __future__ import annotations
 
+import os
 import resource
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,3 +155,33 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str, int]:
+    """Wait for `p` (stdout and stderr piped, text): its exit code, output and its own peak
+    resident set in bytes. Reaped with wait4, whose usage is this child's alone
+    (RUSAGE_CHILDREN would be the largest of every child the test process ever waited for)."""
+    out: list[str] = []
+    err: list[str] = []
+    assert p.stdout is not None and p.stderr is not None
+    readers = [
+        threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            pid, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            raise subprocess.TimeoutExpired(p.args, timeout)
+        time.sleep(0.02)
+    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    for r in readers:
+        r.join(10)
+    return p.returncode, "".join(out), "".join(err), usage.ru_maxrss * 1024
