@@ -356,10 +356,7 @@ def _page_errors(browser: Any, url: str, d: str) -> list[Any]:
 FLOOD_RECORDS = 23_000  # about 1 MB a batch (the strict decoder takes 327,680 items)
 FLOOD_EVERY = 0.2  # seconds between batches: five a second
 FLOOD_FOR = 10.0
-# Seconds the median GET /api/devices under the flood must stay below. Judged in the event loop,
-# each of these batches held the page for about 0.25 s (two cores, Python 3.11); judged on the
-# worker thread, the median is about a millisecond.
-PAGE_LATENCY = 0.1
+# How fast the page answers under the flood is a figure: bench/dashboard.py measures it.
 
 
 def _flood_batch(records: list[bytes]) -> tuple[str, bytes]:
@@ -381,18 +378,20 @@ def _recent_records(n: int) -> list[bytes]:
     ]
 
 
-def _latency(dash: Dashboard) -> float:
-    start = time.monotonic()
-    dash.get("/api/devices")
-    return time.monotonic() - start
+def _answers(dash: Dashboard) -> None:
+    """One GET /api/devices: answered (within the client's 10 s liveness bound) with the fleet."""
+    fleet = dash.get("/api/devices")
+    assert isinstance(fleet["devices"], list) and isinstance(fleet["intake"], dict), fleet
 
 
 def test_a_flood_of_new_signed_batches_does_not_stall_the_page(
     world: tuple[Dashboard, Publisher],
 ) -> None:
     """New ~1 MB batches, each valid and signed by a key never seen before, five a second for
-    ten seconds: the page still answers promptly, and the honest gateway's batch published
-    during the flood reaches its card."""
+    ten seconds: every request for the page is answered with the fleet, the honest gateway's
+    batch published during the flood reaches its card, the process stays under its memory
+    limit, and every flood batch is accounted for: judged (its gateway shown) or dropped and
+    counted as "dashboard busy"."""
     dash, pub = world
     d = DEV.device_id
     dash.wait("the honest gateway", lambda: dash.device(d) is not None)
@@ -402,24 +401,30 @@ def test_a_flood_of_new_signed_batches_does_not_stall_the_page(
     assert all(900_000 < len(m) < limits.cap(t) for t, m in flood), [len(m) for _, m in flood]
     honest = mb.Chain(DEV).next()
 
-    latencies: list[float] = []
+    requests = 0
     start = time.monotonic()
     for n, (topic, message) in enumerate(flood):
         pub.client.publish(topic, message, qos=1)
         if n == count // 2:
             pub.client.publish(f"{P}/{d}/batch", honest.message, qos=1)
-        latencies.append(_latency(dash))  # at least one a batch, however slow the page
+        _answers(dash)  # at least one a batch, however slow the page
+        requests += 1
         while time.monotonic() < start + (n + 1) * FLOOD_EVERY:
-            latencies.append(_latency(dash))
-    latencies.sort()
-    median = latencies[len(latencies) // 2]
-    print(
-        f"GET /api/devices under the flood: {len(latencies)} requests, median {median:.3f} s, "
-        f"worst {latencies[-1]:.3f} s"
-    )
-    assert median < PAGE_LATENCY, f"median {median:.3f} s over {len(latencies)} requests"
+            _answers(dash)
+            requests += 1
+    print(f"GET /api/devices under the flood: {requests} requests, all answered")
 
     assert dash.wait("the honest batch", lambda: _seen(dash, d) == 0, timeout=60)
-    intake = dash.get("/api/devices")["intake"]
-    print(f"intake after the flood: {intake}")
+    flooders = {topic.split("/")[2] for topic, _ in flood}
+
+    def accounted() -> dict[str, Any] | None:
+        fleet = dash.get("/api/devices")
+        judged = flooders & {x["id"] for x in fleet["devices"]}
+        busy = fleet["intake"]["refused"].get("batch: dropped, dashboard busy", 0)
+        return fleet if len(judged) + busy == count else None
+
+    fleet = dash.wait("every flood batch judged or dropped", accounted, timeout=60)
+    print(f"intake after the flood: {fleet['intake']}")
     assert dash.proc.poll() is None
+    rss = hostile.peak_rss(dash.proc.pid)
+    assert rss < RESIDENT, f"peak resident {rss >> 20} MiB"
