@@ -20,15 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.wire import cose
 from gateway.wire.identity import Identity
 
-
-def head(major: int, n: int) -> bytes:
-    """A CBOR head in its shortest form."""
-    if n < 24:
-        return bytes([major << 5 | n])
-    for ai, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if n < 1 << (8 * size):
-            return bytes([major << 5 | ai]) + n.to_bytes(size, "big")
-    raise ValueError(n)
+# CBOR heads as RFC 8949 writes them, from the spec's independent reference code, not our encoder
+from tests.vectors.reference import head
 
 
 def text(s: str) -> bytes:
@@ -133,28 +126,26 @@ def memory_limit(max_bytes: int) -> Callable[[], None]:
     return limit
 
 
-def peak_rss(pid: int) -> int:
-    """The process's peak resident set (VmHWM) in bytes; 0 when it is gone."""
+def _status(pid: int, field: str) -> int:
+    """A `kB` field of /proc/<pid>/status in bytes; 0 when the process is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in bytes; 0 when it is gone."""
+    return _status(pid, "VmHWM")
 
 
 def rss(pid: int) -> int:
     """The process's resident set now (VmRSS) in bytes; 0 when it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return _status(pid, "VmRSS")
 
 
 def finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str, int]:
