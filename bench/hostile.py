@@ -24,7 +24,6 @@ import argparse
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,8 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.attestor import registry
 from gateway.attestor.db import Database
-from gateway.wire import identity
-from tests import hostile
+from tests import attestorproc, hostile
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
 
@@ -149,28 +147,18 @@ def main() -> int:
         broker = Mosquitto(Path(tmp) / "broker")
         broker.start()
         work = Path(tmp)
-        key = work / "attestor.key"
-        identity.generate(key)
         store = work / "attestor.db"
-        conf = work / "attestor.toml"
-        conf.write_text(
-            f'[attestor]\nkey_file = "{key}"\nstore = "{store}"\n'
-            f'inbox_bytes = "{ns.inbox_mib} MiB"\ntick = "1 s"\n'
-            f'[broker]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+        conf = attestorproc.write_config(
+            work, broker.port, store, inbox_bytes=f"{ns.inbox_mib} MiB", tick="1 s"
         )
         chain = mb.Chain(ident=mb.identity(bytes([9]) * 32))
         db = Database(str(store))
         registry.register(db, chain.ident.did, "bench")
         db.close()
         log = work / "attestor.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.attestor", "run", "-c", str(conf)],
-                stdout=out,
-                stderr=out,
-                cwd=benchlib.REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(benchlib.REPO)},
-            )
+        proc = attestorproc.start(
+            conf, log, cwd=benchlib.REPO, env={"PYTHONPATH": str(benchlib.REPO)}
+        )
         try:
             deadline = time.monotonic() + 20
             while b"connected to the broker" not in log.read_bytes():

@@ -5,6 +5,7 @@ every line. SQLite and PostgreSQL alike, a real mosquitto where the broker matte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -17,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.attestor import chains, registry, service
 from gateway.attestor.config import loads
@@ -29,8 +28,10 @@ from gateway.attestor.service import Worker
 from gateway.wire import cose, identity
 from tests import hostile
 from tests import make_batches as mb
+from tests.attestorproc import running, wait
 from tests.brokers import Mosquitto
 from tests.integration.test_attestor_store import birth
+from tests.publisher import publisher
 
 EPOCH = 3600
 START = mb.SEALED - mb.SEALED % EPOCH
@@ -117,29 +118,15 @@ def test_only_a_store_outage_is_retried(w: Worker, monkeypatch: pytest.MonkeyPat
 # --- over a real broker -------------------------------------------------------------------------
 
 
-def _publisher(port: int) -> mqtt.Client:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    return pub
-
-
-def _wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _run(w: Worker) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    assert w.connected.wait(10)
-    time.sleep(0.5)
-    return t, stop
+@contextlib.contextmanager
+def _worker(store: str, tmp_path: Path, port: int, extra: str = "") -> Iterator[Worker]:
+    """A worker on `store` running in a thread; its store closed after."""
+    w = Worker(_cfg(store, tmp_path, port, extra), ATTESTOR)
+    try:
+        with running(w):
+            yield w
+    finally:
+        w.db.close()
 
 
 def test_a_hostile_message_does_not_stall_the_worker_across_a_restart(
@@ -152,22 +139,19 @@ def test_a_hostile_message_does_not_stall_the_worker_across_a_restart(
     registry.register(db, DEV.did, "balcony")
     db.close()
     chain = mb.Chain(ident=DEV)
-    pub = _publisher(mosquitto.port)
-    try:
+    with publisher(mosquitto.port) as pub:
         for restart in range(2):
-            w = Worker(_cfg(store, tmp_path, mosquitto.port), ATTESTOR)
-            t, stop = _run(w)
-            bad = hostile.signed(hostile.self_reference(), ident=DEV)
-            pub.publish(TOPIC, bad, qos=1).wait_for_publish(5)
-            for b in [chain.next() for _ in range(3)]:
-                pub.publish(TOPIC, b.message, qos=1).wait_for_publish(5)
-            n = 3 * (restart + 1)
-            _wait(lambda w=w, n=n: registry.devices(w.db)[0]["batches"] == n, 10, "batches")
-            stop.set()
-            t.join(20)
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
+            with _worker(store, tmp_path, mosquitto.port) as w:
+                bad = hostile.signed(hostile.self_reference(), ident=DEV)
+                pub.publish(TOPIC, bad, qos=1).wait_for_publish(5)
+                for b in [chain.next() for _ in range(3)]:
+                    pub.publish(TOPIC, b.message, qos=1).wait_for_publish(5)
+                n = 3 * (restart + 1)
+
+                def stored(w: Worker = w, n: int = n) -> bool:
+                    return bool(registry.devices(w.db)[0]["batches"] == n)
+
+                wait(stored, 10, "batches")
     db = Database(store)
     try:
         assert registry.counts(db)[DEV.did]["malformed"] == 2  # once each, never again
@@ -183,10 +167,8 @@ def test_oversized_and_junk_are_acked_and_counted_and_honest_batches_pass(
     registry.register(db, DEV.did, "balcony")
     db.close()
     # A small inbox: 8 MiB, so the junk lane (half) overflows while the worker judges junk.
-    w = Worker(_cfg(store, tmp_path, mosquitto.port, 'inbox_bytes = "8 MiB"\n'), ATTESTOR)
-    t, stop = _run(w)
-    pub = _publisher(mosquitto.port)
-    try:
+    small = 'inbox_bytes = "8 MiB"\n'
+    with _worker(store, tmp_path, mosquitto.port, small) as w, publisher(mosquitto.port) as pub:
         big = hostile.oversized(4 * 1024 * 1024 + 1)
         pub.publish(TOPIC, big, qos=1).wait_for_publish(5)
         pub.publish(f"{PREFIX}/{DEV.device_id}/birth", hostile.oversized(65 * 1024), qos=1)
@@ -196,20 +178,13 @@ def test_oversized_and_junk_are_acked_and_counted_and_honest_batches_pass(
         chain = mb.Chain(ident=DEV)
         for b in chain.take(5):
             pub.publish(TOPIC, b.message, qos=1)
-        _wait(lambda: registry.devices(w.db)[0]["batches"] == 5, 15, "honest batches")
-        _wait(lambda: not w.refused and len(w.lanes) == 0, 15, "the junk judged or dropped")
+        wait(lambda: registry.devices(w.db)[0]["batches"] == 5, 15, "honest batches")
+        wait(lambda: not w.refused and len(w.lanes) == 0, 15, "the junk judged or dropped")
         time.sleep(0.5)  # the next tick writes the counts
         counts = registry.counts(w.db)[""]
         assert counts["oversized"] == 2
         assert counts.get("dropped", 0) + counts.get("malformed", 0) == 40
         assert w.lanes.held == 0
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        stop.set()
-        t.join(20)
-        w.db.close()
-    assert not t.is_alive()
 
 
 def _batches(db: Database, did: str) -> int:
@@ -233,54 +208,39 @@ def test_replays_of_a_device_batch_are_counted_not_judged_and_another_device_pas
     copies = 300
     honest = mb.Chain(ident=DEV).next().message
     chain_b = mb.Chain(ident=dev_b)
-    pub = _publisher(mosquitto.port)
-    w = Worker(_cfg(store, tmp_path, mosquitto.port), ATTESTOR)
-    t, stop = _run(w)
-    try:
-        pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
-        _wait(lambda: len(w.recent) == 1, 10, "A's batch stored")
-        for i in range(copies):
-            pub.publish(TOPIC, honest, qos=1)
-            pub.publish(topic_b, honest, qos=1)
-            if i % 15 == 0:
-                pub.publish(topic_b, chain_b.next().message, qos=1)
-        pub.publish(topic_b, chain_b.next().message, qos=1).wait_for_publish(10)
-        sent_b = len(chain_b.built)
+    with publisher(mosquitto.port) as pub:
+        with _worker(store, tmp_path, mosquitto.port) as w:
+            pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
+            wait(lambda: len(w.recent) == 1, 10, "A's batch stored")
+            for i in range(copies):
+                pub.publish(TOPIC, honest, qos=1)
+                pub.publish(topic_b, honest, qos=1)
+                if i % 15 == 0:
+                    pub.publish(topic_b, chain_b.next().message, qos=1)
+            pub.publish(topic_b, chain_b.next().message, qos=1).wait_for_publish(10)
+            sent_b = len(chain_b.built)
 
-        def settled() -> bool:
-            c = registry.counts(w.db)
-            return (
-                _batches(w.db, dev_b.did) == sent_b
-                and c.get(DEV.did, {}).get("duplicate") == copies
-                and c.get("", {}).get("duplicate") == copies
+            def settled() -> bool:
+                c = registry.counts(w.db)
+                return (
+                    _batches(w.db, dev_b.did) == sent_b
+                    and c.get(DEV.did, {}).get("duplicate") == copies
+                    and c.get("", {}).get("duplicate") == copies
+                )
+
+            wait(settled, 15, "B's batches and the copies counted")
+            counts = registry.counts(w.db)
+            assert counts[DEV.did] == {"valid": 1, "duplicate": copies}
+            assert counts[dev_b.did] == {"valid": sent_b}
+            assert _batches(w.db, DEV.did) == 1
+        with _worker(store, tmp_path, mosquitto.port) as w:
+            pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
+            wait(
+                lambda: registry.counts(w.db)[DEV.did]["duplicate"] == copies + 1,
+                10,
+                "the copy judged from the store",
             )
-
-        _wait(settled, 15, "B's batches and the copies counted")
-        counts = registry.counts(w.db)
-        assert counts[DEV.did] == {"valid": 1, "duplicate": copies}
-        assert counts[dev_b.did] == {"valid": sent_b}
-        assert _batches(w.db, DEV.did) == 1
-    finally:
-        stop.set()
-        t.join(20)
-        w.db.close()
-    assert not t.is_alive()
-    w = Worker(_cfg(store, tmp_path, mosquitto.port), ATTESTOR)
-    t, stop = _run(w)
-    try:
-        pub.publish(TOPIC, honest, qos=1).wait_for_publish(5)
-        _wait(
-            lambda: registry.counts(w.db)[DEV.did]["duplicate"] == copies + 1,
-            10,
-            "the copy judged from the store",
-        )
-        assert _batches(w.db, DEV.did) == 1
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        stop.set()
-        t.join(20)
-        w.db.close()
+            assert _batches(w.db, DEV.did) == 1
 
 
 def test_the_priority_lane_serves_devices_in_turn() -> None:
@@ -465,7 +425,7 @@ def test_a_broker_that_is_not_there_is_named_with_the_reason(
     t = threading.Thread(target=w.run, args=(stop,), daemon=True)
     with caplog.at_level(logging.WARNING, logger="gateway.attestor"):
         t.start()
-        _wait(lambda: "cannot reach" in caplog.text, 10, "the warning")
+        wait(lambda: "cannot reach" in caplog.text, 10, "the warning")
         time.sleep(3)  # several attempts (1 s apart at first): one line
         stop.set()
         t.join(20)

@@ -10,12 +10,9 @@ import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +28,12 @@ from gateway.attestor.epochs import expected_readings
 from gateway.attestor.service import StoreAway, Worker
 from gateway.wire import cose, payloads
 from gateway.wire.verify import Finding
+from tests import attestorproc
 from tests import make_batches as mb
+from tests.attestorproc import running, wait
 from tests.brokers import Mosquitto
 from tests.pg import SERVER, database
+from tests.publisher import publisher
 
 PREFIX = "depin/v1"
 DEV = mb.identity(mb.SEED_A)
@@ -47,42 +47,6 @@ def _cfg(store: str, port: int, tmp_path: Path, extra: str = "") -> Any:
         f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\n',
         base_dir=tmp_path,
     )
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def running(w: Worker) -> Iterator[threading.Thread]:
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        assert w.connected.wait(10), "the worker did not connect"
-        time.sleep(0.5)  # connected is set as the subscription goes out: let it take effect
-        yield t
-    finally:
-        stop.set()
-        t.join(20)
-        assert not t.is_alive()
-
-
-@contextlib.contextmanager
-def publisher(port: int) -> Iterator[mqtt.Client]:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    try:
-        yield pub
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
 
 
 def _publish(pub: mqtt.Client, messages: list[bytes], topic: str = TOPIC) -> None:
@@ -143,15 +107,15 @@ def test_store_outage_retries_each_message_until_stored_and_acks_it(
     built = chain.take(41)
     with running(w), publisher(mosquitto.port) as pub:
         _publish(pub, [built[0].message])
-        _wait(lambda: _stored(store) == 1, 10, "the first batch")
+        wait(lambda: _stored(store) == 1, 10, "the first batch")
         down.set()
         _publish(pub, [b.message for b in built[1:31]])  # 30 during the outage
         time.sleep(2.0)
         assert _stored(store) == 1
         down.clear()
-        _wait(lambda: _stored(store) == 31, 30, "the outage's batches once the store is back")
+        wait(lambda: _stored(store) == 31, 30, "the outage's batches once the store is back")
         _publish(pub, [b.message for b in built[31:]])  # and later ones keep flowing
-        _wait(lambda: _stored(store) == 41, 15, "the batches after the outage")
+        wait(lambda: _stored(store) == 41, 15, "the batches after the outage")
         time.sleep(0.5)
     counts = registry.counts(Database(store))[DEV.did]
     assert counts == {"valid": 41}  # each stored exactly once
@@ -214,8 +178,8 @@ def test_postgresql_connection_terminated_mid_stream(tmp_path: Path, mosquitto: 
                 assert _terminate(url) >= 1  # mid-stream
                 _publish(pub, [b.message for b in batch[8:]])
                 want = 15 * part + 15
-                _wait(lambda: _stored(url) == want, 30, f"part {part}")  # noqa: B023
-            _wait(lambda: len(got) >= 3, 20, "the attestations")
+                wait(lambda: _stored(url) == want, 30, f"part {part}")  # noqa: B023
+            wait(lambda: len(got) >= 3, 20, "the attestations")
             assert _terminate(url) >= 1  # while the worker idles: the tick reconnects
             time.sleep(1.0)
             assert t.is_alive()
@@ -246,7 +210,7 @@ def test_tick_and_publish_failures_do_not_end_the_worker(
         _publish(pub, [built[0].message])
         time.sleep(1.0)  # several ticks
         _publish(pub, [b.message for b in built[1:]])
-        _wait(lambda: _stored(store) == 3, 10, "the batches")
+        wait(lambda: _stored(store) == 3, 10, "the batches")
         assert t.is_alive()
 
 
@@ -259,29 +223,15 @@ def test_supervisor_restarts_a_dead_worker_and_stops_all_on_sigterm(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     with database() as url:
-        cfg = tmp_path / "attestor.toml"
-        key = tmp_path / "attestor.key"
-        from gateway.wire import identity
-
-        identity.generate(key)
-        cfg.write_text(
-            f'[attestor]\nkey_file = "{key}"\nstore = "{url}"\nworkers = 2\ntick = "0.5 s"\n'
-            f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
-        )
+        cfg = attestorproc.write_config(tmp_path, mosquitto.port, url, workers=2, tick="0.5 s")
         log = tmp_path / "attestor.log"
-        with log.open("wb") as out:
-            sup = subprocess.Popen(
-                [sys.executable, "-m", "gateway.attestor", "run", "-c", str(cfg)],
-                stdout=out,
-                stderr=out,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        sup = attestorproc.start(cfg, log)
         try:
-            _wait(lambda: len(_children(sup.pid)) == 2, 15, "two workers")
+            wait(lambda: len(_children(sup.pid)) == 2, 15, "two workers")
             first = _children(sup.pid)
             victim = max(first)
             os.kill(victim, signal.SIGKILL)
-            _wait(
+            wait(
                 lambda: len(_children(sup.pid)) == 2 and victim not in _children(sup.pid),
                 15,
                 "the dead worker started again",
@@ -349,14 +299,14 @@ def test_reconnect_drops_stale_messages_and_loses_none(
     with running(w):
         with publisher(mosquitto.port) as pub:
             _publish(pub, messages)
-        _wait(lambda: len(received) == 10, 10, "the messages")
+        wait(lambda: len(received) == 10, 10, "the messages")
         time.sleep(0.5)  # the worker retries the first; nine wait in its inbox
         mosquitto.stop()  # it saves the persistent session; the worker loses its connection
         mosquitto.start()
-        _wait(lambda: conn[0] == 2 and w.connected.is_set(), 20, "the reconnect")
-        _wait(lambda: len(received) >= 20, 10, "the messages delivered again")
+        wait(lambda: conn[0] == 2 and w.connected.is_set(), 20, "the reconnect")
+        wait(lambda: len(received) >= 20, 10, "the messages delivered again")
         up.set()
-        _wait(lambda: set(stored) == set(messages), 10, "every message stored")
+        wait(lambda: set(stored) == set(messages), 10, "every message stored")
         time.sleep(1.0)
     # Nothing lost, none acked twice or by a mid of another connection.
     assert set(stored) == set(messages)

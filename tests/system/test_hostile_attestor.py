@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -28,10 +26,11 @@ from gateway.attestor.config import loads
 from gateway.attestor.db import Database
 from gateway.attestor.epochs import epoch_of
 from gateway.attestor.service import Worker
-from gateway.wire import cose, identity
+from gateway.wire import cose
 from gateway.wire.identity import Identity
-from tests import hostile
+from tests import attestorproc, hostile
 from tests import make_batches as mb
+from tests.attestorproc import wait
 from tests.brokers import Mosquitto
 from tests.integration.test_attestor_store import birth
 
@@ -132,43 +131,28 @@ def _attacker(port: int, stop: threading.Event, sent: list[int]) -> None:
         pub.disconnect()
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_attestor_under_attack_keeps_honest_scores(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    key = tmp_path / "attestor.key"
-    identity.generate(key)
     store = tmp_path / "attestor.db"
-    conf = tmp_path / "attestor.toml"
-    conf.write_text(
-        f'[attestor]\nkey_file = "{key}"\nstore = "{store}"\nepoch = "{EPOCH} s"\n'
-        f'grace = "{GRACE} s"\ntick = "0.2 s"\ninbox_bytes = "{INBOX // MIB} MiB"\n'
-        f'[broker]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+    conf = attestorproc.write_config(
+        tmp_path,
+        mosquitto.port,
+        store,
+        epoch=f"{EPOCH} s",
+        grace=f"{GRACE} s",
+        tick="0.2 s",
+        inbox_bytes=f"{INBOX // MIB} MiB",
     )
     db = Database(str(store))
     for dev in HONEST:
         registry.register(db, dev.did, dev.device_id[-6:])
     log = tmp_path / "attestor.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.attestor", "run", "-c", str(conf)],
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=hostile.memory_limit(ADDRESS_SPACE),
-        )
+    proc = attestorproc.start(conf, log, preexec_fn=hostile.memory_limit(ADDRESS_SPACE))
     stop = threading.Event()
     sent = [0]
     attacker = threading.Thread(target=_attacker, args=(mosquitto.port, stop, sent))
     honest = mqtt.Client(CallbackAPIVersion.VERSION2)
     try:
-        _wait(lambda: b"connected to the broker" in log.read_bytes(), 20, "the attestor")
+        wait(lambda: b"connected to the broker" in log.read_bytes(), 20, "the attestor")
         epoch = epoch_of(time.time(), EPOCH) + 2 * EPOCH
         births = {d.did: birth(d, started=epoch - 0.5, interval=0.5) for d in HONEST}
         batches = {d.did: _batches(d, epoch) for d in HONEST}
@@ -184,11 +168,11 @@ def test_attestor_under_attack_keeps_honest_scores(tmp_path: Path, mosquitto: Mo
             return registry.attestations(db, epoch=epoch)
 
         # Signed once the epoch closed and grace passed, without the held-back batches.
-        _wait(lambda: len(attested()) == len(HONEST), 3 * EPOCH + 15, "the attestations")
+        wait(lambda: len(attested()) == len(HONEST), 3 * EPOCH + 15, "the attestations")
         first = {a["did"]: a for a in attested()}
         for dev in HONEST:  # late: after grace
             honest.publish(_topic(dev), batches[dev.did][-1], qos=1)
-        _wait(lambda: all(a["revision"] == 1 for a in attested()), 15, "the revised attestations")
+        wait(lambda: all(a["revision"] == 1 for a in attested()), 15, "the revised attestations")
         time.sleep(1.0)  # the attacker keeps going a little longer
         assert proc.poll() is None, log.read_text()[-3000:]
         peak = hostile.peak_rss(proc.pid)
