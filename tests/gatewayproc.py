@@ -15,15 +15,24 @@ from gateway.wire import identity
 DURABLE = re.compile(r"durable (\S+) t=(\S+) v=")
 
 
+RANGES = '[[module]]\nid = "physics"\nkind = "ranges"\n'
+
+
 def write_config(
     workdir: Path,
     port: int,
     *,
+    name: str = "test-gateway",
+    batch_max_readings: int = 50,
     extra_uplink: str = "",
     spool: str = "",
     sensor: str = "",
     interval: str = "0.05 s",
+    module: str = RANGES,
+    extra: str = "",
 ) -> Path:
+    """gateway.toml in `workdir` with a device key beside it (kept if there is one); `extra` is
+    appended: whole sections."""
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "device.key"
     if not key.exists():
@@ -31,7 +40,7 @@ def write_config(
     cfg = workdir / "gateway.toml"
     cfg.write_text(f"""
 [device]
-name = "test-gateway"
+name = "{name}"
 key_file = "device.key"
 
 [spool]
@@ -41,7 +50,7 @@ commit_interval = "0.2 s"
 
 [uplink]
 url = "mqtt://127.0.0.1:{port}"
-batch_max_readings = 50
+batch_max_readings = {batch_max_readings}
 batch_max_age = "1 s"
 reconnect_max = "1 s"
 {extra_uplink}
@@ -57,11 +66,27 @@ kind = "all"
 seed = 3
 {sensor}
 
-[[module]]
-id = "physics"
-kind = "ranges"
-""")
+{module}
+{extra}""")
     return cfg
+
+
+def write_model_config(
+    workdir: Path, port: int, signer_did: str, *, name: str, extra: str = ""
+) -> Path:
+    """A gateway running the shipped temperature model, taking model updates signed by
+    `signer_did`; 20 readings a batch."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    return write_config(
+        workdir,
+        port,
+        name=name,
+        batch_max_readings=20,
+        sensor='quantities = ["temperature", "humidity"]',
+        module=f'[[module]]\nid = "temperature-model"\nkind = "tflite"\nmodel = "temperature-ae"\n'
+        f'models_dir = "{models}"\n',
+        extra=f'[models]\ntrusted_model_signers = ["{signer_did}"]\n{extra}',
+    )
 
 
 class GatewayProcess:

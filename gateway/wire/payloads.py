@@ -11,7 +11,7 @@ import itertools
 import math
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -417,46 +417,46 @@ def _finite(x: Any) -> bool:
     return type(x) in (int, float) and math.isfinite(x)
 
 
+def _list(x: Any, most: int, ok: Callable[[Any], bool]) -> bool:
+    return type(x) is list and len(x) <= most and all(ok(e) for e in x)
+
+
+def _module(e: Any) -> bool:
+    return (
+        type(e) is list
+        and len(e) == 3
+        and type(e[0]) is str
+        and type(e[1]) is str
+        and len(e[0]) <= MAX_TEXT
+        and len(e[1]) <= MAX_TEXT
+        and type(e[2]) is bytes
+        and len(e[2]) == 32
+    )
+
+
 def modules_ok(modules: Any) -> bool:
     """Batch key 8 and birth key 7: [[name, version, sha256 bytes(32)], ...]."""
-    return (
-        type(modules) is list
-        and len(modules) <= MAX_MODULES
-        and all(
-            type(e) is list
-            and len(e) == 3
-            and type(e[0]) is str
-            and type(e[1]) is str
-            and len(e[0]) <= MAX_TEXT
-            and len(e[1]) <= MAX_TEXT
-            and type(e[2]) is bytes
-            and len(e[2]) == 32
-            for e in modules
-        )
-    )
+    return _list(modules, MAX_MODULES, _module)
 
 
 _SENSOR_KEYS = frozenset({"id", "driver", "quantities", "interval"})
 
 
+def _sensor(s: Any) -> bool:
+    return (
+        type(s) is dict
+        and set(s) == _SENSOR_KEYS
+        and _text(s["id"])
+        and _text(s["driver"])
+        and _list(s["quantities"], MAX_QUANTITIES, _text)
+        and _finite(s["interval"])
+        and MIN_INTERVAL <= s["interval"] <= MAX_INTERVAL
+    )
+
+
 def sensors_ok(sensors: Any) -> bool:
     """Birth key 6: [{"id": text, "driver": text, "quantities": [text, ...], "interval": s}]."""
-    return (
-        type(sensors) is list
-        and len(sensors) <= MAX_SENSORS
-        and all(
-            type(s) is dict
-            and set(s) == _SENSOR_KEYS
-            and _text(s["id"])
-            and _text(s["driver"])
-            and type(s["quantities"]) is list
-            and len(s["quantities"]) <= MAX_QUANTITIES
-            and all(_text(q) for q in s["quantities"])
-            and _finite(s["interval"])
-            and MIN_INTERVAL <= s["interval"] <= MAX_INTERVAL
-            for s in sensors
-        )
-    )
+    return _list(sensors, MAX_SENSORS, _sensor)
 
 
 def check_birth(m: Any) -> None:

@@ -23,7 +23,7 @@ from gateway.wire.verify import LINKED, Verifier
 from tests import hostile
 from tests.brokers import Mosquitto
 from tests.collector import Collector
-from tests.gatewayproc import GatewayProcess
+from tests.gatewayproc import GatewayProcess, write_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "temperature-ae.json"
@@ -39,50 +39,9 @@ FLOOD = 30
 
 
 def _write_config(workdir: Path, port: int) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    identity.generate(workdir / "device.key")
-    cfg = workdir / "gateway.toml"
-    cfg.write_text(f"""
-[device]
-name = "hostile-test"
-key_file = "device.key"
-
-[spool]
-path = "spool.db"
-commit_interval = "0.2 s"
-
-[uplink]
-url = "mqtt://127.0.0.1:{port}"
-batch_max_readings = 20
-batch_max_age = "1 s"
-reconnect_max = "1 s"
-
-[clock]
-mode = "synced"
-
-[models]
-trusted_model_signers = ["{OPERATOR.did}"]
-
-[monitor]
-state_interval = "1 s"
-health_interval = "1 s"
-attestors = ["{ATTESTOR.did}"]
-
-[[sensor]]
-id = "env"
-driver = "simulated"
-interval = "0.05 s"
-kind = "all"
-quantities = ["temperature", "humidity"]
-seed = 3
-
-[[module]]
-id = "temperature-model"
-kind = "tflite"
-model = "temperature-ae"
-models_dir = "{ROOT / "models"}"
-""")
-    return cfg
+    monitor = '[monitor]\nstate_interval = "1 s"\nhealth_interval = "1 s"\n'
+    monitor += f'attestors = ["{ATTESTOR.did}"]\n'
+    return write_model_config(workdir, port, OPERATOR.did, name="hostile-test", extra=monitor)
 
 
 def _junk(n: int = JUNK) -> bytes:

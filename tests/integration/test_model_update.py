@@ -28,7 +28,7 @@ from gateway.wire import cose, dcbor, identity, payloads
 from gateway.wire.identity import Identity
 from tests.brokers import Mosquitto
 from tests.collector import Collector, assert_unbroken_chain, unique_batches
-from tests.gatewayproc import GatewayProcess
+from tests.gatewayproc import GatewayProcess, write_model_config
 from tests.received import all_arrived, received_readings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,46 +215,7 @@ def test_a_signer_that_is_not_a_did_key_names_its_line(tmp_path: Path) -> None:
 
 
 def _write_config(workdir: Path, port: int) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "device.key").exists():
-        identity.generate(workdir / "device.key")
-    cfg = workdir / "gateway.toml"
-    cfg.write_text(f"""
-[device]
-name = "model-update-test"
-key_file = "device.key"
-
-[spool]
-path = "spool.db"
-commit_interval = "0.2 s"
-
-[uplink]
-url = "mqtt://127.0.0.1:{port}"
-batch_max_readings = 20
-batch_max_age = "1 s"
-reconnect_max = "1 s"
-
-[clock]
-mode = "synced"
-
-[models]
-trusted_model_signers = ["{OPERATOR.did}"]
-
-[[sensor]]
-id = "env"
-driver = "simulated"
-interval = "0.05 s"
-kind = "all"
-quantities = ["temperature", "humidity"]
-seed = 3
-
-[[module]]
-id = "temperature-model"
-kind = "tflite"
-model = "temperature-ae"
-models_dir = "{ROOT / "models"}"
-""")
-    return cfg
+    return write_model_config(workdir, port, OPERATOR.did, name="model-update-test")
 
 
 def _results(collector: Collector) -> list[dict[str, Any]]:

@@ -9,38 +9,18 @@ from gateway.cli.demo import start_embedded_broker
 from gateway.config import settings as config
 from gateway.device.daemon import Gateway
 from gateway.wire import identity
-
-CONFIG = """
-[device]
-name = "fallback"
-key_file = "device.key"
-[spool]
-path = "spool.db"
-commit_interval = "0.2 s"
-[uplink]
-url = "mqtt://127.0.0.1:{port}"
-protocol = "auto"
-batch_max_readings = 20
-batch_max_age = "1 s"
-[clock]
-mode = "synced"
-[[sensor]]
-id = "c"
-driver = "simulated"
-interval = "0.05 s"
-[[module]]
-id = "physics"
-kind = "ranges"
-"""
+from tests.gatewayproc import write_config
 
 
 def test_auto_falls_back_to_3_1_1_and_delivers(tmp_path: Path) -> None:
-    ident = identity.generate(tmp_path / "device.key")
-
     async def main() -> tuple[str, int, int]:
         broker, port = await start_embedded_broker()
         try:
-            cfg = config.loads(CONFIG.format(port=port), base_dir=tmp_path)
+            auto = write_config(
+                tmp_path, port, batch_max_readings=20, extra_uplink='protocol = "auto"'
+            )
+            cfg = config.load(auto)
+            ident = identity.load(tmp_path / "device.key")
             gw = Gateway(cfg, ident=ident, shutdown_timeout=5)
             stop = asyncio.Event()
             run = asyncio.create_task(gw.run(stop))

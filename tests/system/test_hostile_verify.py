@@ -12,15 +12,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.wire import cose, limits, payloads
 from gateway.wire.identity import Identity
 from tests import hostile
 from tests import make_batches as mb
 from tests.brokers import Mosquitto
+from tests.publisher import publisher
 
 P = "depin/v1"
 # An honest `verify` of a file peaks at about 35 MiB resident and runs within 200 MiB of address
@@ -98,10 +97,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def test_verify_live_under_a_memory_limit(broker: Mosquitto) -> None:
     junk = _hostile_messages()
     p = _verify("--broker", broker.url, "--seconds", "12")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="outsider")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
+    with publisher(broker.port, client_id="outsider") as client:
         time.sleep(3)  # the verifier subscribes within its first seconds
         for name, (kind, message) in junk.items():
             client.publish(f"{P}/{name}/{kind}", message, qos=1).wait_for_publish(10)
@@ -110,9 +106,6 @@ def test_verify_live_under_a_memory_limit(broker: Mosquitto) -> None:
         client.publish(f"{P}/{dev}/batch", honest, qos=1).wait_for_publish(10)
         time.sleep(1)
         assert p.poll() is None, "verify ended before its time"
-    finally:
-        client.loop_stop()
-        client.disconnect()
     code, out, err, peak = _finish(p, 60)
     assert code == 1, out + err
     lines = out.splitlines()
@@ -140,19 +133,13 @@ def test_verify_live_holds_no_accepted_message(broker: Mosquitto) -> None:
     accepted, and none is kept. Holding them took a verifier past its limit after 64."""
     n = 90
     p = _verify("--broker", broker.url, "--seconds", "30")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="outsider")
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
+    with publisher(broker.port, client_id="outsider") as client:
         time.sleep(3)  # the verifier subscribes within its first seconds
         for i in range(n):
             ident = hostile.throwaway()
             message = _large_valid_batch(ident)
             client.publish(f"{P}/{ident.device_id}/batch", message, qos=1).wait_for_publish(30)
             assert p.poll() is None, f"verify ended after {i} batches"
-    finally:
-        client.loop_stop()
-        client.disconnect()
     code, out, err, peak = _finish(p, 90)
     assert code == 0, out + err
     assert f"{n} messages: {n} valid; 0 invalid" in out, out[-2000:] + err

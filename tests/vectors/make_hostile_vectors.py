@@ -22,35 +22,26 @@ HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
 
-from gateway.wire import cose, dcbor, limits, merkle, strict  # noqa: E402
+from gateway.wire import cose, dcbor, limits, strict  # noqa: E402
 from gateway.wire.identity import Identity  # noqa: E402
 from tests import hostile as h  # noqa: E402
 from tests import make_batches as mb  # noqa: E402
 
 
-def _attestation(attestor: Identity, device: Identity, **change: Any) -> bytes:
-    fields: dict[int, Any] = {
-        1: attestor.did,
-        2: device.did,
-        3: mb.SEALED,
-        4: mb.SEALED + 3600,
-        5: 360,
-        6: 355,
-        7: 2,
-        8: "ok",
-        9: 0.5,
-        10: merkle.root([]),
-    }
+def _changed(payload: bytes, **change: Any) -> bytes:
+    """`payload` (a CBOR map with integer keys) with `k<n>=v` set at key n."""
+    fields: dict[int, Any] = strict.loads(payload, deterministic=True)
     for k, v in change.items():
         fields[int(k[1:])] = v
     return dcbor.dumps(fields)
+
+
+def _attestation(attestor: Identity, device: Identity, **change: Any) -> bytes:
+    return _changed(mb.attestation_payload(attestor, device), **change)
 
 
 def _birth(ident: Identity, **change: Any) -> bytes:
-    fields: dict[int, Any] = strict.loads(mb.birth_payload(ident), deterministic=True)
-    for k, v in change.items():
-        fields[int(k[1:])] = v
-    return dcbor.dumps(fields)
+    return _changed(mb.birth_payload(ident), **change)
 
 
 # name -> (message, topic kind, expected finding, what it is)
