@@ -89,6 +89,38 @@ def config(workdir: Path, port: int) -> Path:
     return cfg
 
 
+@contextlib.contextmanager
+def gateway_on_a_small_disk(
+    tmp_path: Path, port: int
+) -> Iterator[tuple[Path, GatewayProcess, Collector, str]]:
+    """The gateway's directory on a small disk, the gateway (not started yet), a collector on
+    the broker, and the gateway's DID; the gateway killed after if still running."""
+    collector = Collector(port)
+    with small_disk(tmp_path / "disk") as disk:
+        cfg = config(disk / "gw", port)
+        did = identity.load(disk / "gw" / "device.key").did
+        gw = GatewayProcess(cfg, tmp_path / "gw.log")
+        try:
+            yield disk, gw, collector, did
+        finally:
+            collector.close()
+            if gw.running():
+                gw.kill()
+
+
+@contextlib.contextmanager
+def filled_under(gw: GatewayProcess, disk: Path) -> Iterator[Path]:
+    """The gateway started and connected, then its disk filled while a reader holds the spool;
+    yields the filler with the reader still holding."""
+    gw.start()
+    assert gw.wait_log("connected to", 20)
+    time.sleep(1)
+    with reading(disk / "gw" / "spool.db"):
+        filler = fill(disk)
+        assert gw.wait_log("disk full: ", 30), "the full disk was never noticed"
+        yield filler
+
+
 def latest_health(collector: Collector) -> dict[str, Any] | None:
     found = [m for m in collector.messages if m.topic.endswith("/health") and m.payload]
     return json.loads(found[-1].payload) if found else None
@@ -112,99 +144,62 @@ def verify_delivered(collector: Collector, gw: GatewayProcess, did: str) -> None
 def test_a_disk_filling_up_under_the_gateway_holds_readings_and_resumes(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    collector = Collector(mosquitto.port)
-    with small_disk(tmp_path / "disk") as disk:
-        cfg = config(disk / "gw", mosquitto.port)
-        did = identity.load(disk / "gw" / "device.key").did
-        gw = GatewayProcess(cfg, tmp_path / "gw.log")
-        try:
-            gw.start()
-            assert gw.wait_log("connected to", 20)
-            time.sleep(1)
-            with reading(disk / "gw" / "spool.db"):
-                filler = fill(disk)
-                assert gw.wait_log("disk full: ", 30), "the full disk was never noticed"
-                line = next(x for x in gw.log.read_text().splitlines() if "disk full: " in x)
-                assert "writes refused" in line or "write refused" in line
-                assert "readings held in memory" in line
-                assert collector.wait_for(
-                    lambda: (
-                        (h := latest_health(collector)) is not None
-                        and h["disk_full"]
-                        and h["writes_refused"] > 0
-                    ),
-                    20,
-                ), f"health never said the disk was full: {latest_health(collector)}"
-                time.sleep(3)
-                assert gw.running(), "the gateway died on a full disk"
-            filler.unlink()
-            assert gw.wait_log("disk full no more", 30), "the gateway did not resume"
+    with gateway_on_a_small_disk(tmp_path, mosquitto.port) as (disk, gw, collector, did):
+        with filled_under(gw, disk) as filler:
+            line = next(x for x in gw.log.read_text().splitlines() if "disk full: " in x)
+            assert "writes refused" in line or "write refused" in line
+            assert "readings held in memory" in line
             assert collector.wait_for(
-                lambda: (h := latest_health(collector)) is not None and not h["disk_full"], 20
-            )
-            time.sleep(2)
-            assert gw.terminate() == 0
-            verify_delivered(collector, gw, did)
-            # Said once while it lasted, not at every refused write.
-            assert gw.log.read_text().count("disk full: ") <= 3
-        finally:
-            collector.close()
-            if gw.running():
-                gw.kill()
+                lambda: (
+                    (h := latest_health(collector)) is not None
+                    and h["disk_full"]
+                    and h["writes_refused"] > 0
+                ),
+                20,
+            ), f"health never said the disk was full: {latest_health(collector)}"
+            time.sleep(3)
+            assert gw.running(), "the gateway died on a full disk"
+        filler.unlink()
+        assert gw.wait_log("disk full no more", 30), "the gateway did not resume"
+        assert collector.wait_for(
+            lambda: (h := latest_health(collector)) is not None and not h["disk_full"], 20
+        )
+        time.sleep(2)
+        assert gw.terminate() == 0
+        verify_delivered(collector, gw, did)
+        # Said once while it lasted, not at every refused write.
+        assert gw.log.read_text().count("disk full: ") <= 3
 
 
 def test_a_gateway_started_on_a_full_disk_waits_and_starts_when_there_is_room(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    collector = Collector(mosquitto.port)
-    with small_disk(tmp_path / "disk") as disk:
-        cfg = config(disk / "gw", mosquitto.port)
-        did = identity.load(disk / "gw" / "device.key").did
+    with gateway_on_a_small_disk(tmp_path, mosquitto.port) as (disk, gw, collector, did):
         filler = fill(disk)
-        gw = GatewayProcess(cfg, tmp_path / "gw.log")
-        try:
-            gw.start()
-            assert gw.wait_log("disk full: ", 30), gw.log.read_text()[-2000:]
-            time.sleep(6)
-            assert gw.running(), "the gateway exited on a full disk instead of waiting"
-            text = gw.log.read_text()
-            assert "waits for space to open its spool" in text
-            assert "connected to" not in text and "Traceback" not in text
-            filler.unlink()
-            assert gw.wait_log("connected to", 30), "the gateway did not start once there was room"
-            assert collector.wait_for(lambda: len(collector.batches()) >= 3, 30)
-            assert gw.terminate() == 0
-            verify_delivered(collector, gw, did)
-        finally:
-            collector.close()
-            if gw.running():
-                gw.kill()
+        gw.start()
+        assert gw.wait_log("disk full: ", 30), gw.log.read_text()[-2000:]
+        time.sleep(6)
+        assert gw.running(), "the gateway exited on a full disk instead of waiting"
+        text = gw.log.read_text()
+        assert "waits for space to open its spool" in text
+        assert "connected to" not in text and "Traceback" not in text
+        filler.unlink()
+        assert gw.wait_log("connected to", 30), "the gateway did not start once there was room"
+        assert collector.wait_for(lambda: len(collector.batches()) >= 3, 30)
+        assert gw.terminate() == 0
+        verify_delivered(collector, gw, did)
 
 
 def test_power_cut_on_a_full_disk_loses_nothing_durable(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    collector = Collector(mosquitto.port)
-    with small_disk(tmp_path / "disk") as disk:
-        cfg = config(disk / "gw", mosquitto.port)
-        did = identity.load(disk / "gw" / "device.key").did
-        gw = GatewayProcess(cfg, tmp_path / "gw.log")
-        try:
-            gw.start()
-            assert gw.wait_log("connected to", 20)
+    with gateway_on_a_small_disk(tmp_path, mosquitto.port) as (disk, gw, collector, did):
+        with filled_under(gw, disk) as filler:
             time.sleep(1)
-            with reading(disk / "gw" / "spool.db"):
-                filler = fill(disk)
-                assert gw.wait_log("disk full: ", 30)
-                time.sleep(1)
-                gw.kill()
-            filler.unlink()
-            gw.start()
-            assert collector.wait_for(lambda: gw.log.read_text().count("connected to") >= 2, 30)
-            time.sleep(3)
-            assert gw.terminate() == 0
-            verify_delivered(collector, gw, did)
-        finally:
-            collector.close()
-            if gw.running():
-                gw.kill()
+            gw.kill()
+        filler.unlink()
+        gw.start()
+        assert collector.wait_for(lambda: gw.log.read_text().count("connected to") >= 2, 30)
+        time.sleep(3)
+        assert gw.terminate() == 0
+        verify_delivered(collector, gw, did)
