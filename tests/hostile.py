@@ -21,7 +21,7 @@ from gateway.wire import cose
 from gateway.wire.identity import Identity
 
 # CBOR heads as RFC 8949 writes them, from the spec's independent reference code, not our encoder
-from tests.vectors.reference import head
+from tests.vectors.reference import head as head
 
 
 def text(s: str) -> bytes:

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.config import settings as config
+from gateway.core.errors import ConfigError
 from gateway.device.daemon import Gateway
 from gateway.models.bundle import Mode, make_bundle
 from gateway.models.store import Installed, ModelStore, Outcome
@@ -205,7 +206,7 @@ def test_no_trusted_signers_means_no_updates(tmp_path: Path) -> None:
 
 def test_a_signer_that_is_not_a_did_key_names_its_line(tmp_path: Path) -> None:
     text = config.sample_text() + '\n[models]\ntrusted_model_signers = ["did:key:z6Mk-nope"]\n'
-    with pytest.raises(config.ConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         config.loads(text)
     line = text.splitlines().index('trusted_model_signers = ["did:key:z6Mk-nope"]') + 1
     assert f":{line}: models.trusted_model_signers: item 0" in str(info.value)
