@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import threading
-import time
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,31 +148,50 @@ def rss(pid: int) -> int:
     return _status(pid, "VmRSS")
 
 
-def finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str, int]:
-    """Wait for `p` (stdout and stderr piped, text): its exit code, output and its own peak
-    resident set in bytes. Reaped with wait4, whose usage is this child's alone
-    (RUSAGE_CHILDREN would be the largest of every child the test process ever waited for)."""
-    out: list[str] = []
-    err: list[str] = []
-    assert p.stdout is not None and p.stderr is not None
-    readers = [
-        threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True),  # type: ignore[union-attr]
-        threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True),  # type: ignore[union-attr]
-    ]
-    for r in readers:
-        r.start()
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            p.kill()
-            pid, status, usage = os.wait4(p.pid, 0)
-            p.returncode = os.waitstatus_to_exitcode(status)
-            raise subprocess.TimeoutExpired(p.args, timeout)
-        time.sleep(0.02)
-    p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    for r in readers:
-        r.join(10)
-    return p.returncode, "".join(out), "".join(err), usage.ru_maxrss * 1024
+# Runs a module as `python -m` would and, when it exits, writes its own peak resident set
+# (VmHWM) to the file named first. A child's ru_maxrss cannot be had instead: Linux carries the
+# forking parent's resident set over exec into it, and a test process is often hundreds of MB.
+_PEAK_AT_EXIT = """
+import atexit, runpy, sys
+peak_file, module = sys.argv[1], sys.argv[2]
+
+def report() -> None:
+    with open("/proc/self/status") as f:
+        hwm = next(line for line in f if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as out:
+        out.write(str(int(hwm.split()[1]) * 1024))
+
+atexit.register(report)
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+class Measured:
+    """`python -m <module> <args>` under an address-space limit, its output piped (text), and
+    its own peak resident set known once it exited normally."""
+
+    def __init__(self, module: str, *args: str, limit: int) -> None:
+        fd, name = tempfile.mkstemp(prefix="peak-")
+        os.close(fd)
+        self.peak_file = Path(name)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PEAK_AT_EXIT, name, module, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=memory_limit(limit),
+        )
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def finish(self, timeout: float) -> tuple[int, str, str, int]:
+        """Exit code, stdout, stderr and the peak resident set in bytes (0 when the process
+        did not exit by itself: killed, it wrote nothing)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+            text = self.peak_file.read_text()
+        finally:
+            self.peak_file.unlink(missing_ok=True)
+        return self.proc.returncode, out, err, int(text) if text else 0

@@ -6,8 +6,6 @@ message, stays under its limit, and still reports an honest batch sent after the
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,19 +49,13 @@ def _hostile_messages() -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def _verify(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "verify", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=hostile.memory_limit(ADDRESS_SPACE),
-    )
+def _verify(*args: str) -> hostile.Measured:
+    return hostile.Measured("gateway", "verify", *args, limit=ADDRESS_SPACE)
 
 
-def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str, int]:
+def _finish(p: hostile.Measured, timeout: float) -> tuple[int, str, str, int]:
     """Exit code, stdout, stderr and the peak resident set of the finished process."""
-    return hostile.finish(p, timeout)
+    return p.finish(timeout)
 
 
 def test_verify_files_under_a_memory_limit(tmp_path: Path) -> None:
