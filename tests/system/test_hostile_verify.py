@@ -7,10 +7,7 @@ message, stays under its limit, and still reports an honest batch sent after the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway.wire import cose, limits, payloads
 from gateway.wire.identity import Identity
@@ -76,20 +73,10 @@ def test_verify_files_under_a_memory_limit(tmp_path: Path) -> None:
     assert peak < RESIDENT, f"peak RSS {peak >> 20} MiB"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    m = Mosquitto(tmp_path / "broker")
-    m.start()
-    try:
-        yield m
-    finally:
-        m.stop()
-
-
-def test_verify_live_under_a_memory_limit(broker: Mosquitto) -> None:
+def test_verify_live_under_a_memory_limit(mosquitto: Mosquitto) -> None:
     junk = _hostile_messages()
-    p = _verify("--broker", broker.url, "--seconds", "12")
-    with publisher(broker.port, client_id="outsider") as client:
+    p = _verify("--broker", mosquitto.url, "--seconds", "12")
+    with publisher(mosquitto.port, client_id="outsider") as client:
         time.sleep(3)  # the verifier subscribes within its first seconds
         for name, (kind, message) in junk.items():
             client.publish(f"{P}/{name}/{kind}", message, qos=1).wait_for_publish(10)
@@ -120,12 +107,12 @@ def _large_valid_batch(ident: Identity) -> bytes:
     return message
 
 
-def test_verify_live_holds_no_accepted_message(broker: Mosquitto) -> None:
+def test_verify_live_holds_no_accepted_message(mosquitto: Mosquitto) -> None:
     """Valid batches of nearly 4 MiB, each from a new throwaway key: each starts a chain and is
     accepted, and none is kept. Holding them took a verifier past its limit after 64."""
     n = 90
-    p = _verify("--broker", broker.url, "--seconds", "30")
-    with publisher(broker.port, client_id="outsider") as client:
+    p = _verify("--broker", mosquitto.url, "--seconds", "30")
+    with publisher(mosquitto.port, client_id="outsider") as client:
         time.sleep(3)  # the verifier subscribes within its first seconds
         for i in range(n):
             ident = hostile.throwaway()
