@@ -37,9 +37,10 @@ from typing import Protocol
 from gateway.core.errors import SpoolError
 from gateway.core.health import Health
 from gateway.core.reading import Reading
+from gateway.device.disk_full import DiskFull
 from gateway.device.seal import SealedBatch
 from gateway.device.service import Plain
-from gateway.device.spool import CommitResult, DiskFull, PendingRecord, Spool
+from gateway.device.spool import CommitResult, PendingRecord, Spool
 from gateway.device.spool_service import Refusals
 from gateway.wire import payloads
 

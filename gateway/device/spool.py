@@ -23,8 +23,6 @@ Decisions (docs/spool.md has the full story):
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import math
 import os
@@ -37,6 +35,7 @@ from pathlib import Path
 
 from gateway.core.errors import KeyInUse, SpoolError
 from gateway.device import highwater, lockfile
+from gateway.device.disk_full import DiskFull, abandon, disk_full
 from gateway.device.head import Head
 from gateway.device.highwater import Entry, HighWater, Record, Stated
 from gateway.device.seal import ModuleEntry, Seal, SealedBatch
@@ -47,11 +46,6 @@ log = logging.getLogger("gateway.spool")
 
 FORMAT = 1
 DROP_WHY_FULL = "spool-full"
-#: free bytes below which an I/O error of SQLite's is a full disk: SQLite reports a `-shm` it
-#: cannot grow (SQLITE_IOERR_SHMSIZE, at every open of a spool on a full disk) and some refused
-#: writes as "disk I/O error", not as SQLITE_FULL
-LOW_SPACE = 64 * 1024
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: The tables. Plain SQL rather than sqlite-utils' table builder: importing sqlite-utils brings
 #: numpy (and pandas) wherever they are installed, 130-220 ms of every start and ~17 MB
 #: (bench/startup.py). The `sqlite-utils` command still reads the file, as the README shows.
@@ -64,63 +58,6 @@ SCHEMA = (
     'CREATE TABLE "drops" ("id" INTEGER PRIMARY KEY, "n" INTEGER, "t_from" REAL, "t_to" REAL, '
     '"why" TEXT)',
 )
-
-
-class DiskFull(SpoolError):
-    """A write the file system refused for want of space. Nothing of that write was stored,
-    what was durable before still is, and the same write can be tried again once there is
-    room. `cause` is the error the write met (not one raised while cleaning up after it)."""
-
-    def __init__(self, path: Path, cause: BaseException) -> None:
-        self.path = path
-        self.cause = cause
-        super().__init__(f"disk full: {path} ({cause})")
-
-
-def disk_full(e: BaseException, where: Path | None = None) -> bool:
-    """Whether `e`, or an error it was raised from or while handling, is a refused write for
-    want of space: ENOSPC or EDQUOT, SQLITE_FULL ("database or disk is full"), or an SQLite
-    I/O error while the file system holding `where` has (nearly) no space left. The chain is
-    followed because a failed COMMIT is often followed by a ROLLBACK that fails in turn
-    ("cannot rollback - no transaction is active"), hiding the error that counts."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, DiskFull):
-            return True
-        if isinstance(x, OSError) and x.errno in _NO_SPACE:
-            return True
-        if isinstance(x, sqlite3.Error):
-            code = getattr(x, "sqlite_errorcode", None)
-            primary = None if code is None else code & 0xFF
-            if primary == sqlite3.SQLITE_FULL or "database or disk is full" in str(x):
-                return True
-            if primary == sqlite3.SQLITE_IOERR and where is not None and _low_space(where):
-                return True
-        todo += [x.__cause__, x.__context__]
-    return False
-
-
-def _low_space(where: Path) -> bool:
-    folder = where if where.is_dir() else where.parent
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < LOW_SPACE
-
-
-def _abandon(db: sqlite3.Connection) -> None:
-    """Undo a transaction that failed. After some errors (SQLITE_FULL at COMMIT among them)
-    SQLite has rolled it back already: a ROLLBACK then fails with "no transaction is active",
-    and must not replace the error that made the transaction fail."""
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +257,7 @@ class Spool:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                _abandon(conn)
+                abandon(conn)
                 raise
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != str(FORMAT):
@@ -439,7 +376,7 @@ class Spool:
             )
             conn.execute("COMMIT")
         except BaseException:
-            _abandon(conn)
+            abandon(conn)
             raise
         # Into the file itself, so that losing the -wal again cannot undo the statement.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -647,7 +584,7 @@ class Spool:
                 result.dropped = self._drop_oldest(db)
             db.execute("COMMIT")
         except BaseException as e:
-            _abandon(db)
+            abandon(db)
             # Caches may have moved inside the failed transaction; re-read them.
             self._resync(db)
             if disk_full(e, self.path):

@@ -23,8 +23,9 @@ from typing import Any, Self, TypeVar
 
 from gateway.config.settings import Config
 from gateway.core.health import Health
+from gateway.device.disk_full import DiskFull
 from gateway.device.seal import ModuleEntry
-from gateway.device.spool import DiskFull, Spool, SpoolStats
+from gateway.device.spool import Spool, SpoolStats
 from gateway.monitor import sdnotify
 from gateway.wire.identity import Identity
 

@@ -22,8 +22,9 @@ from gateway.core.health import Health
 from gateway.core.reading import Reading
 from gateway.device import commit as commit_module
 from gateway.device.commit import DROP_WHY_DISK_FULL, CommitBuffer
+from gateway.device.disk_full import DiskFull, disk_full
 from gateway.device.seal import SealedBatch
-from gateway.device.spool import DiskFull, Spool, disk_full
+from gateway.device.spool import Spool
 from gateway.device.spool_service import Refusals
 from gateway.wire import cose, payloads
 from tests.spools import T0, decode, make_spool, recs
