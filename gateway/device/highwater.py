@@ -28,8 +28,8 @@ from typing import Any
 
 from gateway.core.errors import SpoolError
 from gateway.core.files import write_atomic
+from gateway.wire.loss import LOSS_REPLACED, LOSS_ROLLED_BACK, loss_why
 from gateway.wire.payloads import DropReceipt
-from gateway.wire.verify import LOSS_REPLACED, LOSS_ROLLED_BACK, loss_why
 
 log = logging.getLogger("gateway.spool")
 

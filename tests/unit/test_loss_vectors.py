@@ -14,7 +14,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from gateway.wire import verify
+from gateway.wire import loss
 from gateway.wire.verify import Verifier
 from tests.vectors import make_loss_vectors as lv
 
@@ -60,7 +60,7 @@ def test_batch_after_a_loss_is_a_valid_v1_batch(name: str) -> None:
 def test_grammar_agrees_with_an_independent_reading(name: str) -> None:
     for r in FILES[name]["dropped"]:
         m = WHY.fullmatch(r["why"])
-        ours = verify.parse_loss(r["why"])
+        ours = loss.parse_loss(r["why"])
         if m is None or (m[3] and int(m[4]) <= int(m[2])):
             assert ours is None, r["why"]
         else:

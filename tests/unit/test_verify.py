@@ -22,6 +22,7 @@ from gateway.cli.verify_live import verify_live
 from gateway.core.errors import ConfigError, PathNotFoundError, UplinkError
 from gateway.wire import cose, dcbor, merkle, payloads
 from gateway.wire.identity import Identity
+from gateway.wire.loss import loss_why, parse_loss
 from gateway.wire.verify import (
     EVIDENCE_PER_DEVICE,
     GAPS_KEPT,
@@ -33,8 +34,6 @@ from gateway.wire.verify import (
     exit_code,
     first_tag,
     format_finding,
-    loss_why,
-    parse_loss,
     summary,
     verify_paths,
 )
