@@ -13,7 +13,6 @@ from gateway.config.locate import Locator
 from gateway.config.sections import UPLINK
 from gateway.core.errors import ConfigError
 from gateway.core.fields import Field
-from gateway.core.hosts import is_loopback
 from gateway.mqtt import url as broker_url
 
 ATTESTOR: Mapping[str, Field] = {
@@ -123,7 +122,7 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
     host, port, tls = "", 0, False
     if "url" in b:
         try:
-            host, port, tls = broker_url.parse(
+            broker = broker_url.parse(
                 b["url"],
                 where="broker.url",
                 credentials="set username and password_file or password_env",
@@ -131,7 +130,8 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
         except broker_url.BrokerUrlError as e:
             problems.add("broker.url", e.reason)
         else:
-            if not tls and not is_loopback(host) and not b.get("insecure"):
+            host, port, tls = broker
+            if broker.plain_off_machine and not b.get("insecure"):
                 problems.add(
                     "broker.url",
                     f"plain-text MQTT to {host!r}, which is not this machine, would send "

@@ -172,21 +172,12 @@ class ModelService:
         self.device_id = broker.topics["model"].rsplit("/", 2)[-2]
 
     async def receive(self, topic: str, payload: bytes) -> None:
-        """A message on the model topic."""
-        from gateway.models.bundle import MAX_BUNDLE_BYTES
-
-        result_topic = self.broker.topics["model/result"]
-        if len(payload) > MAX_BUNDLE_BYTES:  # refused before it waits for anything
-            too_big = Outcome(
-                "rejected", f"over the {MAX_BUNDLE_BYTES} byte limit", "malformed", at=time.time()
-            )
-            self.health.model_updates[too_big.result] += 1
-            self.health.ignored_messages["model"] += 1
-            self.health.last_model_update = too_big.to_dict()
-            await self.broker.publish(result_topic, too_big.to_json(), qos=1)
-        elif payload:  # an empty retained message clears the topic; it is not a bundle
+        """A message on the model topic (the uplink refused it unread if over the model cap)."""
+        if payload:  # an empty retained message clears the topic; it is not a bundle
             result = await self.update(payload)
-            await self.broker.publish(result_topic, result, qos=1, retain=True)
+            await self.broker.publish(
+                self.broker.topics["model/result"], result, qos=1, retain=True
+            )
 
     async def update(self, data: bytes) -> bytes:
         """A bundle arrived on the model topic: the outcome, as published on model/result."""

@@ -52,13 +52,13 @@ from typing import Any, Literal
 
 from gateway.core.errors import ConfigError, ModelBundleError, ModelError, VerifyError
 from gateway.modules.tflite import read_manifest
-from gateway.wire import cose, dcbor, strict
+from gateway.wire import cose, dcbor, limits, strict
 from gateway.wire.identity import MULTICODEC_ED25519, Identity, did_of, public_key_of_did
 
 Mode = Literal["active", "shadow"]
 MODES: tuple[Mode, ...] = ("active", "shadow")
 #: bundles above this size are refused before any parsing (MQTT payloads can be huge)
-MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+MAX_BUNDLE_BYTES = limits.CAPS["model"]
 #: a model name becomes a file name: no separators, no leading dot, nothing exotic
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEYS = frozenset(range(1, 10))
@@ -205,14 +205,10 @@ def _trusted_keys(trusted: Collection[str]) -> frozenset[bytes]:
 def _payload(data: bytes) -> dict[int, Any]:
     try:
         # strict: no tags, bounded depth and lengths, judged from the bytes before cbor2 builds
-        obj = strict.loads(data)
-        canonical = dcbor.dumps(obj) == data
+        # and in the deterministic encoding, checked on the bytes (no 16 MiB re-encoding)
+        obj = strict.loads(data, deterministic=True)
     except strict.DecodeError as e:
         raise ModelBundleError("malformed", f"payload is not CBOR a bundle may hold: {e}") from None
-    except Exception as e:  # a value dcbor cannot encode (a float it refuses ...): not canonical
-        raise ModelBundleError("malformed", f"payload is not deterministic CBOR: {e}") from None
-    if not canonical:
-        raise ModelBundleError("malformed", "payload is not deterministic CBOR")
     if not isinstance(obj, dict) or any(type(k) is not int for k in obj):
         raise ModelBundleError("malformed", "payload must be a map with integer keys")
     if set(obj) == _OLD_KEYS:
