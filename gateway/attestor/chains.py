@@ -108,9 +108,11 @@ def process_batch(
                      sealed if first is None else min(float(first), sealed), did),
                 )  # fmt: skip
             _revise(tx, did, float(b.sealed))
-        elif kind in EVIDENCE_KINDS and _keep_evidence(tx, did, kind, float(b.sealed), epoch):
+        elif kind in EVIDENCE_KINDS and (
+            (kept := _evidence_rows(tx, did) < EVIDENCE_KEPT)
+            or _epoch_lacks(tx, did, kind, float(b.sealed), epoch)
+        ):
             # Signed by the device, so attributable: kept whole, as evidence (the first few).
-            kept = _evidence_rows(tx, did) < EVIDENCE_KEPT
             tx.execute(
                 "INSERT INTO evidence(did, seq, kind, batch_id, sealed, detail, received, message) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (did, seq, batch_id) DO NOTHING",
@@ -125,12 +127,10 @@ def _evidence_rows(tx: Tx, did: str) -> int:
     return int(tx.one("SELECT count(*) FROM evidence WHERE did = ?", (did,))[0])
 
 
-def _keep_evidence(tx: Tx, did: str, kind: str, sealed: float, epoch: int) -> bool:
-    """Whether a row goes into the evidence table: always among the first EVIDENCE_KEPT of the
-    device; beyond, only when no row of that kind is there for the epoch yet (an epoch's
-    status needs one, and a device equivocating without end must not grow the store)."""
-    if _evidence_rows(tx, did) < EVIDENCE_KEPT:
-        return True
+def _epoch_lacks(tx: Tx, did: str, kind: str, sealed: float, epoch: int) -> bool:
+    """Beyond the first EVIDENCE_KEPT rows of a device, a row goes into the evidence table only
+    when none of that kind is there for the epoch yet (an epoch's status needs one, and a
+    device equivocating without end must not grow the store)."""
     start = math.floor(sealed / epoch) * epoch
     return (
         tx.one(

@@ -64,15 +64,12 @@ def read(message: bytes, identity: Identity) -> Head | None:
 def _read(message: bytes, identity: Identity) -> Head | None:
     if len(message) > MAX_HEAD_BYTES:
         return None
-    try:
-        s = cose.verify1(message, _TYPS)
-        if s.kid != identity.kid:
-            return None
-        # Signed by this device's key, yet read like any stranger's bytes: a copy of the key
-        # elsewhere, or an older release, must not be able to make this reader hold more.
-        m = strict.loads(s.payload, deterministic=True)
-    except Exception:  # whatever else is on the topic is not our head
+    s = cose.verify1(message, _TYPS)  # raises on anything not signed under the head's typ
+    if s.kid != identity.kid:
         return None
+    # Signed by this device's key, yet read like any stranger's bytes: a copy of the key
+    # elsewhere, or an older release, must not be able to make this reader hold more.
+    m = strict.loads(s.payload, deterministic=True)
     if not isinstance(m, dict) or set(m) != {1, 2, 3, 4, 5, 6} or m[1] != identity.did:
         return None
     seq, batch, taken, boot, spool = m[2], m[3], m[4], m[5], m[6]

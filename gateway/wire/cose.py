@@ -114,15 +114,12 @@ def _load_public(public_key: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public_key)
 
 
-_TAG_ONLY_AT_TOP = frozenset({COSE_SIGN1_TAG})
-
-
-def _loads_exact(data: bytes, what: str, tags: frozenset[int] = frozenset()) -> Any:
+def _loads_exact(data: bytes, what: str) -> Any:
     """Exactly one CBOR item, judged from its bytes before cbor2 builds anything
     (gateway/wire/strict.py): trailing bytes would let two different byte strings pass as the
     same message, and tags, indefinite or oversized lengths and deep nesting have no place."""
     try:
-        return strict.loads(data, tags=tags)
+        return strict.loads(data)
     except strict.DecodeError as e:
         raise VerifyError("malformed", f"{what} is not strict CBOR: {e.detail}") from None
 
@@ -132,8 +129,7 @@ def _parse(message: bytes) -> tuple[bytes, Any, bytes, bytes]:
     # rest is scanned with no tag at all.
     if message[:1] != b"\xd2":
         raise VerifyError("malformed", "not a tagged COSE_Sign1 (tag 18)")
-    obj = _loads_exact(bytes(message[1:]), "message")
-    v = obj
+    v = _loads_exact(bytes(message[1:]), "message")
     if not isinstance(v, list) or len(v) != 4:
         raise VerifyError("malformed", "COSE_Sign1 must be an array of 4")
     protected, unprotected, payload, signature = v
